@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Small helpers shared by every ferry component: overflow-checked
+ * arithmetic, fd hygiene, branch hints. Header-only.
+ */
+#ifndef FERRY_UTIL_H
+#define FERRY_UTIL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
+#define likely(x)	__builtin_expect(!!(x), 1)
+#define unlikely(x)	__builtin_expect(!!(x), 0)
+#define container_of(ptr, type, member) \
+	((type *)((char *)(ptr) - offsetof(type, member)))
+#define MIN(a, b)	((a) < (b) ? (a) : (b))
+#define MAX(a, b)	((a) > (b) ? (a) : (b))
+#define DIV_ROUND_UP(n, d)	(((n) + (d) - 1) / (d))
+#define IS_POW2(x)	((x) != 0 && (((x) & ((x) - 1)) == 0))
+#define ALIGN_UP(x, a)	(((x) + (a) - 1) & ~((__typeof__(x))(a) - 1))
+#define IS_ALIGNED(x, a)	(((x) & ((__typeof__(x))(a) - 1)) == 0)
+
+#define KiB	(1ull << 10)
+#define MiB	(1ull << 20)
+#define GiB	(1ull << 30)
+
+/* true if a + b overflowed; *res is set either way. */
+#define check_add_overflow(a, b, res)	__builtin_add_overflow(a, b, res)
+#define check_mul_overflow(a, b, res)	__builtin_mul_overflow(a, b, res)
+
+/*
+ * true if [off, off + len) lies inside [0, limit). len == 0 is in range
+ * when off <= limit.
+ */
+static inline bool range_within(uint64_t off, uint64_t len, uint64_t limit)
+{
+	uint64_t end;
+
+	if (check_add_overflow(off, len, &end))
+		return false;
+	return end <= limit;
+}
+
+/* true if [a, a + alen) and [b, b + blen) intersect; lengths > 0. */
+static inline bool ranges_overlap(uint64_t a, uint64_t alen,
+				  uint64_t b, uint64_t blen)
+{
+	return a < b + blen && b < a + alen;
+}
+
+/*
+ * Close *fd if open and mark it closed. close() is not retried on EINTR:
+ * on Linux the descriptor is released even then, and a retry could close
+ * an fd another thread just got. errno is preserved for the caller.
+ */
+static inline void close_safely(int *fd)
+{
+	int saved = errno;
+
+	if (*fd >= 0) {
+		(void)close(*fd);
+		*fd = -1;
+	}
+	errno = saved;
+}
+
+/* Write/read exactly len bytes on a blocking fd, retrying on EINTR and
+ * short transfers. Return 0 or -errno (-EPIPE on EOF for reads). */
+int fd_write_full(int fd, const void *buf, size_t len);
+int fd_read_full(int fd, void *buf, size_t len);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t clock_ns(void);
+
+/* Parse a size like "64M", "1G", "4096", "2K" (binary units). 0 or -EINVAL. */
+int parse_size(const char *s, uint64_t *out);
+
+/* Number of open fds of this process (counted in /proc/self/fd). */
+int count_open_fds(void);
+
+#endif /* FERRY_UTIL_H */

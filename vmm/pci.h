@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * PCI host bridge (configuration mechanism #1 on ports 0xCF8/0xCFC) with
+ * a single bus 0, and the registry of PCI functions on it. Slot 0 is the
+ * host bridge itself (vendor 0x8086 device 0x29c0, like q35's, so guests
+ * and tools recognise it).
+ *
+ * BARs are assigned by the VMM at creation (no firmware): MMIO BARs from
+ * VM_PCI_MMIO_START upward, naturally aligned. A guest may still size and
+ * move them; the device's write_config sees every write.
+ */
+#ifndef FERRY_VMM_PCI_H
+#define FERRY_VMM_PCI_H
+
+#include <stdint.h>
+
+struct vm;
+struct pci_bus;
+struct pci_dev;
+
+struct pci_dev_ops {
+	/* offset < 4096, size 1/2/4, naturally aligned */
+	uint32_t (*read_config)(struct pci_dev *d, uint32_t offset,
+				unsigned size);
+	void (*write_config)(struct pci_dev *d, uint32_t offset,
+			     uint32_t val, unsigned size);
+};
+
+struct pci_dev {
+	const struct pci_dev_ops *ops;
+	void *opaque;
+	unsigned slot;		/* set by pci_bus_add() */
+	const char *id;
+};
+
+struct pci_bus *pci_bus_create(struct vm *vm);
+void pci_bus_destroy(struct pci_bus *bus);
+/* Place d in the next free slot. 0 or -ENOSPC. */
+int pci_bus_add(struct pci_bus *bus, struct pci_dev *d);
+/* Allocate a naturally aligned MMIO window of size (power of 2). */
+int pci_bus_alloc_mmio(struct pci_bus *bus, uint64_t size, uint64_t *gpa);
+
+#endif /* FERRY_VMM_PCI_H */
