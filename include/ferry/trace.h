@@ -8,6 +8,10 @@
 #ifndef FERRY_TRACE_H
 #define FERRY_TRACE_H
 
+/* STAP_PROBEV (variadic probes) exists only with this defined. */
+#ifndef SDT_USE_VARIADIC
+#define SDT_USE_VARIADIC 1
+#endif
 #include <sys/sdt.h>
 
 #define FERRY_TRACE(...)	DTRACE_PROBE_N_(__VA_ARGS__)

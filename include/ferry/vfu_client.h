@@ -9,7 +9,9 @@
  * DMA_WRITE requests are served on the receive thread against the DMA
  * maps that were registered with a client-side address (vaddr); each page
  * a DMA_WRITE touches is reported to the dirty callback, because the
- * server cannot log writes it did not perform.
+ * server cannot log writes it did not perform. The callback runs on the
+ * receive thread before the DMA_WRITE is acknowledged, and must not call
+ * back into the client.
  *
  * Trust. The server is not trusted: every reply is length-checked before
  * use, counts are capped (VFU_CLIENT_MAX_REGIONS/IRQS), a reply larger
@@ -96,6 +98,11 @@ int vfu_client_region_read(struct vfu_client *c, uint32_t index,
 			   uint64_t offset, void *buf, size_t len);
 int vfu_client_region_write(struct vfu_client *c, uint32_t index,
 			    uint64_t offset, const void *buf, size_t len);
+/* REGION_WRITE_MULTI: 1..VFU_WRITE_MULTI_MAX writes of 1..8 bytes each,
+ * in one message (the reply's wr_cnt must echo nr). */
+int vfu_client_write_multi(struct vfu_client *c,
+			   const struct vfu_write_multi_entry *ents,
+			   uint32_t nr);
 
 /*
  * Map [iova, iova+size) for device DMA. With fd >= 0 the server mmaps
@@ -106,6 +113,8 @@ int vfu_client_region_write(struct vfu_client *c, uint32_t index,
 int vfu_client_dma_map(struct vfu_client *c, uint64_t iova, uint64_t size,
 		       int fd, uint64_t offset, uint32_t prot, void *vaddr);
 int vfu_client_dma_unmap(struct vfu_client *c, uint64_t iova, uint64_t size);
+/* DMA_UNMAP with VFU_DMA_UNMAP_FLAG_ALL: drop every mapping. */
+int vfu_client_dma_unmap_all(struct vfu_client *c);
 
 /* Assign eventfds to vectors [start, start+count) of IRQ index; fds NULL
  * de-assigns them. Split into messages of at most caps.max_msg_fds. */

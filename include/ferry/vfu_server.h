@@ -135,7 +135,10 @@ int vfu_server_run(struct vfu_server *srv);
 /* Async-signal-safe: make vfu_server_run() return soon. */
 void vfu_server_stop(struct vfu_server *srv);
 
-/* Serve one already-connected client to completion (tests, fuzzing). */
+/* Serve one already-connected client to completion (tests, fuzzing).
+ * The caller keeps ownership of conn and closes it afterwards; on return
+ * the client's DMA maps, IRQ fds and DMA logging are gone. -EBUSY if
+ * another client is being served. */
 int vfu_server_serve_conn(struct vfu_server *srv, struct vfu_conn *conn);
 
 /* Device-side services, callable from any thread. All return 0 or

@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Migration channels: a byte stream between source and destination behind
+ * one ops table, so the stream code does not care whether it runs over
+ * TCP, a UNIX socket or a file.
+ *
+ * URIs (QEMU's spelling where the concept is the same):
+ *	tcp:HOST:PORT	unix:PATH	file:PATH
+ * The source connects (mig_channel_connect); the destination listens
+ * (mig_listener_open) and accepts one channel. A file channel is
+ * write-only at the source and read-only at the destination, and has no
+ * return path.
+ *
+ * read_full/write_full move exactly len bytes or fail: 0, -EPIPE on EOF,
+ * -ETIMEDOUT when the channel's timeout expires without progress (so a
+ * dead peer cannot hang a migration forever), or -errno. shutdown() makes
+ * blocked calls on the channel return (used by cancel, from any thread).
+ */
+#ifndef FERRY_MIG_CHANNEL_H
+#define FERRY_MIG_CHANNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum mig_uri_kind { MIG_URI_TCP, MIG_URI_UNIX, MIG_URI_FILE };
+
+struct mig_uri {
+	enum mig_uri_kind kind;
+	char host[256];
+	char port[16];
+	char path[108];
+};
+
+/* Parse a URI; -EINVAL with a reason in err (errlen bytes). */
+int mig_uri_parse(const char *uri, struct mig_uri *out, char *err,
+		  size_t errlen);
+
+struct mig_channel;
+
+struct mig_channel_ops {
+	const char *name;
+	int (*read_full)(struct mig_channel *ch, void *buf, size_t len);
+	int (*write_full)(struct mig_channel *ch, const void *buf, size_t len);
+	void (*shutdown)(struct mig_channel *ch);
+	void (*close)(struct mig_channel *ch);
+};
+
+struct mig_channel {
+	const struct mig_channel_ops *ops;
+	int fd;
+	bool has_return_path;
+	unsigned timeout_ms;	/* per read/write without progress; 0 = none */
+	uint64_t bytes_read;
+	uint64_t bytes_written;
+};
+
+int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
+			struct mig_channel **out);
+/* Wrap an existing connected stream fd (takes ownership). */
+int mig_channel_from_fd(int fd, bool is_socket, unsigned timeout_ms,
+			struct mig_channel **out);
+
+struct mig_listener;
+int mig_listener_open(const struct mig_uri *uri, struct mig_listener **out);
+/* Wait up to timeout_ms (0 = forever) for the source. */
+int mig_listener_accept(struct mig_listener *l, unsigned timeout_ms,
+			struct mig_channel **out);
+/* The listening fd (for poll loops); -1 for files. */
+int mig_listener_fd(struct mig_listener *l);
+void mig_listener_close(struct mig_listener *l);
+
+static inline int mig_read(struct mig_channel *ch, void *buf, size_t len)
+{
+	return ch->ops->read_full(ch, buf, len);
+}
+
+static inline int mig_write(struct mig_channel *ch, const void *buf,
+			    size_t len)
+{
+	return ch->ops->write_full(ch, buf, len);
+}
+
+void mig_channel_shutdown(struct mig_channel *ch);
+void mig_channel_close(struct mig_channel *ch);
+
+#endif /* FERRY_MIG_CHANNEL_H */

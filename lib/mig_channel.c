@@ -1,0 +1,391 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Migration channel transports: TCP and UNIX stream sockets, and files.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ferry/mig_channel.h"
+#include "ferry/util.h"
+
+int mig_uri_parse(const char *uri, struct mig_uri *out, char *err,
+		  size_t errlen)
+{
+	const char *rest, *colon;
+
+	memset(out, 0, sizeof(*out));
+	if (!uri)
+		goto err_syntax;
+	if (!strncmp(uri, "tcp:", 4)) {
+		rest = uri + 4;
+		colon = strrchr(rest, ':');
+		if (!colon || colon == rest || !colon[1])
+			goto err_syntax;
+		if ((size_t)(colon - rest) >= sizeof(out->host) ||
+		    strlen(colon + 1) >= sizeof(out->port))
+			goto err_long;
+		out->kind = MIG_URI_TCP;
+		memcpy(out->host, rest, (size_t)(colon - rest));
+		/* [::1]:4444 style */
+		if (out->host[0] == '[') {
+			size_t n = strlen(out->host);
+
+			if (n < 3 || out->host[n - 1] != ']')
+				goto err_syntax;
+			memmove(out->host, out->host + 1, n - 2);
+			out->host[n - 2] = '\0';
+		}
+		strcpy(out->port, colon + 1);
+		for (const char *p = out->port; *p; p++)
+			if (*p < '0' || *p > '9')
+				goto err_syntax;
+		return 0;
+	}
+	if (!strncmp(uri, "unix:", 5) || !strncmp(uri, "file:", 5)) {
+		rest = uri + 5;
+		if (!*rest)
+			goto err_syntax;
+		if (strlen(rest) >= sizeof(out->path))
+			goto err_long;
+		out->kind = uri[0] == 'u' ? MIG_URI_UNIX : MIG_URI_FILE;
+		strcpy(out->path, rest);
+		return 0;
+	}
+err_syntax:
+	snprintf(err, errlen, "invalid migration URI '%s' (expected "
+		 "tcp:HOST:PORT, unix:PATH or file:PATH)", uri ? uri : "");
+	return -EINVAL;
+err_long:
+	snprintf(err, errlen, "migration URI '%s' is too long", uri);
+	return -ENAMETOOLONG;
+}
+
+/* Wait until fd is ready for events, or the channel timeout expires. */
+static int chan_wait(struct mig_channel *ch, short events)
+{
+	struct pollfd p = { .fd = ch->fd, .events = events };
+	int n;
+
+	if (!ch->timeout_ms)
+		return 0;
+	do {
+		n = poll(&p, 1, (int)ch->timeout_ms);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return -ETIMEDOUT;
+	return 0;
+}
+
+static int fd_chan_read(struct mig_channel *ch, void *buf, size_t len)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t n;
+		int ret = chan_wait(ch, POLLIN);
+
+		if (ret)
+			return ret;
+		n = read(ch->fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EPIPE;
+		p += n;
+		len -= (size_t)n;
+		ch->bytes_read += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int fd_chan_write(struct mig_channel *ch, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n;
+		int ret = chan_wait(ch, POLLOUT);
+
+		if (ret)
+			return ret;
+		n = send(ch->fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == ENOTSOCK)
+			n = write(ch->fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+		ch->bytes_written += (uint64_t)n;
+	}
+	return 0;
+}
+
+static void sock_chan_shutdown(struct mig_channel *ch)
+{
+	if (ch->fd >= 0)
+		shutdown(ch->fd, SHUT_RDWR);
+}
+
+static void file_chan_shutdown(struct mig_channel *ch)
+{
+	/* A blocked file read/write completes on its own. */
+}
+
+static void fd_chan_close(struct mig_channel *ch)
+{
+	close_safely(&ch->fd);
+}
+
+static const struct mig_channel_ops sock_channel_ops = {
+	.name = "socket",
+	.read_full = fd_chan_read,
+	.write_full = fd_chan_write,
+	.shutdown = sock_chan_shutdown,
+	.close = fd_chan_close,
+};
+
+static const struct mig_channel_ops file_channel_ops = {
+	.name = "file",
+	.read_full = fd_chan_read,
+	.write_full = fd_chan_write,
+	.shutdown = file_chan_shutdown,
+	.close = fd_chan_close,
+};
+
+int mig_channel_from_fd(int fd, bool is_socket, unsigned timeout_ms,
+			struct mig_channel **out)
+{
+	struct mig_channel *ch = calloc(1, sizeof(*ch));
+
+	if (!ch) {
+		close(fd);
+		return -ENOMEM;
+	}
+	ch->fd = fd;
+	ch->ops = is_socket ? &sock_channel_ops : &file_channel_ops;
+	ch->has_return_path = is_socket;
+	ch->timeout_ms = is_socket ? timeout_ms : 0;
+	if (is_socket) {
+		int one = 1;
+
+		/* Small control messages (acks) must not wait for Nagle. */
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	*out = ch;
+	return 0;
+}
+
+static int tcp_resolve(const struct mig_uri *uri, bool passive,
+		       struct addrinfo **res)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = passive ? AI_PASSIVE : 0,
+	};
+	int ret = getaddrinfo(uri->host[0] ? uri->host : NULL, uri->port,
+			      &hints, res);
+
+	if (ret)
+		return ret == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+	return 0;
+}
+
+static int unix_addr(const char *path, struct sockaddr_un *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa->sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa->sun_path, path);
+	return 0;
+}
+
+int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
+			struct mig_channel **out)
+{
+	struct addrinfo *res = NULL, *ai;
+	struct sockaddr_un sa;
+	int fd = -1, ret;
+
+	switch (uri->kind) {
+	case MIG_URI_FILE:
+		fd = open(uri->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			  0600);
+		if (fd < 0)
+			return -errno;
+		return mig_channel_from_fd(fd, false, 0, out);
+	case MIG_URI_UNIX:
+		ret = unix_addr(uri->path, &sa);
+		if (ret)
+			return ret;
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+			ret = -errno;
+			close(fd);
+			return ret;
+		}
+		return mig_channel_from_fd(fd, true, timeout_ms, out);
+	case MIG_URI_TCP:
+		ret = tcp_resolve(uri, false, &res);
+		if (ret)
+			return ret;
+		ret = -ECONNREFUSED;
+		for (ai = res; ai; ai = ai->ai_next) {
+			fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+				    ai->ai_protocol);
+			if (fd < 0) {
+				ret = -errno;
+				continue;
+			}
+			if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+				break;
+			ret = -errno;
+			close_safely(&fd);
+		}
+		freeaddrinfo(res);
+		if (fd < 0)
+			return ret;
+		return mig_channel_from_fd(fd, true, timeout_ms, out);
+	}
+	return -EINVAL;
+}
+
+struct mig_listener {
+	struct mig_uri uri;
+	int fd;
+};
+
+int mig_listener_open(const struct mig_uri *uri, struct mig_listener **out)
+{
+	struct mig_listener *l = calloc(1, sizeof(*l));
+	struct addrinfo *res = NULL;
+	struct sockaddr_un sa;
+	int one = 1, ret;
+
+	if (!l)
+		return -ENOMEM;
+	l->uri = *uri;
+	l->fd = -1;
+	switch (uri->kind) {
+	case MIG_URI_FILE:
+		/* Opened at accept time: the file may be written later. */
+		*out = l;
+		return 0;
+	case MIG_URI_UNIX:
+		ret = unix_addr(uri->path, &sa);
+		if (ret)
+			goto err_free;
+		l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (l->fd < 0)
+			goto err_errno;
+		unlink(uri->path);
+		if (bind(l->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			goto err_errno;
+		break;
+	case MIG_URI_TCP:
+		ret = tcp_resolve(uri, true, &res);
+		if (ret)
+			goto err_free;
+		l->fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC,
+			       res->ai_protocol);
+		if (l->fd < 0)
+			goto err_errno;
+		setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(l->fd, res->ai_addr, res->ai_addrlen) < 0)
+			goto err_errno;
+		freeaddrinfo(res);
+		res = NULL;
+		break;
+	}
+	if (listen(l->fd, 1) < 0)
+		goto err_errno;
+	*out = l;
+	return 0;
+
+err_errno:
+	ret = -errno;
+	if (res)
+		freeaddrinfo(res);
+	close_safely(&l->fd);
+err_free:
+	free(l);
+	return ret;
+}
+
+int mig_listener_accept(struct mig_listener *l, unsigned timeout_ms,
+			struct mig_channel **out)
+{
+	struct pollfd p;
+	int fd, n;
+
+	if (l->uri.kind == MIG_URI_FILE) {
+		fd = open(l->uri.path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		return mig_channel_from_fd(fd, false, 0, out);
+	}
+	p.fd = l->fd;
+	p.events = POLLIN;
+	do {
+		n = poll(&p, 1, timeout_ms ? (int)timeout_ms : -1);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return -ETIMEDOUT;
+	fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	return mig_channel_from_fd(fd, true, 0, out);
+}
+
+int mig_listener_fd(struct mig_listener *l)
+{
+	return l->fd;
+}
+
+void mig_listener_close(struct mig_listener *l)
+{
+	if (!l)
+		return;
+	close_safely(&l->fd);
+	if (l->uri.kind == MIG_URI_UNIX)
+		unlink(l->uri.path);
+	free(l);
+}
+
+void mig_channel_shutdown(struct mig_channel *ch)
+{
+	if (ch)
+		ch->ops->shutdown(ch);
+}
+
+void mig_channel_close(struct mig_channel *ch)
+{
+	if (!ch)
+		return;
+	ch->ops->close(ch);
+	free(ch);
+}

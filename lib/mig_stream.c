@@ -1,0 +1,155 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/crc32c.h"
+#include "ferry/mig_stream.h"
+#include "ferry/util.h"
+
+int mig_stream_write_header(struct mig_channel *ch)
+{
+	uint8_t h[MIG_STREAM_HDR_SIZE];
+	uint16_t major = MIG_STREAM_MAJOR, minor = MIG_STREAM_MINOR;
+	uint32_t crc;
+
+	memcpy(h, MIG_STREAM_MAGIC, 8);
+	memcpy(h + 8, &major, 2);
+	memcpy(h + 10, &minor, 2);
+	crc = crc32c(h, 12);
+	memcpy(h + 12, &crc, 4);
+	return mig_write(ch, h, sizeof(h));
+}
+
+int mig_stream_read_header(struct mig_channel *ch, char *err, size_t errlen)
+{
+	uint8_t h[MIG_STREAM_HDR_SIZE];
+	uint16_t major, minor;
+	uint32_t crc;
+	int ret;
+
+	ret = mig_read(ch, h, sizeof(h));
+	if (ret) {
+		snprintf(err, errlen, "stream ended before its header (%s)",
+			 strerror(-ret));
+		return ret;
+	}
+	if (memcmp(h, MIG_STREAM_MAGIC, 8)) {
+		snprintf(err, errlen, "not a ferry migration stream (bad magic "
+			 "%02x%02x%02x%02x%02x%02x%02x%02x)", h[0], h[1], h[2],
+			 h[3], h[4], h[5], h[6], h[7]);
+		return -EBADMSG;
+	}
+	memcpy(&crc, h + 12, 4);
+	if (crc != crc32c(h, 12)) {
+		snprintf(err, errlen, "stream header CRC mismatch");
+		return -EBADMSG;
+	}
+	memcpy(&major, h + 8, 2);
+	memcpy(&minor, h + 10, 2);
+	if (major != MIG_STREAM_MAJOR || minor > MIG_STREAM_MINOR) {
+		snprintf(err, errlen, "unsupported stream version %u.%u "
+			 "(this ferry reads %u.0 to %u.%u)", major, minor,
+			 MIG_STREAM_MAJOR, MIG_STREAM_MAJOR, MIG_STREAM_MINOR);
+		return -EPROTONOSUPPORT;
+	}
+	return 0;
+}
+
+int mig_section_write(struct mig_channel *ch, uint16_t type, uint16_t flags,
+		      uint32_t id, const void *a, size_t alen,
+		      const void *b, size_t blen)
+{
+	struct mig_section sec = { .type = type, .flags = flags, .id = id };
+	uint32_t crc = CRC32C_INIT;
+	size_t len;
+	int ret;
+
+	if (check_add_overflow(alen, blen, &len) || len > MIG_SECTION_MAX_LEN)
+		return -EFBIG;
+	sec.length = len;
+	if (alen)
+		crc = crc32c_update(crc, a, alen);
+	if (blen)
+		crc = crc32c_update(crc, b, blen);
+	sec.payload_crc = crc32c_final(crc);
+	sec.hdr_crc = crc32c(&sec, offsetof(struct mig_section, hdr_crc));
+	ret = mig_write(ch, &sec, sizeof(sec));
+	if (!ret && alen)
+		ret = mig_write(ch, a, alen);
+	if (!ret && blen)
+		ret = mig_write(ch, b, blen);
+	return ret;
+}
+
+int mig_section_read(struct mig_channel *ch, struct mig_section *sec,
+		     void **payload, char *err, size_t errlen)
+{
+	void *buf = NULL;
+	int ret;
+
+	*payload = NULL;
+	ret = mig_read(ch, sec, sizeof(*sec));
+	if (ret) {
+		snprintf(err, errlen, "stream truncated: no section header "
+			 "(%s)", strerror(-ret));
+		return ret;
+	}
+	if (sec->hdr_crc != crc32c(sec, offsetof(struct mig_section, hdr_crc))) {
+		snprintf(err, errlen, "corrupt section header (CRC mismatch)");
+		return -EBADMSG;
+	}
+	if (sec->length > MIG_SECTION_MAX_LEN) {
+		snprintf(err, errlen, "section %s is %llu bytes, limit %u",
+			 mig_section_name(sec->type),
+			 (unsigned long long)sec->length, MIG_SECTION_MAX_LEN);
+		return -EFBIG;
+	}
+	if (sec->length) {
+		buf = malloc(sec->length);
+		if (!buf) {
+			snprintf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+		ret = mig_read(ch, buf, sec->length);
+		if (ret) {
+			snprintf(err, errlen, "stream truncated inside section "
+				 "%s (%s)", mig_section_name(sec->type),
+				 strerror(-ret));
+			free(buf);
+			return ret;
+		}
+	}
+	if (crc32c(buf ? buf : "", sec->length) != sec->payload_crc) {
+		snprintf(err, errlen, "section %s id %u: payload CRC mismatch",
+			 mig_section_name(sec->type), sec->id);
+		free(buf);
+		return -EBADMSG;
+	}
+	*payload = buf;
+	return 0;
+}
+
+const char *mig_section_name(uint16_t type)
+{
+	switch (type) {
+	case MIG_SEC_CONFIG: return "CONFIG";
+	case MIG_SEC_RAM: return "RAM";
+	case MIG_SEC_DEV_DATA: return "DEV_DATA";
+	case MIG_SEC_DEV_INIT_DONE: return "DEV_INIT_DONE";
+	case MIG_SEC_DEV_END: return "DEV_END";
+	case MIG_SEC_VCPU: return "VCPU";
+	case MIG_SEC_IRQCHIP: return "IRQCHIP";
+	case MIG_SEC_PIT: return "PIT";
+	case MIG_SEC_CLOCK: return "CLOCK";
+	case MIG_SEC_SERIAL: return "SERIAL";
+	case MIG_SEC_PCI_DEV: return "PCI_DEV";
+	case MIG_SEC_ITER_END: return "ITER_END";
+	case MIG_SEC_END: return "END";
+	case MIG_RP_SWITCHOVER_ACK: return "SWITCHOVER_ACK";
+	case MIG_RP_RESUMED: return "RESUMED";
+	case MIG_RP_ERROR: return "ERROR";
+	}
+	return "UNKNOWN";
+}
