@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * ferry-dma device model: the public face used by ferry-dev, the tests and
+ * the fuzzer. The model implements struct vfu_device_ops (regions,
+ * reset, IRQ changes, migration) but never calls the vfio-user server
+ * itself: everything it needs from the outside world goes through a
+ * small host-ops table, so a test can instantiate the device in-process
+ * with guest memory in a plain buffer.
+ *
+ * Threads. The model runs an engine thread (descriptor processing) and,
+ * with a dirty rate configured, a thread that dirties device memory.
+ * Both call host ops; host ops must not call back into the model.
+ * Every vfu_device_ops callback may be called from any one thread at a
+ * time (the server's dispatcher).
+ */
+#ifndef FERRY_DMA_H
+#define FERRY_DMA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry/ferry_dma_hw.h"
+#include "ferry/vfu_server.h"
+
+struct ferry_dma;
+
+struct ferry_dma_host_ops {
+	/* Guest memory access at an IOVA: 0 or -errno (-EFAULT unmapped). */
+	int (*dma_read)(void *host, uint64_t iova, void *buf, size_t len);
+	int (*dma_write)(void *host, uint64_t iova, const void *buf,
+			 size_t len);
+	/* Signal MSI-X vector `vector`: 1 delivered, 0 no eventfd (the
+	 * device keeps it pending in the PBA), -errno. */
+	int (*irq_trigger)(void *host, uint32_t vector);
+};
+
+struct ferry_dma_config {
+	const char *name;		/* for logs; NULL: "ferry-dma" */
+	uint64_t devmem_size;		/* 0: FERRY_DMA_DEVMEM_DEFAULT */
+	uint32_t msix_vectors;		/* 0: FERRY_DMA_DEFAULT_VECTORS */
+	uint64_t dirty_rate;		/* device-internal dirtying, bytes/s */
+	uint32_t load_latency_ms;	/* sleep after loading the header */
+};
+
+/* Validate a configuration: 0 or -EINVAL with a reason in err. */
+int ferry_dma_config_check(const struct ferry_dma_config *cfg,
+			   char *err, size_t errlen);
+
+int ferry_dma_create(const struct ferry_dma_config *cfg,
+		     const struct ferry_dma_host_ops *host_ops, void *host,
+		     struct ferry_dma **out);
+void ferry_dma_destroy(struct ferry_dma *d);
+
+/* Fill a server device description: regions, IRQ counts, ops, dev. */
+void ferry_dma_describe(struct ferry_dma *d, struct vfu_device_desc *desc);
+
+/* The ops table (also reachable through ferry_dma_describe()). */
+extern const struct vfu_device_ops ferry_dma_vfu_ops;
+
+/* Introspection for tests and tools. */
+uint64_t ferry_dma_devmem_size(struct ferry_dma *d);
+/* CRC32C of the whole device memory (call while the device is stopped
+ * for a stable value). */
+uint32_t ferry_dma_devmem_crc(struct ferry_dma *d);
+/* Direct pointer to device memory (tests). */
+void *ferry_dma_devmem(struct ferry_dma *d);
+/* Wait until the engine has nothing to do or timeout_ms passes: 0 idle,
+ * -ETIMEDOUT. */
+int ferry_dma_wait_idle(struct ferry_dma *d, uint32_t timeout_ms);
+
+/* Migration stream format constants (docs/ferry-dma.md). */
+#define FERRY_DMA_MIG_MAGIC		0x314d47494d414446ull	/* "FDAMIGM1" */
+#define FERRY_DMA_MIG_MAJOR		1u
+#define FERRY_DMA_MIG_MINOR		0u
+#define FERRY_DMA_MIG_CHUNK		(64u * 1024u)
+
+#endif /* FERRY_DMA_H */
