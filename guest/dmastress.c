@@ -1,0 +1,914 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * dmastress: drives every ferry-dma on PCI bus 0 from ring 3 and checks
+ * everything the device does, while dirtying RAM like memstress.
+ *
+ * Per round and device: a batch of descriptors of every kind (COPY, FILL,
+ * CRC, TO_DEV, FROM_DEV) with random lengths (up to maxlen, crossing
+ * pages) and unaligned offsets, the IRQ flag on the last one only (one
+ * interrupt per batch keeps emulated ring-0 time small). Every completion
+ * is checked (cookie, status, CRC32C computed here, seq, running CRC
+ * against a shadow), every result compared byte for byte, device memory
+ * mirrored in a shadow copy. Between batches the guest writes device
+ * memory directly through BAR2 and the next batch reads that chunk back
+ * with FROM_DEV; TO_DEV results are sampled back through BAR2. The
+ * interrupt count must equal the flagged completions, per device.
+ *
+ * Device memory used is the first DEVMEM_WINDOW_MAX bytes of BAR2 (the
+ * shadow lives in guest RAM). Parameters: seconds=, pages=, batch=,
+ * maxlen=, devices= (expected count, default any), timeout= (seconds
+ * without progress before a FAIL; VM pauses are not counted), seed=,
+ * selftest_corrupt=1 (negative control: damage one result behind the
+ * checker's back, a COPY destination with a device, a page without;
+ * the run must FAIL).
+ */
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "boot.h"
+#include "cmdline.h"
+#include "console.h"
+#include "crc.h"
+#include "ferry/ferry_dma_hw.h"
+#include "fmt.h"
+#include "guest.h"
+#include "lapic.h"
+#include "lib.h"
+#include "mem.h"
+#include "pagecheck.h"
+#include "pci.h"
+#include "rand.h"
+#include "stall.h"
+#include "svc.h"
+
+#define MAX_DEVICES		8
+#define RING_ENTRIES		256u
+#define DEFAULT_BATCH		16
+#define DEFAULT_MAXLEN		(64u * 1024u)
+#define DEFAULT_PAGES		1024
+#define DEFAULT_TIMEOUT_S	30
+#define DEVICES_ANY		(~0ull)
+#define DEVMEM_WINDOW_MAX	(8u << 20)
+#define INIT_CHUNK		(1u << 20)	/* TO_DEV size filling devmem */
+#define BUF_SLACK		4096u		/* room for unaligned offsets */
+#define DIRECT_CHUNK_MAX	1024u		/* BAR2 stores per round */
+#define READBACK_MAX		64u		/* BAR2 loads per TO_DEV */
+#define DIRTY_PER_ROUND		64u		/* pages rewritten per round */
+#define PAUSE_TSC_US		20000ull	/* a gap this long is a VM pause */
+#define RESET_SPIN_MAX		100000u
+#define HEARTBEAT_US		1000000ull
+#define VEC_BASE		0x40		/* device d: VEC_BASE + 2d, +1 */
+#define PAGE_BYTES		4096ull
+#define RESERVE_BYTES		(1ull << 20)
+#define FILL_CHUNK		256u		/* multiple of the 8-byte pattern */
+
+const char guest_name[] = "dmastress";
+
+static uint64_t opt_seconds;
+static uint64_t opt_pages = DEFAULT_PAGES;
+static uint64_t opt_batch = DEFAULT_BATCH;
+static uint64_t opt_maxlen = DEFAULT_MAXLEN;
+static uint64_t opt_devices = DEVICES_ANY;
+static uint64_t opt_timeout = DEFAULT_TIMEOUT_S;
+static uint64_t opt_seed = 1;
+static uint64_t opt_selftest_corrupt;
+
+static const struct param params[] = {
+	{ "seconds", &opt_seconds },
+	{ "pages", &opt_pages },
+	{ "batch", &opt_batch },
+	{ "maxlen", &opt_maxlen },
+	{ "devices", &opt_devices },
+	{ "timeout", &opt_timeout },
+	{ "seed", &opt_seed },
+	{ "selftest_corrupt", &opt_selftest_corrupt },
+};
+
+struct job {
+	uint32_t op;
+	bool irq;
+	uint8_t *src;		/* guest buffer read by the device */
+	uint8_t *dst;		/* guest buffer written by the device */
+	uint64_t devoff;	/* TO_DEV / FROM_DEV */
+	uint64_t len;
+	uint64_t pattern;	/* FILL */
+	uint64_t cookie;
+	uint32_t crc;		/* expected completion crc */
+	uint32_t run;		/* expected RUNNING_CRC state after it */
+};
+
+struct fdev {
+	unsigned int idx;
+	struct pci_addr pci;
+	volatile uint32_t *regs;
+	volatile uint8_t *devmem;
+	uint64_t devmem_size;
+	uint64_t window;	/* bytes of devmem in use */
+	uint64_t region;	/* per batch slot, within the window */
+	uint8_t *shadow;
+	struct ferry_dma_desc *ring;
+	struct ferry_dma_completion *comps;
+	uint8_t *bufs;
+	uint64_t buf_stride;
+	struct job *jobs;
+	unsigned int nr_jobs;
+	uint32_t head;		/* free-running producer index */
+	uint64_t seq;		/* COMPLETED after the last completion */
+	uint32_t run;		/* RUNNING_CRC state shadow */
+	uint64_t cookie_next;
+	unsigned int vec;
+	uint64_t irq_base;	/* irq_counts[vec] at enable */
+	uint64_t raised_base;	/* IRQS_RAISED at enable */
+	uint64_t irq_flagged;	/* completions with the IRQ flag */
+	uint64_t direct_off;	/* last chunk written through BAR2 */
+	uint64_t direct_len;
+};
+
+static struct fdev devs[MAX_DEVICES];
+static unsigned int nr_devs;
+static struct rng rng;
+static struct pageset pages;
+static uint64_t total_jobs, total_bytes, rounds;
+static bool selftest_done;
+
+static const char *const op_names[FERRY_DMA_OP_MAX] = {
+	[FERRY_DMA_OP_COPY] = "COPY",
+	[FERRY_DMA_OP_FILL] = "FILL",
+	[FERRY_DMA_OP_CRC] = "CRC",
+	[FERRY_DMA_OP_TO_DEV] = "TO_DEV",
+	[FERRY_DMA_OP_FROM_DEV] = "FROM_DEV",
+};
+
+static uint64_t irqs_total(void)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < nr_devs; i++)
+		n += irq_count(devs[i].vec) - devs[i].irq_base;
+	return n;
+}
+
+/* The one FAIL verdict line: reason, then the counters. */
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
+{
+	char reason[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	fmt_vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	say("FAIL %s jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu",
+	    reason, total_jobs, total_bytes, irqs_total(), nr_devs,
+	    stall_max_us());
+	return -1;
+}
+
+/* --- registers and device memory (MMIO from ring 3) ------------------ */
+
+static uint32_t reg_read(struct fdev *d, unsigned int off)
+{
+	return d->regs[off / 4];
+}
+
+static void reg_write(struct fdev *d, unsigned int off, uint32_t v)
+{
+	d->regs[off / 4] = v;
+}
+
+/* LO first: reading LO latches HI. */
+static uint64_t reg_read64(struct fdev *d, unsigned int lo_off)
+{
+	uint64_t lo = reg_read(d, lo_off);
+
+	return lo | (uint64_t)reg_read(d, lo_off + 4) << 32;
+}
+
+/* Aligned 8-byte accesses: each one is a trap while the VMM saves. */
+static void devmem_read(struct fdev *d, uint64_t off, uint8_t *buf,
+			uint64_t len)
+{
+	while (len) {
+		uint64_t base = off & ~7ull, w = *(volatile uint64_t *)
+			(d->devmem + base);
+		unsigned int skip = off - base;
+		unsigned int n = MIN(8 - skip, len);
+
+		memcpy(buf, (uint8_t *)&w + skip, n);
+		buf += n;
+		off += n;
+		len -= n;
+	}
+}
+
+static void devmem_write(struct fdev *d, uint64_t off, const uint8_t *buf,
+			 uint64_t len)
+{
+	while (len && (off & 7)) {
+		d->devmem[off++] = *buf++;
+		len--;
+	}
+	while (len >= 8) {
+		uint64_t w;
+
+		memcpy(&w, buf, 8);
+		*(volatile uint64_t *)(d->devmem + off) = w;
+		off += 8;
+		buf += 8;
+		len -= 8;
+	}
+	while (len--)
+		d->devmem[off++] = *buf++;
+}
+
+static void fill_random(uint8_t *p, uint64_t len)
+{
+	while (len >= 8) {
+		uint64_t w = rng_next(&rng);
+
+		memcpy(p, &w, 8);
+		p += 8;
+		len -= 8;
+	}
+	while (len--)
+		*p++ = rng_next(&rng);
+}
+
+/* --- discovery and set-up ------------------------------------------- */
+
+static int dev_msix_setup(struct fdev *d, const struct pci_bar *bars)
+{
+	unsigned int cap = pci_find_cap(d->pci, PCI_CAP_ID_MSIX);
+	uint32_t table, ctrl, nvec;
+	volatile uint32_t *entry;
+	uint32_t apic = lapic_id();
+
+	if (!cap)
+		return fail("no_msix dev=%u", d->idx);
+	ctrl = pci_cfg_read(d->pci, cap + PCI_MSIX_FLAGS, 2);
+	table = pci_cfg_read(d->pci, cap + PCI_MSIX_TABLE, 4);
+	nvec = (ctrl & PCI_MSIX_FLAGS_QSIZE) + 1;
+	if (nvec < FERRY_DMA_DEFAULT_VECTORS ||
+	    (table & PCI_MSIX_BIR_MASK) >= PCI_NUM_BARS ||
+	    !bars[table & PCI_MSIX_BIR_MASK].addr)
+		return fail("bad_msix dev=%u vectors=%u table=0x%x", d->idx,
+			    nvec, table);
+
+	entry = (volatile uint32_t *)(bars[table & PCI_MSIX_BIR_MASK].addr +
+				      (table & ~PCI_MSIX_BIR_MASK));
+	for (unsigned int v = 0; v < FERRY_DMA_DEFAULT_VECTORS; v++) {
+		volatile uint32_t *e = entry + v * PCI_MSIX_ENTRY_SIZE / 4;
+
+		e[PCI_MSIX_ENTRY_ADDR_LO / 4] = MSI_ADDR_BASE |
+						apic << MSI_ADDR_DEST_SHIFT;
+		e[PCI_MSIX_ENTRY_ADDR_HI / 4] = 0;
+		e[PCI_MSIX_ENTRY_DATA / 4] = d->vec + v;
+		e[PCI_MSIX_ENTRY_VECTOR_CTRL / 4] = 0;
+	}
+	ctrl = (ctrl | PCI_MSIX_FLAGS_ENABLE) & ~PCI_MSIX_FLAGS_MASKALL;
+	pci_cfg_write(d->pci, cap + PCI_MSIX_FLAGS, 2, ctrl);
+	return 0;
+}
+
+static int dev_alloc(struct fdev *d)
+{
+	d->window = MIN(d->devmem_size, DEVMEM_WINDOW_MAX);
+	d->region = (d->window / opt_batch) & ~7ull;
+	d->buf_stride = ALIGN_UP(opt_maxlen + BUF_SLACK, PAGE_BYTES);
+	d->ring = mem_alloc(RING_ENTRIES * sizeof(*d->ring), PAGE_BYTES);
+	d->comps = mem_alloc(RING_ENTRIES * sizeof(*d->comps), PAGE_BYTES);
+	d->jobs = mem_alloc(opt_batch * sizeof(*d->jobs), 64);
+	d->shadow = mem_alloc(d->window, PAGE_BYTES);
+	d->bufs = mem_alloc(2 * opt_batch * d->buf_stride, PAGE_BYTES);
+	if (!d->ring || !d->comps || !d->jobs || !d->shadow || !d->bufs)
+		return fail("no_memory dev=%u", d->idx);
+	if (d->region == 0)
+		return fail("devmem_too_small dev=%u size=%lu", d->idx,
+			    d->devmem_size);
+	memset(d->ring, 0, RING_ENTRIES * sizeof(*d->ring));
+	memset(d->comps, 0, RING_ENTRIES * sizeof(*d->comps));
+	return 0;
+}
+
+static int dev_reset(struct fdev *d)
+{
+	unsigned int spin;
+
+	reg_write(d, FERRY_DMA_REG_CTRL, FERRY_DMA_CTRL_RESET);
+	for (spin = 0; spin < RESET_SPIN_MAX; spin++)
+		if (!(reg_read(d, FERRY_DMA_REG_CTRL) & FERRY_DMA_CTRL_RESET))
+			break;
+	if (spin == RESET_SPIN_MAX)
+		return fail("reset_stuck dev=%u", d->idx);
+	reg_write(d, FERRY_DMA_REG_IRQ_MASK, 0);
+	reg_write(d, FERRY_DMA_REG_RING_BASE_LO, (uint64_t)d->ring);
+	reg_write(d, FERRY_DMA_REG_RING_BASE_HI, (uint64_t)d->ring >> 32);
+	reg_write(d, FERRY_DMA_REG_RING_SIZE, RING_ENTRIES);
+	d->head = reg_read(d, FERRY_DMA_REG_RING_TAIL);
+	reg_write(d, FERRY_DMA_REG_RING_HEAD, d->head);
+	d->seq = reg_read64(d, FERRY_DMA_REG_COMPLETED_LO);
+	d->run = reg_read(d, FERRY_DMA_REG_RUNNING_CRC) ^ 0xffffffffu;
+	d->raised_base = reg_read64(d, FERRY_DMA_REG_IRQS_RAISED_LO);
+	d->irq_base = irq_count(d->vec);
+	reg_write(d, FERRY_DMA_REG_CTRL, FERRY_DMA_CTRL_ENABLE);
+	if (!(reg_read(d, FERRY_DMA_REG_STATUS) & FERRY_DMA_STATUS_ENABLED))
+		return fail("not_enabled dev=%u status=0x%x", d->idx,
+			    reg_read(d, FERRY_DMA_REG_STATUS));
+	return 0;
+}
+
+static int dev_setup(struct fdev *d, uint64_t *next_free)
+{
+	struct pci_bar bars[PCI_NUM_BARS];
+	uint32_t cmd;
+
+	memset(bars, 0, sizeof(bars));
+	for (unsigned int n = 0; n < PCI_NUM_BARS; n++) {
+		if (pci_bar_read(d->pci, n, &bars[n]) == 0 && bars[n].is64)
+			n++;
+	}
+	if (!bars[0].addr || !bars[2].addr) {
+		if (pci_assign_bars(d->pci, next_free) < 0)
+			return fail("bar_assign dev=%u", d->idx);
+		pci_bar_read(d->pci, 0, &bars[0]);
+		pci_bar_read(d->pci, 2, &bars[2]);
+		say("device %u: assigned BARs (VMM left them unset)", d->idx);
+	}
+	if (!bars[0].addr || !bars[2].addr)
+		return fail("bar_missing dev=%u", d->idx);
+	/* Past the 4 GiB boot mapping, ask ring 0 to map it. */
+	if (bars[0].addr + FERRY_DMA_BAR0_SIZE > LOW_MAP_END &&
+	    svc_call(SVC_MAP, bars[0].addr, FERRY_DMA_BAR0_SIZE, 0))
+		return fail("bar_unmappable dev=%u", d->idx);
+
+	cmd = pci_cfg_read(d->pci, PCI_COMMAND, 2);
+	pci_cfg_write(d->pci, PCI_COMMAND, 2, cmd | PCI_COMMAND_MEMORY |
+		      PCI_COMMAND_MASTER | PCI_COMMAND_INTX_OFF);
+
+	d->regs = (volatile uint32_t *)bars[0].addr;
+	d->devmem = (volatile uint8_t *)bars[2].addr;
+	if (reg_read(d, FERRY_DMA_REG_ID) != FERRY_DMA_ID_VALUE)
+		return fail("bad_id dev=%u id=0x%x", d->idx,
+			    reg_read(d, FERRY_DMA_REG_ID));
+	d->devmem_size = reg_read64(d, FERRY_DMA_REG_DEVMEM_SIZE_LO);
+	if (d->devmem_size < FERRY_DMA_DEVMEM_MIN)
+		return fail("bad_devmem_size dev=%u size=%lu", d->idx,
+			    d->devmem_size);
+	if (bars[2].addr + MIN(d->devmem_size, DEVMEM_WINDOW_MAX) >
+	    LOW_MAP_END &&
+	    svc_call(SVC_MAP, bars[2].addr, MIN(d->devmem_size,
+						DEVMEM_WINDOW_MAX), 0))
+		return fail("bar_unmappable dev=%u", d->idx);
+
+	if (dev_alloc(d) || dev_msix_setup(d, bars) || dev_reset(d))
+		return -1;
+	say("device %u: %02x:%02x.%x bar0=0x%lx bar2=0x%lx devmem=%lu "
+	    "window=%lu vectors=0x%x,0x%x", d->idx, d->pci.bus, d->pci.dev,
+	    d->pci.fn, bars[0].addr, bars[2].addr, d->devmem_size, d->window,
+	    d->vec, d->vec + 1);
+	return 0;
+}
+
+static int devices_find(void)
+{
+	uint64_t next_free = 0;
+	bool need_assign = false;
+
+	for (unsigned int dn = 0; dn < PCI_MAX_DEV; dn++) {
+		for (unsigned int fn = 0; fn < PCI_MAX_FUNC; fn++) {
+			struct pci_addr a = { 0, dn, fn };
+			uint32_t id = pci_cfg_read(a, PCI_VENDOR_ID, 4);
+
+			if ((id & 0xffff) == 0xffff) {
+				if (fn == 0)
+					break;
+				continue;
+			}
+			if ((id & 0xffff) == FERRY_DMA_VENDOR_ID &&
+			    id >> 16 == FERRY_DMA_DEVICE_ID) {
+				struct fdev *d;
+
+				if (nr_devs == MAX_DEVICES) {
+					say("more than %u devices; using the first %u",
+					    MAX_DEVICES, MAX_DEVICES);
+					goto done;
+				}
+				d = &devs[nr_devs];
+				d->idx = nr_devs;
+				d->pci = a;
+				d->vec = VEC_BASE + 2 * nr_devs;
+				nr_devs++;
+			}
+			if (fn == 0 && !(pci_cfg_read(a, PCI_HEADER_TYPE, 1) &
+					 PCI_HEADER_MULTIFUNC))
+				break;
+		}
+	}
+done:
+	for (unsigned int i = 0; i < nr_devs; i++) {
+		struct pci_bar b0, b2;
+
+		if (pci_bar_read(devs[i].pci, 0, &b0) ||
+		    pci_bar_read(devs[i].pci, 2, &b2) || !b0.addr || !b2.addr)
+			need_assign = true;
+	}
+	if (need_assign)
+		next_free = pci_mmio_high_water(PCI_MMIO_BASE);
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (dev_setup(&devs[i], &next_free))
+			return -1;
+	return 0;
+}
+
+/* --- jobs ----------------------------------------------------------- */
+
+static uint64_t rand_len(void)
+{
+	switch (rng_below(&rng, 4)) {
+	case 0:
+		return 1 + rng_below(&rng, MIN(64, opt_maxlen));
+	case 1:
+		return 1 + rng_below(&rng, MIN(PAGE_BYTES, opt_maxlen));
+	default:
+		return 1 + rng_below(&rng, opt_maxlen);
+	}
+}
+
+/* Slot k's part of device memory this round: disjoint within a batch,
+ * rotating across rounds so all of the window gets used. */
+static uint64_t region_base(const struct fdev *d, unsigned int k)
+{
+	return ((k + rounds) % opt_batch) * d->region;
+}
+
+static void job_build(struct fdev *d, unsigned int k, struct job *j)
+{
+	uint8_t *slot = d->bufs + 2 * k * d->buf_stride;
+
+	j->op = 1 + rng_below(&rng, FERRY_DMA_OP_MAX - 1);
+	j->len = rand_len();
+	j->src = slot + rng_below(&rng, BUF_SLACK);
+	j->dst = slot + d->buf_stride + rng_below(&rng, BUF_SLACK);
+	j->pattern = rng_next(&rng);
+	j->irq = false;
+
+	/* Slot 0 reads back what the guest wrote through BAR2 last round. */
+	if (k == 0 && d->direct_len) {
+		j->op = FERRY_DMA_OP_FROM_DEV;
+		j->devoff = d->direct_off;
+		j->len = d->direct_len;
+		return;
+	}
+	if (j->op == FERRY_DMA_OP_TO_DEV || j->op == FERRY_DMA_OP_FROM_DEV) {
+		j->len = MIN(j->len, d->region);
+		j->devoff = region_base(d, k) +
+			    rng_below(&rng, d->region - j->len + 1);
+	}
+	if (j->op == FERRY_DMA_OP_COPY || j->op == FERRY_DMA_OP_CRC ||
+	    j->op == FERRY_DMA_OP_TO_DEV)
+		fill_random(j->src, j->len);
+}
+
+static void desc_write(struct fdev *d, struct job *j)
+{
+	struct ferry_dma_desc *desc = &d->ring[d->head % RING_ENTRIES];
+	struct ferry_dma_completion *c = &d->comps[d->head % RING_ENTRIES];
+
+	memset(c, 0, sizeof(*c));
+	j->cookie = ++d->cookie_next;
+	desc->op = j->op;
+	desc->flags = j->irq ? FERRY_DMA_DESC_F_IRQ : 0;
+	desc->src = j->op == FERRY_DMA_OP_FROM_DEV ? j->devoff :
+		    (uint64_t)j->src;
+	desc->dst = j->op == FERRY_DMA_OP_TO_DEV ? j->devoff :
+		    (uint64_t)j->dst;
+	desc->len = j->len;
+	desc->pattern = j->pattern;
+	desc->completion = (uint64_t)c;
+	desc->cookie = j->cookie;
+	desc->reserved = 0;
+	d->head++;
+}
+
+static void dev_submit(struct fdev *d)
+{
+	for (unsigned int k = 0; k < d->nr_jobs; k++)
+		desc_write(d, &d->jobs[k]);
+	/* x86 keeps stores in order; only the compiler must not sink the
+	 * descriptor stores past the doorbell. */
+	barrier();
+	reg_write(d, FERRY_DMA_REG_RING_HEAD, d->head);
+}
+
+/* The bytes a job produces, fed to CRC state crc. */
+static uint32_t job_crc_update(const struct fdev *d, const struct job *j,
+			       uint32_t crc)
+{
+	uint8_t fill[FILL_CHUNK];
+	uint64_t left;
+
+	switch (j->op) {
+	case FERRY_DMA_OP_FILL:
+		for (unsigned int i = 0; i < FILL_CHUNK; i += 8)
+			memcpy(fill + i, &j->pattern, 8);
+		for (left = j->len; left; ) {
+			uint64_t n = MIN(left, FILL_CHUNK);
+
+			crc = crc32c_update(crc, fill, n);
+			left -= n;
+		}
+		return crc;
+	case FERRY_DMA_OP_FROM_DEV:
+		return crc32c_update(crc, d->shadow + j->devoff, j->len);
+	default:
+		return crc32c_update(crc, j->src, j->len);
+	}
+}
+
+/* Expected values, computed while the device works. Slot regions are
+ * disjoint, so the shadow read by FROM_DEV is the pre-batch state. */
+static void dev_expect(struct fdev *d)
+{
+	for (unsigned int k = 0; k < d->nr_jobs; k++) {
+		struct job *j = &d->jobs[k];
+
+		j->crc = crc32c_final(job_crc_update(d, j, CRC32C_INIT));
+		d->run = job_crc_update(d, j, d->run);
+		j->run = d->run;
+	}
+}
+
+static int bytes_compare(const struct fdev *d, const struct job *j,
+			 const uint8_t *found, const uint8_t *expected,
+			 uint64_t len, const char *where)
+{
+	for (uint64_t i = 0; i < len; i++) {
+		if (found[i] == expected[i])
+			continue;
+		say("dev %u %s cookie=%lu len=%lu: %s byte %lu expected 0x%02x "
+		    "found 0x%02x", d->idx, op_names[j->op], j->cookie, j->len,
+		    where, i, expected[i], found[i]);
+		return fail("data_mismatch dev=%u op=%s cookie=%lu offset=%lu",
+			    d->idx, op_names[j->op], j->cookie, i);
+	}
+	return 0;
+}
+
+static int fill_mismatch(const struct fdev *d, const struct job *j,
+			 uint64_t i, uint8_t expected)
+{
+	say("dev %u FILL cookie=%lu len=%lu pattern=0x%016lx: dst byte %lu "
+	    "expected 0x%02x found 0x%02x", d->idx, j->cookie, j->len,
+	    j->pattern, i, expected, j->dst[i]);
+	return fail("data_mismatch dev=%u op=FILL cookie=%lu offset=%lu",
+		    d->idx, j->cookie, i);
+}
+
+static int job_check_data(struct fdev *d, struct job *j)
+{
+	uint8_t sample[READBACK_MAX];
+	uint64_t off, n;
+
+	switch (j->op) {
+	case FERRY_DMA_OP_COPY:
+		if (opt_selftest_corrupt && !selftest_done && rounds > 0) {
+			say("selftest: corrupting COPY cookie=%lu dst byte %lu",
+			    j->cookie, j->len / 2);
+			j->dst[j->len / 2] ^= 0x01;
+			selftest_done = true;
+		}
+		return bytes_compare(d, j, j->dst, j->src, j->len, "dst");
+	case FERRY_DMA_OP_FILL:
+		for (uint64_t i = 0; i < j->len; i++) {
+			uint8_t e = j->pattern >> (8 * (i & 7));
+
+			if (j->dst[i] != e)
+				return fill_mismatch(d, j, i, e);
+		}
+		return 0;
+	case FERRY_DMA_OP_CRC:
+		return 0;
+	case FERRY_DMA_OP_TO_DEV:
+		memcpy(d->shadow + j->devoff, j->src, j->len);
+		n = MIN(j->len, READBACK_MAX);
+		off = j->devoff + rng_below(&rng, j->len - n + 1);
+		devmem_read(d, off, sample, n);
+		return bytes_compare(d, j, sample, d->shadow + off, n,
+				     "BAR2 readback");
+	case FERRY_DMA_OP_FROM_DEV:
+		return bytes_compare(d, j, j->dst, d->shadow + j->devoff,
+				     j->len, "dst");
+	}
+	return 0;
+}
+
+/*
+ * Bounded wait for cond(d, arg). The deadline only counts time the guest
+ * was running: a long gap between samples is the VMM pausing the VM
+ * (migration downtime) and moves the deadline out.
+ */
+static bool wait_until(bool (*cond)(struct fdev *, uint64_t), struct fdev *d,
+		       uint64_t arg)
+{
+	uint64_t now, deadline, gap;
+
+	stall_sample(&now);
+	deadline = now + us_to_tsc(opt_timeout * 1000000);
+	while (!cond(d, arg)) {
+		gap = stall_sample(&now);
+		if (gap > us_to_tsc(PAUSE_TSC_US))
+			deadline += gap;
+		if (now > deadline)
+			return false;
+		cpu_relax();
+	}
+	return true;
+}
+
+static bool completion_seen(struct fdev *d, uint64_t k)
+{
+	const volatile struct ferry_dma_completion *c =
+		&d->comps[(d->head - d->nr_jobs + k) % RING_ENTRIES];
+
+	return c->cookie == d->jobs[k].cookie && c->seq != 0;
+}
+
+static bool tail_reached(struct fdev *d, uint64_t head)
+{
+	return reg_read(d, FERRY_DMA_REG_RING_TAIL) == (uint32_t)head;
+}
+
+static bool irqs_caught_up(struct fdev *d, uint64_t unused)
+{
+	return irq_count(d->vec) - d->irq_base >= d->irq_flagged;
+}
+
+static int dev_complete(struct fdev *d)
+{
+	for (unsigned int k = 0; k < d->nr_jobs; k++) {
+		struct job *j = &d->jobs[k];
+		const volatile struct ferry_dma_completion *c;
+
+		if (!wait_until(completion_seen, d, k))
+			return fail("timeout dev=%u cookie=%lu tail=%u head=%u "
+				    "status=0x%x", d->idx, j->cookie,
+				    reg_read(d, FERRY_DMA_REG_RING_TAIL), d->head,
+				    reg_read(d, FERRY_DMA_REG_STATUS));
+		/* Completions are written in order: once the next one (or,
+		 * for the last, the tail register) shows, this one is whole. */
+		if (k + 1 < d->nr_jobs) {
+			if (!wait_until(completion_seen, d, k + 1))
+				return fail("timeout dev=%u cookie=%lu", d->idx,
+					    d->jobs[k + 1].cookie);
+		} else if (!wait_until(tail_reached, d, d->head)) {
+			return fail("tail_stuck dev=%u tail=%u head=%u", d->idx,
+				    reg_read(d, FERRY_DMA_REG_RING_TAIL),
+				    d->head);
+		}
+		c = &d->comps[(d->head - d->nr_jobs + k) % RING_ENTRIES];
+		d->seq++;
+		if (c->status != FERRY_DMA_ST_OK || c->crc != j->crc ||
+		    c->seq != d->seq ||
+		    c->running_crc != crc32c_final(j->run)) {
+			say("dev %u %s cookie=%lu len=%lu: status=%d crc=0x%08x "
+			    "(expected 0x%08x) seq=%lu (expected %lu) "
+			    "running_crc=0x%08lx (expected 0x%08x)", d->idx,
+			    op_names[j->op], j->cookie, j->len, c->status,
+			    c->crc, j->crc, c->seq, d->seq, c->running_crc,
+			    crc32c_final(j->run));
+			return fail("bad_completion dev=%u op=%s cookie=%lu",
+				    d->idx, op_names[j->op], j->cookie);
+		}
+		if (job_check_data(d, j))
+			return -1;
+		total_jobs++;
+		total_bytes += j->len;
+		if (j->irq)
+			d->irq_flagged++;
+	}
+	/* One interrupt per batch, and it must arrive. */
+	if (!wait_until(irqs_caught_up, d, 0))
+		return fail("irq_missing dev=%u irqs=%lu flagged=%lu", d->idx,
+			    irq_count(d->vec) - d->irq_base, d->irq_flagged);
+	return 0;
+}
+
+/* Write a random chunk of device memory through BAR2 for the next
+ * round's slot 0 to read back with FROM_DEV. */
+static void dev_direct_write(struct fdev *d)
+{
+	uint8_t buf[DIRECT_CHUNK_MAX];
+	uint64_t base = ((rounds + 1) % opt_batch) * d->region;
+	uint64_t len = 1 + rng_below(&rng, MIN(DIRECT_CHUNK_MAX, d->region));
+	uint64_t off = base + rng_below(&rng, d->region - len + 1);
+
+	fill_random(buf, len);
+	devmem_write(d, off, buf, len);
+	memcpy(d->shadow + off, buf, len);
+	d->direct_off = off;
+	d->direct_len = len;
+}
+
+/* Fill the window with known data by TO_DEV from the shadow itself. */
+static int dev_prime(struct fdev *d)
+{
+	fill_random(d->shadow, d->window);
+	for (uint64_t off = 0; off < d->window; ) {
+		unsigned int n = 0;
+
+		while (off < d->window && n < opt_batch) {
+			struct job *j = &d->jobs[n++];
+
+			memset(j, 0, sizeof(*j));
+			j->op = FERRY_DMA_OP_TO_DEV;
+			j->src = d->shadow + off;
+			j->devoff = off;
+			j->len = MIN(INIT_CHUNK, d->window - off);
+			off += j->len;
+		}
+		d->jobs[n - 1].irq = true;
+		d->nr_jobs = n;
+		dev_submit(d);
+		dev_expect(d);
+		if (dev_complete(d))
+			return -1;
+	}
+	return 0;
+}
+
+/* Registers against the shadow: RUNNING_CRC, COMPLETED, ERRORS. */
+static int dev_check_regs(struct fdev *d)
+{
+	uint32_t crc = reg_read(d, FERRY_DMA_REG_RUNNING_CRC);
+	uint64_t done = reg_read64(d, FERRY_DMA_REG_COMPLETED_LO);
+	uint32_t errors = reg_read(d, FERRY_DMA_REG_ERRORS);
+
+	if (crc != crc32c_final(d->run) || done != d->seq || errors)
+		return fail("bad_registers dev=%u running_crc=0x%08x "
+			    "expected=0x%08x completed=%lu expected=%lu "
+			    "errors=%u", d->idx, crc, crc32c_final(d->run),
+			    done, d->seq, errors);
+	return 0;
+}
+
+static int dev_final_check(struct fdev *d)
+{
+	uint64_t raised, got;
+
+	if (!wait_until(irqs_caught_up, d, 0))
+		return fail("irq_missing dev=%u", d->idx);
+	if (dev_check_regs(d))
+		return -1;
+	got = irq_count(d->vec) - d->irq_base;
+	raised = reg_read64(d, FERRY_DMA_REG_IRQS_RAISED_LO) - d->raised_base;
+	if (got != d->irq_flagged || raised != got ||
+	    irq_count(d->vec + 1))
+		return fail("irq_count dev=%u irqs=%lu flagged=%lu raised=%lu "
+			    "error_irqs=%lu", d->idx, got, d->irq_flagged,
+			    raised, irq_count(d->vec + 1));
+	return 0;
+}
+
+/* --- main loop ------------------------------------------------------ */
+
+static int round_run(void)
+{
+	struct page_mismatch bad;
+
+	for (unsigned int i = 0; i < nr_devs; i++) {
+		struct fdev *d = &devs[i];
+
+		d->nr_jobs = opt_batch;
+		for (unsigned int k = 0; k < d->nr_jobs; k++)
+			job_build(d, k, &d->jobs[k]);
+		d->jobs[d->nr_jobs - 1].irq = true;
+		dev_submit(d);
+	}
+	for (unsigned int i = 0; i < nr_devs; i++)
+		dev_expect(&devs[i]);
+	for (unsigned int n = 0; n < DIRTY_PER_ROUND; n++) {
+		stall_sample(0);
+		if (pageset_step(&pages, &bad)) {
+			pageset_report(&bad);
+			return fail("page_mismatch page=%lu word=%u", bad.page,
+				    bad.word);
+		}
+	}
+	if (opt_selftest_corrupt && !selftest_done && !nr_devs &&
+	    pages.pass == 2) {
+		uint64_t index = pages.nr / 2;
+
+		say("selftest: corrupting page %lu word 7", index);
+		pageset_page(&pages, index)[7] ^= 0x10;
+		selftest_done = true;
+	}
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (dev_complete(&devs[i]))
+			return -1;
+	for (unsigned int i = 0; i < nr_devs; i++)
+		dev_direct_write(&devs[i]);
+	rounds++;
+	return 0;
+}
+
+static void heartbeat(uint64_t t_ms)
+{
+	say("heartbeat t=%lu jobs=%lu bytes=%lu irqs=%lu rewrites=%lu "
+	    "max_stall_us=%lu", t_ms / 1000, total_jobs, total_bytes,
+	    irqs_total(), pages.rewrites, stall_max_us());
+}
+
+static int setup(void)
+{
+	uint64_t max_pages;
+	void *base;
+
+	if (opt_batch < 1 || opt_batch > RING_ENTRIES / 2) {
+		say("batch=%lu out of range, using %u", opt_batch,
+		    DEFAULT_BATCH);
+		opt_batch = DEFAULT_BATCH;
+	}
+	if (opt_maxlen < 1 || opt_maxlen > FERRY_DMA_MAX_LEN) {
+		say("maxlen=%lu out of range, using %u", opt_maxlen,
+		    DEFAULT_MAXLEN);
+		opt_maxlen = DEFAULT_MAXLEN;
+	}
+	if (opt_timeout == 0)
+		opt_timeout = DEFAULT_TIMEOUT_S;
+	rng_seed(&rng, opt_seed);
+	mem_init();
+	lapic_enable();
+
+	if (devices_find())
+		return -1;
+	if (opt_devices != DEVICES_ANY && opt_devices != nr_devs)
+		return fail("device_count found=%u expected=%lu", nr_devs,
+			    opt_devices);
+	if (nr_devs == 0)
+		say("no ferry-dma device found; running the memory part only");
+
+	max_pages = mem_free_bytes() > RESERVE_BYTES ?
+		    (mem_free_bytes() - RESERVE_BYTES) / PAGE_BYTES : 0;
+	if (opt_pages > max_pages) {
+		say("pages=%lu does not fit, using %lu", opt_pages, max_pages);
+		opt_pages = max_pages;
+	}
+	if (opt_pages == 0)
+		return fail("no_memory");
+	base = mem_alloc(opt_pages * PAGE_BYTES, PAGE_BYTES);
+	pageset_init(&pages, base, opt_pages);
+
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (dev_prime(&devs[i]))
+			return -1;
+	return 0;
+}
+
+int guest_main(void)
+{
+	uint64_t start, now, next_beat, deadline;
+	struct page_mismatch bad;
+
+	params_parse(params, ARRAY_SIZE(params));
+	if (setup())
+		return 1;
+	say("start devices=%u pages=%lu batch=%lu maxlen=%lu seconds=%lu "
+	    "seed=%lu tsc_khz=%lu tsc_src=%s crc=%s", nr_devs, opt_pages,
+	    opt_batch, opt_maxlen, opt_seconds, opt_seed, tsc_hz / 1000,
+	    tsc_source, crc32c_is_hw() ? "sse4.2" : "table");
+
+	stall_reset();
+	start = stall_last_tsc;
+	next_beat = start + us_to_tsc(HEARTBEAT_US);
+	deadline = opt_seconds ? start + us_to_tsc(opt_seconds * 1000000) : 0;
+	for (;;) {
+		stall_sample(&now);
+		if (deadline && now >= deadline)
+			break;
+		if (now >= next_beat) {
+			heartbeat(tsc_to_ms(now - start));
+			for (unsigned int i = 0; i < nr_devs; i++)
+				if (dev_check_regs(&devs[i]))
+					return 1;
+			next_beat += us_to_tsc(HEARTBEAT_US);
+			if (next_beat < now)
+				next_beat = now + us_to_tsc(HEARTBEAT_US);
+		}
+		if (round_run())
+			return 1;
+	}
+
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (dev_final_check(&devs[i]))
+			return 1;
+	if (pageset_verify_all(&pages, &bad)) {
+		pageset_report(&bad);
+		fail("page_mismatch page=%lu word=%u", bad.page, bad.word);
+		return 1;
+	}
+	say("PASS jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu "
+	    "rewrites=%lu", total_jobs, total_bytes, irqs_total(), nr_devs,
+	    stall_max_us(), pages.rewrites);
+	return 0;
+}

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Local APIC in xAPIC mode at its default base, driven by MMIO from
+ * ring 3 (the page is mapped user-accessible). The interrupt stubs in
+ * entry.S count every vector in irq_counts[] and EOI; this file only
+ * software-enables the APIC so MSIs are accepted.
+ */
+#ifndef GUEST_LAPIC_H
+#define GUEST_LAPIC_H
+
+#include <stdint.h>
+
+#define LAPIC_BASE		0xfee00000ull
+#define LAPIC_ID		0x020
+#define LAPIC_TPR		0x080
+#define LAPIC_EOI		0x0b0
+#define LAPIC_SVR		0x0f0
+#define LAPIC_SVR_ENABLE	0x100
+#define SPURIOUS_VECTOR		0xff
+#define MSI_ADDR_BASE		0xfee00000u
+#define MSI_ADDR_DEST_SHIFT	12
+
+void lapic_enable(void);
+uint32_t lapic_id(void);
+uint64_t irq_count(unsigned int vector);
+
+#endif /* GUEST_LAPIC_H */
