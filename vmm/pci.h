@@ -37,7 +37,10 @@ struct pci_bus *pci_bus_create(struct vm *vm);
 void pci_bus_destroy(struct pci_bus *bus);
 /* Place d in the next free slot. 0 or -ENOSPC. */
 int pci_bus_add(struct pci_bus *bus, struct pci_dev *d);
-/* Allocate a naturally aligned MMIO window of size (power of 2). */
+/* Take d off the bus (its slot then reads as absent). 0 or -ENOENT. */
+int pci_bus_remove(struct pci_bus *bus, struct pci_dev *d);
+/* Allocate a naturally aligned MMIO window of size (power of 2, at least
+ * 4 KiB). 0, -EINVAL or -ENOSPC. */
 int pci_bus_alloc_mmio(struct pci_bus *bus, uint64_t size, uint64_t *gpa);
 
 #endif /* FERRY_VMM_PCI_H */

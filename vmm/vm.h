@@ -54,6 +54,20 @@ void *vm_gpa_to_hva(struct vm *vm, uint64_t gpa, uint64_t len);
  * served by the VMM); merged into the migration dirty bitmap. */
 void vm_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len);
 
+/*
+ * Dirty page tracking of guest RAM for migration (dirty.c). The bitmap
+ * has one bit per 4 KiB page of RAM in memfd-offset order (bit i is the
+ * page at vm_ram_fd() offset i * 4096), vm_dirty_bitmap_words() 64-bit
+ * words long. start turns on KVM dirty logging for every RAM slot; sync
+ * ORs the pages written since the previous sync (by vCPUs, and by
+ * vm_mark_dirty()) into bitmap and clears them; stop turns logging off.
+ * 0 or -errno.
+ */
+int vm_dirty_log_start(struct vm *vm);
+int vm_dirty_log_sync(struct vm *vm, uint64_t *bitmap);
+int vm_dirty_log_stop(struct vm *vm);
+uint64_t vm_dirty_bitmap_words(struct vm *vm);
+
 /* MSI routing: allocate a GSI routed to (addr, data); *gsi < 0 allocates,
  * otherwise the route is updated in place. */
 int vm_msi_route_set(struct vm *vm, int *gsi, uint64_t addr, uint32_t data);
@@ -62,7 +76,8 @@ int vm_irqfd_assign(struct vm *vm, int eventfd, int gsi);
 int vm_irqfd_deassign(struct vm *vm, int eventfd, int gsi);
 int vm_signal_msi(struct vm *vm, uint64_t addr, uint32_t data);
 
-/* Log an event on the QMP socket (JSON object data, may be NULL). */
+/* Log an event on the QMP socket (JSON object data, may be NULL; the
+ * caller keeps its reference). Callable from any thread. */
 struct json_object;
 void vm_qmp_event(struct vm *vm, const char *name, struct json_object *data);
 

@@ -1,0 +1,698 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The PCI host bridge and the vfio-user proxy against a real vfio-user
+ * server (libferry's, in a child process, hosting a small fake device)
+ * and a recording stand-in for the VM core: config mechanism #1, BAR
+ * placement/sizing/moving, trapped and direct BAR access, trap while
+ * saving, MSI-X routing/masking/pending, DMA to guest RAM, server death,
+ * and creation failures. No KVM needed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <json-c/json.h>
+
+#include "ferry/util.h"
+#include "ferry/vfu_server.h"
+
+#include "pci.h"
+#include "test_passthrough_fakevm.h"
+#include "vfio_user_pci.h"
+
+#define RAM_SIZE	(2u * 1024 * 1024)
+#define BAR0_SIZE	0x4000u
+#define BAR2_SIZE	0x10000u
+#define TABLE_OFF	0x2000u
+#define PBA_OFF		0x3000u
+#define MSIX_CAP	0x40u
+#define NR_VECTORS	2u
+#define WAIT_MS		10000	/* generous bound for anything async */
+
+/* Fake device registers in BAR0. */
+#define REG_SCRATCH	0x58u
+#define REG_DMA_IOVA	0x100u	/* where DMA_GO writes */
+#define REG_DMA_GO	0x108u	/* write: DMA a 256-byte pattern */
+#define REG_IRQ		0x10cu	/* write n: trigger MSI-X vector n */
+#define REG_RESULT	0x110u	/* result of the last GO / IRQ */
+#define DMA_LEN		256u
+#define DMA_BYTE	0xab
+
+enum variant { DEV_GOOD, DEV_NOT_PCI, DEV_BAD_MSIX };
+
+/* ---- the fake device (child process) ---------------------------- */
+
+static struct {
+	struct vfu_server *srv;
+	uint8_t bar0[BAR0_SIZE];
+	uint8_t cfg[256];
+	uint8_t *devmem;
+} fd_dev;
+
+static uint32_t reg_get(unsigned off)
+{
+	uint32_t v;
+
+	memcpy(&v, fd_dev.bar0 + off, 4);
+	return v;
+}
+
+static void reg_set(unsigned off, uint32_t v)
+{
+	memcpy(fd_dev.bar0 + off, &v, 4);
+}
+
+static ssize_t fdev_access(void *dev, uint32_t index, uint64_t offset,
+			   void *buf, uint32_t count, bool is_write)
+{
+	uint8_t *mem;
+
+	switch (index) {
+	case 0:
+		mem = fd_dev.bar0;
+		break;
+	case 2:
+		mem = fd_dev.devmem;
+		break;
+	case 7:
+		mem = fd_dev.cfg;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (!is_write) {
+		memcpy(buf, mem + offset, count);
+		return count;
+	}
+	memcpy(mem + offset, buf, count);
+	if (index == 0 && offset == REG_DMA_GO) {
+		uint8_t pat[DMA_LEN];
+
+		memset(pat, DMA_BYTE, sizeof(pat));
+		reg_set(REG_RESULT, vfu_server_dma_write(fd_dev.srv,
+					reg_get(REG_DMA_IOVA), pat,
+					sizeof(pat)));
+	} else if (index == 0 && offset == REG_IRQ) {
+		reg_set(REG_RESULT, vfu_server_irq_trigger(fd_dev.srv,
+					VFU_PCI_MSIX_IRQ_INDEX,
+					reg_get(REG_IRQ)));
+	}
+	return count;
+}
+
+static int fdev_reset(void *dev)
+{
+	return 0;
+}
+
+static const struct vfu_device_ops fdev_ops = {
+	.region_access = fdev_access,
+	.reset = fdev_reset,
+};
+
+static void cfg_put16(unsigned off, uint16_t v)
+{
+	memcpy(fd_dev.cfg + off, &v, 2);
+}
+
+static void cfg_put32(unsigned off, uint32_t v)
+{
+	memcpy(fd_dev.cfg + off, &v, 4);
+}
+
+static void __attribute__((noreturn)) run_device(const char *path,
+						 enum variant var, int ready)
+{
+	struct vfu_device_desc d = {
+		.name = "fake",
+		.device_flags = VFU_DEVICE_FLAGS_RESET | VFU_DEVICE_FLAGS_PCI,
+		.ops = &fdev_ops,
+	};
+	int mfd;
+
+	if (var == DEV_NOT_PCI)
+		d.device_flags = VFU_DEVICE_FLAGS_RESET;
+	cfg_put16(0x00, 0xfe44);
+	cfg_put16(0x02, 0xd0a1);
+	cfg_put16(0x06, 0x10);			/* capability list */
+	cfg_put32(0x08, 0x08800001);
+	cfg_put32(0x10, 0x0);			/* BAR0: 32-bit memory */
+	cfg_put32(0x18, 0xc);			/* BAR2: 64-bit prefetch */
+	fd_dev.cfg[0x34] = MSIX_CAP;
+	fd_dev.cfg[MSIX_CAP] = 0x11;
+	cfg_put16(MSIX_CAP + 2, NR_VECTORS - 1);
+	cfg_put32(MSIX_CAP + 4, var == DEV_BAD_MSIX ? 0x8000 : TABLE_OFF);
+	cfg_put32(MSIX_CAP + 8, PBA_OFF);
+
+	mfd = memfd_create("fake-devmem", MFD_CLOEXEC);
+	if (mfd < 0 || ftruncate(mfd, BAR2_SIZE) < 0)
+		_exit(3);
+	fd_dev.devmem = mmap(NULL, BAR2_SIZE, PROT_READ | PROT_WRITE,
+			     MAP_SHARED, mfd, 0);
+	if (fd_dev.devmem == MAP_FAILED)
+		_exit(3);
+
+	d.regions[0] = (struct vfu_region_desc){
+		.size = BAR0_SIZE,
+		.flags = VFU_REGION_FLAG_READ | VFU_REGION_FLAG_WRITE,
+		.fd = -1,
+	};
+	d.regions[2] = (struct vfu_region_desc){
+		.size = BAR2_SIZE,
+		.flags = VFU_REGION_FLAG_READ | VFU_REGION_FLAG_WRITE |
+			 VFU_REGION_FLAG_MMAP,
+		.fd = mfd,
+		.trap_while_saving = { { .offset = 0, .size = BAR2_SIZE } },
+		.nr_trap_while_saving = 1,
+	};
+	d.regions[7] = (struct vfu_region_desc){
+		.size = sizeof(fd_dev.cfg),
+		.flags = VFU_REGION_FLAG_READ | VFU_REGION_FLAG_WRITE,
+		.fd = -1,
+	};
+	for (int i = 0; i < VFU_PCI_NUM_REGIONS; i++)
+		if (i != 0 && i != 2 && i != 7)
+			d.regions[i].fd = -1;
+	d.irq_count[VFU_PCI_MSIX_IRQ_INDEX] = NR_VECTORS;
+
+	fd_dev.srv = vfu_server_create(&d, NULL);
+	if (!fd_dev.srv || vfu_server_listen(fd_dev.srv, path) < 0)
+		_exit(4);
+	if (write(ready, "r", 1) != 1)
+		_exit(5);
+	close(ready);
+	vfu_server_run(fd_dev.srv);
+	_exit(0);
+}
+
+/* ---- parent side -------------------------------------------------- */
+
+static struct {
+	char dir[64];
+	char sock[128];
+	pid_t child;
+	struct pci_bus *bus;
+	struct vfio_user_pci *dev;
+	int fds_before;
+} t;
+
+static int spawn_device(const char *path, enum variant var, pid_t *pid)
+{
+	struct pollfd pfd;
+	int p[2];
+	char c;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	*pid = fork();
+	if (*pid < 0)
+		return -errno;
+	if (*pid == 0) {
+		close(p[0]);
+		run_device(path, var, p[1]);
+	}
+	close(p[1]);
+	pfd = (struct pollfd){ .fd = p[0], .events = POLLIN };
+	if (poll(&pfd, 1, WAIT_MS) != 1 || read(p[0], &c, 1) != 1) {
+		close(p[0]);
+		kill(*pid, SIGKILL);
+		waitpid(*pid, NULL, 0);
+		*pid = -1;
+		return -ETIMEDOUT;
+	}
+	close(p[0]);
+	return 0;
+}
+
+static void reap(pid_t *pid)
+{
+	if (*pid > 0) {
+		kill(*pid, SIGKILL);
+		waitpid(*pid, NULL, 0);
+		*pid = -1;
+	}
+}
+
+static uint32_t cfg_read(unsigned slot, unsigned reg, unsigned size)
+{
+	uint32_t addr = 0x80000000u | slot << 11 | (reg & 0xfc), v = 0;
+
+	fake_vm_pio(0xcf8, &addr, 4, true);
+	fake_vm_pio(0xcfc + (reg & 3), &v, size, false);
+	return v;
+}
+
+static void cfg_write(unsigned slot, unsigned reg, uint32_t v,
+		      unsigned size)
+{
+	uint32_t addr = 0x80000000u | slot << 11 | (reg & 0xfc);
+
+	fake_vm_pio(0xcf8, &addr, 4, true);
+	fake_vm_pio(0xcfc + (reg & 3), &v, size, true);
+}
+
+static uint32_t mmio_read32(uint64_t gpa)
+{
+	uint32_t v = 0;
+
+	assert_true(fake_vm_mmio(gpa, &v, 4, false));
+	return v;
+}
+
+static void mmio_write32(uint64_t gpa, uint32_t v)
+{
+	assert_true(fake_vm_mmio(gpa, &v, 4, true));
+}
+
+static uint64_t bar0(void)
+{
+	return cfg_read(1, 0x10, 4) & ~0xfull;
+}
+
+static uint64_t bar2(void)
+{
+	return (cfg_read(1, 0x18, 4) & ~0xfull) |
+	       (uint64_t)cfg_read(1, 0x1c, 4) << 32;
+}
+
+static int group_setup(void **state)
+{
+	char err[256] = "";
+	int ret;
+
+	t.fds_before = count_open_fds();
+	strcpy(t.dir, "/tmp/ferry-pt-XXXXXX");
+	if (!mkdtemp(t.dir))
+		return -1;
+	snprintf(t.sock, sizeof(t.sock), "%s/dev.sock", t.dir);
+	fake_vm_init(RAM_SIZE);
+	if (spawn_device(t.sock, DEV_GOOD, &t.child) < 0)
+		return -1;
+	t.bus = pci_bus_create(fake_vm_ptr());
+	if (!t.bus)
+		return -1;
+	ret = vfio_user_pci_create(fake_vm_ptr(), t.bus, "fdma0", t.sock,
+				   &t.dev, err, sizeof(err));
+	if (ret < 0) {
+		fprintf(stderr, "create: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+/* Idempotent: runs from test_no_fd_leak and again as the group's
+ * teardown, which is what cleans up after a failed test. */
+static int group_teardown(void **state)
+{
+	vfio_user_pci_destroy(t.dev);
+	t.dev = NULL;
+	pci_bus_destroy(t.bus);
+	t.bus = NULL;
+	reap(&t.child);
+	fake_vm_fini();
+	if (t.dir[0]) {
+		unlink(t.sock);
+		rmdir(t.dir);
+		t.dir[0] = 0;
+	}
+	return 0;
+}
+
+static void test_host_bridge(void **state)
+{
+	uint32_t addr, v;
+
+	assert_int_equal(cfg_read(0, 0x00, 4), 0x29c08086);
+	assert_int_equal(cfg_read(0, 0x08, 4) >> 8, 0x060000);
+	assert_int_equal(cfg_read(0, 0x02, 2), 0x29c0);
+	assert_int_equal(cfg_read(0, 0x03, 1), 0x29);
+	/* empty slot and a non-zero function float high */
+	assert_int_equal(cfg_read(7, 0x00, 4), 0xffffffff);
+	addr = 0x80000000u | 1 << 11 | 1 << 8;
+	fake_vm_pio(0xcf8, &addr, 4, true);
+	fake_vm_pio(0xcfc, &v, 4, false);
+	assert_int_equal(v, 0xffffffff);
+	/* enable bit clear: no config cycle */
+	addr = 0;
+	fake_vm_pio(0xcf8, &addr, 4, true);
+	fake_vm_pio(0xcfc, &v, 4, false);
+	assert_int_equal(v, 0xffffffff);
+	/* the latch reads back */
+	addr = 0x80000810;
+	fake_vm_pio(0xcf8, &addr, 4, true);
+	v = 0;
+	fake_vm_pio(0xcf8, &v, 4, false);
+	assert_int_equal(v, 0x80000810);
+}
+
+static void test_identity_and_caps(void **state)
+{
+	assert_int_equal(cfg_read(1, 0x00, 4), 0xd0a1fe44);
+	assert_int_equal(cfg_read(1, 0x34, 1), MSIX_CAP);
+	assert_int_equal(cfg_read(1, MSIX_CAP, 1), 0x11);
+	/* MSI-X starts disabled; table size read-only */
+	assert_int_equal(cfg_read(1, MSIX_CAP + 2, 2), NR_VECTORS - 1);
+	/* the VMM turned memory decode and bus mastering on */
+	assert_int_equal(cfg_read(1, 0x04, 2) & 0x6, 0x6);
+	/* no expansion ROM */
+	assert_int_equal(cfg_read(1, 0x30, 4), 0);
+}
+
+static void test_bar_placement_and_sizing(void **state)
+{
+	uint64_t b0 = bar0(), b2 = bar2();
+
+	assert_true(b0 >= VM_PCI_MMIO_START && b0 < VM_PCI_MMIO_END);
+	assert_true(IS_ALIGNED(b0, BAR0_SIZE));
+	assert_true(IS_ALIGNED(b2, BAR2_SIZE));
+	assert_false(ranges_overlap(b0, BAR0_SIZE, b2, BAR2_SIZE));
+	assert_int_equal(cfg_read(1, 0x18, 4) & 0xf, 0xc);
+
+	/* sizing */
+	cfg_write(1, 0x10, 0xffffffff, 4);
+	assert_int_equal(cfg_read(1, 0x10, 4), ~(BAR0_SIZE - 1));
+	cfg_write(1, 0x10, (uint32_t)b0, 4);
+	cfg_write(1, 0x18, 0xffffffff, 4);
+	cfg_write(1, 0x1c, 0xffffffff, 4);
+	assert_int_equal(cfg_read(1, 0x18, 4), ~(BAR2_SIZE - 1) | 0xc);
+	assert_int_equal(cfg_read(1, 0x1c, 4), 0xffffffff);
+	cfg_write(1, 0x18, (uint32_t)b2, 4);
+	cfg_write(1, 0x1c, b2 >> 32, 4);
+	assert_int_equal(bar0(), b0);
+	assert_int_equal(bar2(), b2);
+	/* unimplemented BARs read 0 and stay 0 */
+	cfg_write(1, 0x14, 0xffffffff, 4);
+	assert_int_equal(cfg_read(1, 0x14, 4), 0);
+
+	/* after sizing both are back where they were */
+	mmio_read32(b0 + REG_SCRATCH);
+	assert_non_null(fake_vm_slot_at(b2));
+}
+
+static void test_trapped_access(void **state)
+{
+	uint64_t b0 = bar0();
+
+	mmio_write32(b0 + REG_SCRATCH, 0x12345678);
+	assert_int_equal(mmio_read32(b0 + REG_SCRATCH), 0x12345678);
+	mmio_write32(b0 + REG_SCRATCH, 0xcafef00d);
+	assert_int_equal(mmio_read32(b0 + REG_SCRATCH), 0xcafef00d);
+	/* BAR0 has no mmap'able part: nothing direct */
+	assert_null(fake_vm_slot_at(b0));
+}
+
+static void test_direct_bar_and_saving_traps(void **state)
+{
+	uint64_t b2 = bar2();
+	const struct fake_slot *s = fake_vm_slot_at(b2);
+	uint32_t v = 0x600dcafe;
+
+	assert_non_null(s);
+	assert_int_equal(s->gpa, b2);
+	assert_int_equal(s->size, BAR2_SIZE);
+	/* a "guest" store through the slot is the device's memory */
+	memcpy((uint8_t *)s->hva + 0x100, &v, 4);
+	assert_int_equal(mmio_read32(b2 + 0x100), 0x600dcafe);
+
+	assert_int_equal(vfio_user_pci_set_saving_traps(t.dev, true), 0);
+	assert_null(fake_vm_slot_at(b2));
+	/* trapped now: writes reach the server */
+	mmio_write32(b2 + 0x200, 0x5a5a5a5a);
+	assert_int_equal(vfio_user_pci_set_saving_traps(t.dev, false), 0);
+	s = fake_vm_slot_at(b2);
+	assert_non_null(s);
+	memcpy(&v, (uint8_t *)s->hva + 0x200, 4);
+	assert_int_equal(v, 0x5a5a5a5a);
+}
+
+static void test_bar_move_and_decode(void **state)
+{
+	uint64_t b0 = bar0(), nb = 0xd0000000ull;
+	uint32_t v;
+
+	cfg_write(1, 0x10, (uint32_t)nb, 4);
+	assert_int_equal(bar0(), nb);
+	assert_false(fake_vm_mmio(b0 + REG_SCRATCH, &v, 4, false));
+	assert_int_equal(mmio_read32(nb + REG_SCRATCH), 0xcafef00d);
+
+	/* memory decode off: nothing answers; on: back */
+	cfg_write(1, 0x04, 0x4, 2);
+	assert_false(fake_vm_mmio(nb + REG_SCRATCH, &v, 4, false));
+	assert_null(fake_vm_slot_at(bar2()));
+	cfg_write(1, 0x04, 0x6, 2);
+	assert_int_equal(mmio_read32(nb + REG_SCRATCH), 0xcafef00d);
+	assert_non_null(fake_vm_slot_at(bar2()));
+
+	/* a BAR over guest RAM is refused (left unmapped) */
+	cfg_write(1, 0x10, 0x1000 * 4, 4);
+	assert_false(fake_vm_mmio(0x4000 + REG_SCRATCH, &v, 4, false));
+	cfg_write(1, 0x10, (uint32_t)b0, 4);
+	assert_int_equal(mmio_read32(b0 + REG_SCRATCH), 0xcafef00d);
+}
+
+static void table_write(unsigned vec, unsigned off, uint32_t v)
+{
+	mmio_write32(bar0() + TABLE_OFF + vec * 16 + off, v);
+}
+
+static uint32_t pba_read(void)
+{
+	return mmio_read32(bar0() + PBA_OFF);
+}
+
+static int gsi_of_route(uint32_t data)
+{
+	for (int g = 0; g < FAKE_MAX_GSI; g++)
+		if (fake_vm.route_data[g] == data &&
+		    fake_vm.route_addr[g] == 0xfee00000)
+			return g;
+	return -1;
+}
+
+static void test_msix(void **state)
+{
+	uint64_t b0 = bar0(), cnt;
+	int gsi, i;
+
+	/* Negative control: before MSI-X is enabled the device holds no
+	 * eventfd, so its trigger reports "nothing assigned". */
+	mmio_write32(b0 + REG_IRQ, 0);
+	assert_int_equal(mmio_read32(b0 + REG_RESULT), 0);
+
+	/* table reset state: masked */
+	assert_int_equal(mmio_read32(b0 + TABLE_OFF + 12), 1);
+	table_write(0, 0, 0xfee00000);
+	table_write(0, 4, 0);
+	table_write(0, 8, 0x4041);
+	table_write(0, 12, 0);
+	table_write(1, 0, 0xfee00000);
+	table_write(1, 8, 0x4042);	/* vector 1 stays masked */
+	assert_int_equal(mmio_read32(b0 + TABLE_OFF + 8), 0x4041);
+
+	cfg_write(1, MSIX_CAP + 2, 0x8000, 2);
+	assert_int_equal(cfg_read(1, MSIX_CAP + 2, 2), 0x8000 | (NR_VECTORS - 1));
+	assert_int_equal(fake_vm.nr_irqfds, 1);
+	gsi = gsi_of_route(0x4041);
+	assert_true(gsi >= 0);
+	assert_true(fake_vm.irqfd_of_gsi[gsi] >= 0);
+
+	/* the device now signals vector 0 into the routed eventfd */
+	mmio_write32(b0 + REG_IRQ, 0);
+	assert_int_equal(mmio_read32(b0 + REG_RESULT), 1);
+	assert_int_equal(read(fake_vm.irqfd_of_gsi[gsi], &cnt, 8), 8);
+	assert_int_equal(cnt, 1);
+
+	/* masked vector 1: the signal becomes a pending bit */
+	mmio_write32(b0 + REG_IRQ, 1);
+	assert_int_equal(mmio_read32(b0 + REG_RESULT), 1);
+	for (i = 0; i < WAIT_MS && !(pba_read() & 2); i++)
+		usleep(1000);
+	assert_int_equal(pba_read() & 3, 2);
+	assert_int_equal(fake_vm.nr_signalled, 0);
+
+	/* unmask: delivered once, bit cleared, irqfd attached */
+	table_write(1, 12, 0);
+	assert_int_equal(fake_vm.nr_signalled, 1);
+	assert_int_equal(fake_vm.last_msi_data, 0x4042);
+	assert_int_equal(pba_read() & 2, 0);
+	assert_int_equal(fake_vm.nr_irqfds, 2);
+
+	/* function mask detaches every vector, clearing it re-attaches */
+	cfg_write(1, MSIX_CAP + 2, 0xc000, 2);
+	assert_int_equal(fake_vm.nr_irqfds, 0);
+	cfg_write(1, MSIX_CAP + 2, 0x8000, 2);
+	assert_int_equal(fake_vm.nr_irqfds, 2);
+	assert_int_equal(fake_vm.nr_signalled, 1);	/* nothing spurious */
+}
+
+static void test_dma_into_guest_ram(void **state)
+{
+	uint64_t b0 = bar0();
+	uint8_t *ram = fake_vm.ram;
+	int i;
+
+	memset(ram + 0x3000, 0, DMA_LEN + 1);
+	mmio_write32(b0 + REG_DMA_IOVA, 0x3000);
+	mmio_write32(b0 + REG_DMA_GO, 1);
+	assert_int_equal(mmio_read32(b0 + REG_RESULT), 0);
+	for (i = 0; i < (int)DMA_LEN; i++)
+		assert_int_equal(ram[0x3000 + i], DMA_BYTE);
+	assert_int_equal(ram[0x3000 + DMA_LEN], 0);
+
+	/* outside guest RAM: refused by the server */
+	mmio_write32(b0 + REG_DMA_IOVA, RAM_SIZE - 16);
+	mmio_write32(b0 + REG_DMA_GO, 1);
+	assert_int_equal((int32_t)mmio_read32(b0 + REG_RESULT), -EFAULT);
+}
+
+static void test_describe(void **state)
+{
+	struct json_object *o = vfio_user_pci_describe(t.dev), *v;
+
+	assert_non_null(o);
+	assert_true(json_object_object_get_ex(o, "id", &v));
+	assert_string_equal(json_object_get_string(v), "fdma0");
+	assert_true(json_object_object_get_ex(o, "bars", &v));
+	assert_int_equal(json_object_array_length(v), 2);
+	assert_true(json_object_object_get_ex(o, "msix-vectors", &v));
+	assert_int_equal(json_object_get_int(v), NR_VECTORS);
+	assert_true(json_object_object_get_ex(o, "connected", &v));
+	assert_true(json_object_get_boolean(v));
+	json_object_put(o);
+}
+
+static void test_server_death(void **state)
+{
+	struct json_object *o, *v;
+	uint64_t b0 = bar0();
+	int i;
+
+	reap(&t.child);
+	for (i = 0; i < WAIT_MS && !fake_vm.nr_events; i++)
+		usleep(1000);
+	assert_int_equal(fake_vm.nr_events, 1);
+	assert_string_equal(fake_vm.last_event, "VFIO_USER_DISCONNECTED");
+	assert_int_equal(mmio_read32(b0 + REG_SCRATCH), 0xffffffff);
+	assert_int_equal(cfg_read(1, 0x00, 4), 0xffffffff);
+	cfg_write(1, 0x04, 0, 2);	/* must not hang or crash */
+
+	o = vfio_user_pci_describe(t.dev);
+	assert_non_null(o);
+	assert_true(json_object_object_get_ex(o, "connected", &v));
+	assert_false(json_object_get_boolean(v));
+	json_object_put(o);
+}
+
+/* ---- creation failures (own server each) ------------------------- */
+
+static pid_t fail_pid = -1;
+static char fail_dir[] = "/tmp/ferry-pt-XXXXXX";
+
+static void expect_create_error(const char *path, const char *needle)
+{
+	struct vfio_user_pci *dev = NULL;
+	struct pci_bus *bus;
+	char err[256] = "";
+	int ret;
+
+	fake_vm_init(RAM_SIZE);
+	bus = pci_bus_create(fake_vm_ptr());
+	assert_non_null(bus);
+	ret = vfio_user_pci_create(fake_vm_ptr(), bus, "bad0", path, &dev,
+				   err, sizeof(err));
+	assert_true(ret < 0);
+	assert_null(dev);
+	if (!strstr(err, needle))
+		fail_msg("error \"%s\" lacks \"%s\"", err, needle);
+	/* nothing left behind in the VM */
+	assert_int_equal(fake_vm.nr_slots, 0);
+	for (int i = 0; i < FAKE_MAX_MMIO; i++)
+		assert_false(fake_vm.mmio[i].used);
+	assert_int_equal(cfg_read(1, 0, 4), 0xffffffff);
+	pci_bus_destroy(bus);
+	fake_vm_fini();
+}
+
+static void test_create_failures(void **state)
+{
+	char *dir = fail_dir, path[128];
+	pid_t *pid = &fail_pid;
+	int before = count_open_fds();
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/none.sock", dir);
+	expect_create_error(path, "cannot connect");
+
+	snprintf(path, sizeof(path), "%s/np.sock", dir);
+	assert_int_equal(spawn_device(path, DEV_NOT_PCI, pid), 0);
+	expect_create_error(path, "not a PCI device");
+	reap(pid);
+	unlink(path);
+
+	snprintf(path, sizeof(path), "%s/bm.sock", dir);
+	assert_int_equal(spawn_device(path, DEV_BAD_MSIX, pid), 0);
+	expect_create_error(path, "MSI-X");
+	reap(pid);
+	unlink(path);
+	rmdir(dir);
+	assert_int_equal(count_open_fds(), before);
+}
+
+static void test_no_fd_leak(void **state)
+{
+	group_teardown(state);
+	assert_int_equal(count_open_fds(), t.fds_before);
+}
+
+static int failures_teardown(void **state)
+{
+	char path[128];
+
+	reap(&fail_pid);
+	fake_vm_fini();
+	if (strcmp(fail_dir, "/tmp/ferry-pt-XXXXXX")) {
+		snprintf(path, sizeof(path), "%s/np.sock", fail_dir);
+		unlink(path);
+		snprintf(path, sizeof(path), "%s/bm.sock", fail_dir);
+		unlink(path);
+		rmdir(fail_dir);
+	}
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest live[] = {
+		cmocka_unit_test(test_host_bridge),
+		cmocka_unit_test(test_identity_and_caps),
+		cmocka_unit_test(test_bar_placement_and_sizing),
+		cmocka_unit_test(test_trapped_access),
+		cmocka_unit_test(test_direct_bar_and_saving_traps),
+		cmocka_unit_test(test_bar_move_and_decode),
+		cmocka_unit_test(test_msix),
+		cmocka_unit_test(test_dma_into_guest_ram),
+		cmocka_unit_test(test_describe),
+		cmocka_unit_test(test_server_death),
+		cmocka_unit_test(test_no_fd_leak),
+	};
+	const struct CMUnitTest failures[] = {
+		cmocka_unit_test(test_create_failures),
+	};
+	int ret;
+
+	signal(SIGPIPE, SIG_IGN);
+	ret = cmocka_run_group_tests(live, group_setup, group_teardown);
+	ret |= cmocka_run_group_tests(failures, NULL, failures_teardown);
+	return ret ? 1 : 0;
+}

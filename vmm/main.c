@@ -1,0 +1,547 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * ferry-vmm: command line, VM assembly, the main loop (QMP, signals, exit
+ * requests) and an orderly teardown on every path.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "debug_exit.h"
+#include "migration.h"
+#include "ferry/log.h"
+#include "ferry/util.h"
+#include "multiboot.h"
+#include "pci.h"
+#include "qmp.h"
+#include "serial.h"
+#include "vfio_user_pci.h"
+#include "vmm.h"
+
+#define EXIT_USAGE		2
+#define DEFAULT_MEMORY		(128 * MiB)
+#define ERR_LEN			512
+#define CMDLINE_MAX		4096
+
+struct dev_opt {
+	char *id;
+	char *socket;
+};
+
+struct opts {
+	uint64_t memory;
+	unsigned cpus;
+	const char *kernel;
+	const char *append;
+	const char *qmp_path;
+	const char *serial_file;	/* NULL: stdio */
+	const char *incoming;		/* migration URI or "defer" */
+	struct dev_opt devs[VM_MAX_DEVICES];
+	unsigned nr_devs;
+	bool verbose;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"Usage: ferry-vmm --kernel ELF [options]\n"
+"       ferry-vmm --incoming URI [options]\n"
+"\n"
+"Run a multiboot (ELF32) kernel in a KVM virtual machine.\n"
+"\n"
+"  -k, --kernel ELF        multiboot v1 kernel to boot (required unless\n"
+"                          --incoming)\n"
+"  -a, --append STR        kernel command line arguments\n"
+"  -m, --memory SIZE       guest RAM, e.g. 256M, 1G (default 128M)\n"
+"  -c, --cpus N            number of vCPUs, 1..%u (default 1)\n"
+"  -d, --device vfio-user,socket=PATH,id=NAME\n"
+"                          attach a vfio-user PCI device (repeatable, max %u)\n"
+"  -q, --qmp unix:PATH     QMP control socket\n"
+"  -s, --serial stdio|file:PATH\n"
+"                          where the COM1 console goes (default stdio)\n"
+"  -i, --incoming URI      receive a live migration instead of booting:\n"
+"                          tcp:HOST:PORT, unix:PATH, file:PATH, or defer\n"
+"                          (then QMP migrate-incoming gives the URI)\n"
+"  -v, --verbose           debug logging\n"
+"  -h, --help              show this help\n"
+"\n"
+"Exit status: the value the guest writes to port 0xf4 (0 = pass), 0 after\n"
+"QMP quit or SIGTERM/SIGINT, 1 if the VM failed, 2 for configuration errors.\n",
+		VM_MAX_CPUS, VM_MAX_DEVICES);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("ferry-vmm: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\nTry 'ferry-vmm --help' for more information.\n", stderr);
+	return -EINVAL;
+}
+
+/* "vfio-user,socket=PATH,id=NAME" */
+static int parse_device(struct opts *o, const char *spec)
+{
+	struct dev_opt *d;
+	char *copy, *tok, *save = NULL;
+	int ret = 0;
+
+	if (o->nr_devs == VM_MAX_DEVICES)
+		return usage_error("at most %u devices", VM_MAX_DEVICES);
+	copy = strdup(spec);
+	if (!copy)
+		return -ENOMEM;
+	d = &o->devs[o->nr_devs];
+	tok = strtok_r(copy, ",", &save);
+	if (!tok || strcmp(tok, "vfio-user")) {
+		ret = usage_error("--device '%s': only 'vfio-user' devices are supported",
+				  spec);
+		goto out_free;
+	}
+	while ((tok = strtok_r(NULL, ",", &save))) {
+		char **dst;
+
+		if (!strncmp(tok, "socket=", 7))
+			dst = &d->socket;
+		else if (!strncmp(tok, "id=", 3))
+			dst = &d->id;
+		else {
+			ret = usage_error("--device '%s': unknown property '%s'",
+					  spec, tok);
+			goto out_free;
+		}
+		free(*dst);
+		*dst = strdup(strchr(tok, '=') + 1);
+		if (!*dst) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+	}
+	if (!d->socket || !*d->socket || !d->id || !*d->id) {
+		ret = usage_error("--device '%s': needs socket=PATH and id=NAME",
+				  spec);
+		goto out_free;
+	}
+	for (unsigned i = 0; i < o->nr_devs; i++) {
+		if (!strcmp(o->devs[i].id, d->id)) {
+			ret = usage_error("--device: duplicate id '%s'", d->id);
+			goto out_free;
+		}
+	}
+	o->nr_devs++;
+out_free:
+	if (ret) {
+		free(d->socket);
+		free(d->id);
+		d->socket = d->id = NULL;
+	}
+	free(copy);
+	return ret;
+}
+
+static void opts_free(struct opts *o)
+{
+	for (unsigned i = 0; i < VM_MAX_DEVICES; i++) {
+		free(o->devs[i].id);
+		free(o->devs[i].socket);
+	}
+}
+
+static int parse_args(struct opts *o, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "kernel", required_argument, NULL, 'k' },
+		{ "append", required_argument, NULL, 'a' },
+		{ "memory", required_argument, NULL, 'm' },
+		{ "cpus", required_argument, NULL, 'c' },
+		{ "device", required_argument, NULL, 'd' },
+		{ "qmp", required_argument, NULL, 'q' },
+		{ "serial", required_argument, NULL, 's' },
+		{ "incoming", required_argument, NULL, 'i' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
+	unsigned long n;
+	char *end;
+	int c, ret;
+
+	o->memory = DEFAULT_MEMORY;
+	o->cpus = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":k:a:m:c:d:q:s:i:vh", longopts,
+				NULL)) != -1) {
+		switch (c) {
+		case 'k':
+			o->kernel = optarg;
+			break;
+		case 'a':
+			o->append = optarg;
+			break;
+		case 'm':
+			if (parse_size(optarg, &o->memory) || !o->memory)
+				return usage_error("--memory '%s': not a size (e.g. 256M, 1G)",
+						   optarg);
+			if (o->memory < 2 * MiB || o->memory > 1024 * GiB ||
+			    !IS_ALIGNED(o->memory, 4096))
+				return usage_error("--memory '%s': must be a multiple of 4K between 2M and 1T",
+						   optarg);
+			break;
+		case 'c':
+			errno = 0;
+			n = strtoul(optarg, &end, 10);
+			if (errno || end == optarg || *end || *optarg == '-' ||
+			    n < 1 || n > VM_MAX_CPUS)
+				return usage_error("--cpus '%s': must be a number from 1 to %u",
+						   optarg, VM_MAX_CPUS);
+			o->cpus = (unsigned)n;
+			break;
+		case 'd':
+			ret = parse_device(o, optarg);
+			if (ret)
+				return ret;
+			break;
+		case 'q':
+			if (strncmp(optarg, "unix:", 5) || !optarg[5])
+				return usage_error("--qmp '%s': expected unix:PATH",
+						   optarg);
+			o->qmp_path = optarg + 5;
+			break;
+		case 's':
+			if (!strcmp(optarg, "stdio"))
+				o->serial_file = NULL;
+			else if (!strncmp(optarg, "file:", 5) && optarg[5])
+				o->serial_file = optarg + 5;
+			else
+				return usage_error("--serial '%s': expected stdio or file:PATH",
+						   optarg);
+			break;
+		case 'i':
+			o->incoming = optarg;
+			break;
+		case 'v':
+			o->verbose = true;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		case ':':
+			return usage_error("option '%s' needs an argument",
+					   argv[optind - 1]);
+		default:
+			return usage_error("unknown option '%s'",
+					   argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (!o->kernel && !o->incoming)
+		return usage_error("--kernel ELF is required (or --incoming URI)");
+	if (o->kernel && o->incoming)
+		return usage_error("--kernel and --incoming exclude each other: "
+				   "an incoming VM gets its state from the "
+				   "source");
+	return 0;
+}
+
+/* ---- main loop sources ---- */
+
+struct main_ctx {
+	struct vm vm;
+	int epfd;
+	int sig_fd;
+	struct vm_poll_src wake_src;
+	struct vm_poll_src sig_src;
+	struct serial *serial;
+};
+
+static void wake_event(struct vm_poll_src *src, uint32_t events)
+{
+	struct main_ctx *m = container_of(src, struct main_ctx, wake_src);
+	uint64_t v;
+
+	if (read(m->vm.wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		pr_warn("wake eventfd: %s", strerror(errno));
+}
+
+static void signal_event(struct vm_poll_src *src, uint32_t events)
+{
+	struct main_ctx *m = container_of(src, struct main_ctx, sig_src);
+	struct signalfd_siginfo si;
+
+	if (read(m->sig_fd, &si, sizeof(si)) != sizeof(si))
+		return;
+	pr_info("received %s, shutting down", strsignal((int)si.ssi_signo));
+	vm_request_exit(&m->vm, 0, "host-signal");
+}
+
+static int poll_add(struct main_ctx *m, int fd, struct vm_poll_src *src)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = src };
+
+	return epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+static void main_loop(struct main_ctx *m)
+{
+	/* One event per wait: a handler may free another source's object
+	 * (a QMP client), so never hold a batch of stale pointers. */
+	while (!atomic_load(&m->vm.exit_requested)) {
+		struct epoll_event ev;
+		int n = epoll_wait(m->epfd, &ev, 1, -1);
+
+		if (n < 0 && errno != EINTR) {
+			pr_err("epoll_wait: %s", strerror(errno));
+			vm_request_exit(&m->vm, VM_EXIT_ERROR, "host-error");
+			break;
+		}
+		if (n == 1) {
+			struct vm_poll_src *src = ev.data.ptr;
+
+			src->fn(src, ev.events);
+		}
+	}
+}
+
+static int build_cmdline(const struct opts *o, char *buf, size_t len)
+{
+	int n;
+
+	/* Like GRUB and QEMU: the kernel's name, then its arguments. */
+	n = snprintf(buf, len, "%s%s%s", o->kernel, o->append ? " " : "",
+		     o->append ? o->append : "");
+	return n < 0 || (size_t)n >= len ? -E2BIG : 0;
+}
+
+static int open_serial(struct main_ctx *m, const struct opts *o)
+{
+	int fd = STDOUT_FILENO, ret;
+
+	if (o->serial_file) {
+		fd = open(o->serial_file, O_WRONLY | O_CREAT | O_TRUNC |
+			  O_CLOEXEC, 0644);
+		if (fd < 0) {
+			fprintf(stderr, "ferry-vmm: serial file %s: %s\n",
+				o->serial_file, strerror(errno));
+			return -errno;
+		}
+	}
+	ret = serial_create(&m->vm, fd, o->serial_file != NULL, &m->serial);
+	if (ret) {
+		if (o->serial_file)
+			close(fd);
+		fprintf(stderr, "ferry-vmm: serial: %s\n", strerror(-ret));
+	}
+	return ret;
+}
+
+/* Everything a configuration error can hit; exit status 2 on failure. */
+static int vmm_setup(struct main_ctx *m, const struct opts *o)
+{
+	struct vm *vm = &m->vm;
+	char err[ERR_LEN], cmdline[CMDLINE_MAX];
+	struct mb_boot boot;
+	sigset_t sigs;
+	int ret;
+
+	if (o->kernel && build_cmdline(o, cmdline, sizeof(cmdline))) {
+		fprintf(stderr, "ferry-vmm: --append: command line too long\n");
+		return -E2BIG;
+	}
+	ret = vm_create(vm, o->memory, o->cpus, err, sizeof(err));
+	if (ret) {
+		fprintf(stderr, "ferry-vmm: cannot create the VM: %s\n", err);
+		return ret;
+	}
+	ret = vcpus_create(vm);
+	if (ret) {
+		fprintf(stderr, "ferry-vmm: cannot create vCPUs: %s\n",
+			strerror(-ret));
+		return ret;
+	}
+	if (o->kernel) {
+		ret = multiboot_load(vm, o->kernel, cmdline, &boot, err,
+				     sizeof(err));
+		if (ret) {
+			fprintf(stderr, "ferry-vmm: bad kernel %s: %s\n",
+				o->kernel, err);
+			return ret;
+		}
+		ret = vcpu_set_boot_state(&vm->vcpus[0], boot.entry,
+					  MB_BOOTLOADER_MAGIC, boot.info);
+		if (ret) {
+			fprintf(stderr, "ferry-vmm: cannot set the boot vCPU "
+				"state: %s\n", strerror(-ret));
+			return ret;
+		}
+	}
+	ret = open_serial(m, o);
+	if (ret)
+		return ret;
+	vm->serial = m->serial;
+	ret = debug_exit_init(vm);
+	if (ret) {
+		fprintf(stderr, "ferry-vmm: exit port: %s\n", strerror(-ret));
+		return ret;
+	}
+	vm->pci = pci_bus_create(vm);
+	if (!vm->pci) {
+		fprintf(stderr, "ferry-vmm: cannot create the PCI bus\n");
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < o->nr_devs; i++) {
+		ret = vfio_user_pci_create(vm, vm->pci, o->devs[i].id,
+					   o->devs[i].socket,
+					   &vm->devs[vm->nr_devs], err,
+					   sizeof(err));
+		if (ret) {
+			fprintf(stderr, "ferry-vmm: device %s (%s): %s\n",
+				o->devs[i].id, o->devs[i].socket, err);
+			return ret;
+		}
+		vm->nr_devs++;
+	}
+
+	m->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (m->epfd < 0) {
+		ret = -errno;
+		fprintf(stderr, "ferry-vmm: epoll: %s\n", strerror(errno));
+		return ret;
+	}
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	m->sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (m->sig_fd < 0) {
+		ret = -errno;
+		fprintf(stderr, "ferry-vmm: signalfd: %s\n", strerror(errno));
+		return ret;
+	}
+	m->wake_src.fn = wake_event;
+	m->sig_src.fn = signal_event;
+	ret = poll_add(m, vm->wake_fd, &m->wake_src);
+	if (!ret)
+		ret = poll_add(m, m->sig_fd, &m->sig_src);
+	if (ret) {
+		fprintf(stderr, "ferry-vmm: epoll: %s\n", strerror(-ret));
+		return ret;
+	}
+	if (o->qmp_path) {
+		ret = qmp_create(vm, m->epfd, o->qmp_path, &vm->qmp, err,
+				 sizeof(err));
+		if (ret) {
+			fprintf(stderr, "ferry-vmm: %s\n", err);
+			return ret;
+		}
+	}
+	if (o->incoming) {
+		ret = incoming_start(vm, o->incoming, err, sizeof(err));
+		if (ret) {
+			fprintf(stderr, "ferry-vmm: --incoming %s: %s\n",
+				o->incoming, err);
+			return ret;
+		}
+	}
+	return 0;
+}
+
+/* Safe after a partial vmm_setup(). */
+static void vmm_teardown(struct main_ctx *m)
+{
+	struct vm *vm = &m->vm;
+	struct qmp *q = vm->qmp;
+
+	/* The migration threads use vCPUs and devices: join them first. */
+	migration_fini(vm);
+	vcpus_stop(vm);
+	if (q && atomic_load(&vm->exit_requested)) {
+		struct json_object *d = json_object_new_object();
+
+		json_object_object_add(d, "guest", json_object_new_boolean(
+			!strncmp(vm->exit_reason, "guest", 5)));
+		json_object_object_add(d, "reason",
+				       json_object_new_string(vm->exit_reason));
+		qmp_emit(q, "SHUTDOWN", d);
+		json_object_put(d);
+	}
+	/* Devices before QMP: their threads may still emit events. */
+	while (vm->nr_devs)
+		vfio_user_pci_destroy(vm->devs[--vm->nr_devs]);
+	if (vm->pci)
+		pci_bus_destroy(vm->pci);
+	vm->pci = NULL;
+	vm->qmp = NULL;
+	qmp_destroy(q);
+	serial_destroy(m->serial);
+	m->serial = NULL;
+	vm->serial = NULL;
+	vcpus_destroy(vm);
+	vm_destroy(vm);
+	close_safely(&m->sig_fd);
+	close_safely(&m->epfd);
+}
+
+int main(int argc, char **argv)
+{
+	static struct main_ctx m;
+	struct opts o = { 0 };
+	sigset_t sigs;
+	int ret, status;
+
+	log_init(argv[0]);
+	ret = parse_args(&o, argc, argv);
+	if (ret) {
+		opts_free(&o);
+		return EXIT_USAGE;
+	}
+	if (o.verbose)
+		log_set_level(LOG_LVL_DEBUG);
+
+	/* Every thread (vCPUs, device workers) inherits this mask: signals
+	 * are taken by signalfd on the main loop, and SIGUSR1 only by the
+	 * vCPU threads that unblock it to leave KVM_RUN. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	m.epfd = m.sig_fd = -1;
+	ret = vmm_setup(&m, &o);
+	if (ret) {
+		vmm_teardown(&m);
+		opts_free(&o);
+		return EXIT_USAGE;
+	}
+	/* An incoming VM runs when its state has arrived (incoming.c). */
+	if (!o.incoming) {
+		ret = vcpus_start(&m.vm);
+		if (ret) {
+			pr_err("cannot start vCPU threads: %s", strerror(-ret));
+			vm_request_exit(&m.vm, VM_EXIT_ERROR, "host-error");
+		}
+		pr_debug("VM running: %llu MiB, %u vCPU(s), kernel %s",
+			 (unsigned long long)(o.memory / MiB), o.cpus,
+			 o.kernel);
+	}
+	main_loop(&m);
+	status = m.vm.exit_status;
+	vmm_teardown(&m);
+	opts_free(&o);
+	return status;
+}

@@ -1,0 +1,1224 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * vfio-pci-like proxy for a vfio-user device (see vfio_user_pci.h and
+ * docs/passthrough.md).
+ *
+ * Config space: the device's config region (7) is the source of truth
+ * for everything except what a VMM must own: the BAR registers (the VMM
+ * places BARs), the expansion ROM BAR (not exposed), the command register
+ * (tracked to know when memory decode is on, and forwarded), and the
+ * MSI-X Message Control (its enable/mask bits drive our routing, and are
+ * forwarded too so the device knows).
+ *
+ * BARs: one MMIO handler covers a whole BAR for as long as it is mapped;
+ * the mmap'able parts are laid over it as KVM memory slots, which take
+ * precedence in the guest, so taking a slot away (trap while saving)
+ * makes the very next guest access exit to the handler. There is never a
+ * moment where an access hits nothing.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <json-c/json.h>
+
+#include "ferry/log.h"
+#include "ferry/util.h"
+#include "ferry/vfu_client.h"
+
+#include "msix.h"
+#include "pci.h"
+#include "vfio_user_pci.h"
+#include "vm.h"
+
+#define VUP_NR_BARS		6
+#define VUP_MAX_SEGS		16	/* direct-mapped pieces per BAR */
+#define VUP_PAGE_SIZE		4096ull
+#define VUP_MIN_BAR_SIZE	16ull	/* PCI: memory BARs are >= 16 bytes */
+#define VUP_MAX_CAPS		48	/* (256 - 64) / 4: a longer list loops */
+
+/* Config space layout (PCI 3.0, type 0 header). */
+#define PCI_CFG_HDR_SIZE	64
+#define PCI_CFG_STD_SIZE	256
+#define PCI_CFG_MAX_SIZE	4096
+#define PCI_VENDOR_ID		0x00
+#define PCI_DEVICE_ID		0x02
+#define PCI_COMMAND		0x04
+#define PCI_STATUS		0x06
+#define PCI_BAR0		0x10
+#define PCI_BAR_END		0x28
+#define PCI_ROM_BAR		0x30
+#define PCI_CAP_PTR		0x34
+#define PCI_STATUS_CAP_LIST	0x10
+#define PCI_COMMAND_MEMORY	0x2
+#define PCI_COMMAND_MASTER	0x4
+#define PCI_BAR_IO		0x1
+#define PCI_BAR_MEM_TYPE_MASK	0x6
+#define PCI_BAR_MEM_TYPE_64	0x4
+#define PCI_BAR_MEM_FLAGS_MASK	0xfu
+#define PCI_CAP_ID_MSIX		0x11
+#define PCI_MSIX_CTRL		2	/* offset in the capability */
+#define PCI_MSIX_TABLE		4
+#define PCI_MSIX_PBA		8
+#define PCI_MSIX_CAP_SIZE	12
+#define PCI_MSIX_CTRL_QSIZE	0x07ff
+#define PCI_MSIX_CTRL_MASKALL	0x4000
+#define PCI_MSIX_CTRL_ENABLE	0x8000
+#define PCI_MSIX_BIR_MASK	0x7u
+
+struct vup_seg {
+	uint64_t off;
+	uint64_t len;
+	int slot;
+};
+
+struct vup_bar {
+	struct vfio_user_pci *dev;
+	unsigned index;
+	bool present;
+	bool is64;
+	uint64_t size;		/* as the guest sees it: power of two */
+	uint64_t region_size;	/* as the device declared it */
+	uint32_t flags;		/* low 4 bits of the BAR register */
+	struct vfu_client_region region;
+	void *map;		/* mmap of the region fd, or NULL */
+	uint64_t map_len;
+	bool mapped;		/* MMIO handler + slots in place */
+	uint64_t mapped_gpa;
+	struct vup_seg segs[VUP_MAX_SEGS];
+	unsigned nr_segs;
+};
+
+struct vfio_user_pci {
+	struct vm *vm;
+	struct pci_bus *bus;
+	char *id;
+	char *socket;
+	struct vfu_client *client;
+	struct vfu_device_info info;
+	struct pci_dev pdev;
+	bool on_bus;
+
+	/* Serialises BAR (re)mapping between config writes (vCPUs, under
+	 * the bus lock) and the migration thread (saving traps). */
+	pthread_mutex_t lock;
+	uint8_t cfg[PCI_CFG_MAX_SIZE];	/* as read at creation */
+	uint32_t cfg_size;
+	uint32_t bar_reg[VUP_NR_BARS];	/* the guest-visible registers */
+	uint32_t bar_mask[VUP_NR_BARS];	/* writable bits of each */
+	uint16_t command;
+	struct vup_bar bars[VUP_NR_BARS];
+	bool saving_traps;
+
+	unsigned msix_cap;		/* 0: none */
+	uint16_t msix_ctrl;
+	unsigned msix_table_bar, msix_pba_bar;
+	uint64_t msix_table_off, msix_pba_off;
+	uint32_t msix_irq_count;	/* vectors the device accepts fds for */
+	struct msix *msix;
+
+	unsigned nr_dma;		/* RAM ranges mapped, in order */
+
+	atomic_bool connected;
+	atomic_bool closing;
+};
+
+static uint16_t cfg_u16(const struct vfio_user_pci *dev, unsigned off)
+{
+	uint16_t v;
+
+	memcpy(&v, dev->cfg + off, 2);
+	return v;
+}
+
+static uint32_t cfg_u32(const struct vfio_user_pci *dev, unsigned off)
+{
+	uint32_t v;
+
+	memcpy(&v, dev->cfg + off, 4);
+	return v;
+}
+
+static uint64_t roundup_pow2(uint64_t x)
+{
+	if (x <= 1)
+		return 1;
+	return 1ull << (64 - __builtin_clzll(x - 1));
+}
+
+/* ---- BAR mapping -------------------------------------------------- */
+
+static uint64_t bar_addr(const struct vfio_user_pci *dev, unsigned i)
+{
+	const struct vup_bar *bar = &dev->bars[i];
+	uint64_t a = dev->bar_reg[i] & ~PCI_BAR_MEM_FLAGS_MASK;
+
+	if (bar->is64)
+		a |= (uint64_t)dev->bar_reg[i + 1] << 32;
+	return a & ~(bar->size - 1);
+}
+
+/* Is [gpa, gpa + size) a place a BAR may live? Not RAM, not the IOAPIC/
+ * LAPIC hole, not the all-ones pattern a sizing guest leaves behind. */
+static bool bar_addr_usable(struct vfio_user_pci *dev, uint64_t gpa,
+			    uint64_t size)
+{
+	const struct vm_ram_range *r;
+	unsigned n, i;
+	uint64_t end;
+
+	if (gpa == 0 || check_add_overflow(gpa, size, &end))
+		return false;
+	if (ranges_overlap(gpa, size, VM_PCI_MMIO_END,
+			   VM_HIGH_RAM_START - VM_PCI_MMIO_END))
+		return false;
+	n = vm_ram_ranges(dev->vm, &r);
+	for (i = 0; i < n; i++)
+		if (ranges_overlap(gpa, size, r[i].gpa, r[i].size))
+			return false;
+	return true;
+}
+
+/* Remove [a, a + len) from the piece list. */
+static void segs_subtract(struct vup_seg *s, unsigned *n, unsigned max,
+			  uint64_t a, uint64_t len)
+{
+	unsigned i, cnt = *n;
+	uint64_t b = a + len;
+
+	for (i = 0; i < cnt; i++) {
+		uint64_t s0 = s[i].off, s1 = s[i].off + s[i].len;
+
+		if (!s[i].len || b <= s0 || a >= s1)
+			continue;
+		if (a > s0 && b < s1 && cnt < max) {
+			/* split: the tail goes to the end of the list */
+			s[cnt++] = (struct vup_seg){ .off = b, .len = s1 - b };
+			s[i].len = a - s0;
+		} else if (a > s0) {
+			s[i].len = a - s0;
+		} else if (b < s1) {
+			s[i].off = b;
+			s[i].len = s1 - b;
+		} else {
+			s[i].len = 0;
+		}
+	}
+	*n = cnt;
+}
+
+/*
+ * The parts of a BAR mapped straight into the guest: the sparse areas,
+ * page-aligned inward, minus the MSI-X table and PBA pages (emulated
+ * here) and, while saving, minus the trap-while-saving areas.
+ */
+static unsigned bar_direct_segs(struct vfio_user_pci *dev,
+				struct vup_bar *bar, struct vup_seg *out)
+{
+	struct vfu_client_region *r = &bar->region;
+	struct vup_seg tmp[VUP_MAX_SEGS * 2];
+	unsigned n = 0, i, k = 0;
+
+	if (!bar->map)
+		return 0;
+	for (i = 0; i < r->nr_sparse && n < ARRAY_SIZE(tmp); i++) {
+		uint64_t a = ALIGN_UP(r->sparse[i].offset, VUP_PAGE_SIZE);
+		uint64_t end;
+
+		if (check_add_overflow(r->sparse[i].offset, r->sparse[i].size,
+				       &end) || end > bar->map_len)
+			continue;	/* validated at creation; be safe */
+		end &= ~(VUP_PAGE_SIZE - 1);
+		if (end > a)
+			tmp[n++] = (struct vup_seg){ .off = a, .len = end - a };
+	}
+	if (dev->msix && dev->msix_table_bar == bar->index) {
+		uint64_t a = dev->msix_table_off & ~(VUP_PAGE_SIZE - 1);
+		uint64_t e = ALIGN_UP(dev->msix_table_off +
+				      msix_table_size(dev->msix), VUP_PAGE_SIZE);
+
+		segs_subtract(tmp, &n, ARRAY_SIZE(tmp), a, e - a);
+	}
+	if (dev->msix && dev->msix_pba_bar == bar->index) {
+		uint64_t a = dev->msix_pba_off & ~(VUP_PAGE_SIZE - 1);
+		uint64_t e = ALIGN_UP(dev->msix_pba_off +
+				      msix_pba_size(dev->msix), VUP_PAGE_SIZE);
+
+		segs_subtract(tmp, &n, ARRAY_SIZE(tmp), a, e - a);
+	}
+	if (dev->saving_traps) {
+		for (i = 0; i < r->nr_trap_while_saving; i++) {
+			const struct vfu_sparse_area *t =
+				&r->trap_while_saving[i];
+			uint64_t a = t->offset & ~(VUP_PAGE_SIZE - 1);
+			uint64_t e;
+
+			if (check_add_overflow(t->offset, t->size, &e) ||
+			    e > bar->map_len)
+				e = bar->map_len;
+			e = ALIGN_UP(e, VUP_PAGE_SIZE);
+			if (e > a)
+				segs_subtract(tmp, &n, ARRAY_SIZE(tmp), a,
+					      e - a);
+		}
+	}
+	for (i = 0; i < n && k < VUP_MAX_SEGS; i++)
+		if (tmp[i].len)
+			out[k++] = (struct vup_seg){ .off = tmp[i].off,
+						     .len = tmp[i].len,
+						     .slot = -1 };
+	return k;
+}
+
+static void bar_del_slots(struct vfio_user_pci *dev, struct vup_bar *bar)
+{
+	unsigned i;
+	int ret;
+
+	for (i = 0; i < bar->nr_segs; i++) {
+		ret = vm_del_mem_slot(dev->vm, bar->segs[i].slot);
+		if (ret < 0)
+			pr_warn("device %s: BAR%u: cannot remove memory slot: %s",
+				dev->id, bar->index, strerror(-ret));
+	}
+	bar->nr_segs = 0;
+}
+
+/* Lay the direct pieces over a mapped BAR. A piece that cannot be mapped
+ * stays trapped, which is slower but still correct. */
+static void bar_add_slots(struct vfio_user_pci *dev, struct vup_bar *bar)
+{
+	struct vup_seg segs[VUP_MAX_SEGS];
+	unsigned n, i;
+	int ret;
+
+	n = bar_direct_segs(dev, bar, segs);
+	for (i = 0; i < n; i++) {
+		ret = vm_add_mem_slot(dev->vm, bar->mapped_gpa + segs[i].off,
+				      segs[i].len,
+				      (uint8_t *)bar->map + segs[i].off, 0,
+				      &segs[i].slot);
+		if (ret < 0) {
+			pr_warn("device %s: BAR%u: cannot map [%#llx, +%#llx) directly, trapping it: %s",
+				dev->id, bar->index,
+				(unsigned long long)segs[i].off,
+				(unsigned long long)segs[i].len,
+				strerror(-ret));
+			continue;
+		}
+		bar->segs[bar->nr_segs++] = segs[i];
+	}
+}
+
+static void bar_mmio(void *opaque, uint64_t offset, void *data,
+		     unsigned size, bool is_write);
+
+static void bar_unmap(struct vfio_user_pci *dev, struct vup_bar *bar)
+{
+	int ret;
+
+	if (!bar->mapped)
+		return;
+	/* Slots first: once they are gone the handler sees every access,
+	 * then the handler goes. */
+	bar_del_slots(dev, bar);
+	ret = vm_unregister_mmio(dev->vm, bar->mapped_gpa);
+	if (ret < 0)
+		pr_warn("device %s: BAR%u: cannot unregister MMIO at %#llx: %s",
+			dev->id, bar->index,
+			(unsigned long long)bar->mapped_gpa, strerror(-ret));
+	bar->mapped = false;
+}
+
+static int bar_map(struct vfio_user_pci *dev, struct vup_bar *bar,
+		   uint64_t gpa)
+{
+	int ret;
+
+	ret = vm_register_mmio(dev->vm, gpa, bar->size, bar_mmio, bar);
+	if (ret < 0) {
+		pr_warn("device %s: BAR%u: cannot place at %#llx (+%#llx): %s",
+			dev->id, bar->index, (unsigned long long)gpa,
+			(unsigned long long)bar->size, strerror(-ret));
+		return ret;
+	}
+	bar->mapped = true;
+	bar->mapped_gpa = gpa;
+	bar_add_slots(dev, bar);
+	return 0;
+}
+
+/* Make the mapping follow the guest's BAR registers and command.
+ * Caller holds dev->lock. */
+static void bar_update(struct vfio_user_pci *dev, unsigned i)
+{
+	struct vup_bar *bar = &dev->bars[i];
+	uint64_t gpa = bar_addr(dev, i);
+	bool want = (dev->command & PCI_COMMAND_MEMORY) &&
+		    bar_addr_usable(dev, gpa, bar->size);
+
+	if (!bar->present)
+		return;
+	if (bar->mapped && (!want || bar->mapped_gpa != gpa))
+		bar_unmap(dev, bar);
+	if (want && !bar->mapped)
+		(void)bar_map(dev, bar, gpa);
+}
+
+static void bars_update(struct vfio_user_pci *dev)
+{
+	unsigned i;
+
+	for (i = 0; i < VUP_NR_BARS; i++)
+		bar_update(dev, i);
+}
+
+/* Trapped BAR access: MSI-X structures are ours, the rest is the
+ * device's. A dead device reads as all-ones, like a surprise-removed one. */
+static void bar_mmio(void *opaque, uint64_t offset, void *data,
+		     unsigned size, bool is_write)
+{
+	struct vup_bar *bar = opaque;
+	struct vfio_user_pci *dev = bar->dev;
+	int ret;
+
+	if (dev->msix) {
+		if (dev->msix_table_bar == bar->index &&
+		    offset >= dev->msix_table_off &&
+		    offset - dev->msix_table_off < msix_table_size(dev->msix)) {
+			msix_table_access(dev->msix,
+					  offset - dev->msix_table_off, data,
+					  size, is_write);
+			return;
+		}
+		if (dev->msix_pba_bar == bar->index &&
+		    offset >= dev->msix_pba_off &&
+		    offset - dev->msix_pba_off < msix_pba_size(dev->msix)) {
+			msix_pba_access(dev->msix, offset - dev->msix_pba_off,
+					data, size, is_write);
+			return;
+		}
+	}
+
+	if (!atomic_load(&dev->connected) ||
+	    !range_within(offset, size, bar->region_size)) {
+		if (!is_write)
+			memset(data, 0xff, size);
+		return;
+	}
+	if (is_write) {
+		ret = vfu_client_region_write(dev->client, bar->index, offset,
+					      data, size);
+	} else {
+		ret = vfu_client_region_read(dev->client, bar->index, offset,
+					     data, size);
+		if (ret < 0)
+			memset(data, 0xff, size);
+	}
+	if (ret < 0 && ret != -ENOTCONN)
+		pr_warn("device %s: BAR%u %s at %#llx size %u failed: %s",
+			dev->id, bar->index, is_write ? "write" : "read",
+			(unsigned long long)offset, size, strerror(-ret));
+}
+
+/* ---- config space ------------------------------------------------- */
+
+/* The value of config byte off if the VMM owns it. */
+static bool cfg_virt_byte(struct vfio_user_pci *dev, uint32_t off,
+			  uint8_t *val)
+{
+	if (off >= PCI_COMMAND && off < PCI_COMMAND + 2) {
+		*val = dev->command >> (8 * (off - PCI_COMMAND));
+		return true;
+	}
+	if (off >= PCI_BAR0 && off < PCI_BAR_END) {
+		unsigned i = (off - PCI_BAR0) / 4;
+
+		*val = dev->bar_reg[i] >> (8 * (off % 4));
+		return true;
+	}
+	if (off >= PCI_ROM_BAR && off < PCI_ROM_BAR + 4) {
+		*val = 0;	/* no expansion ROM exposed */
+		return true;
+	}
+	if (dev->msix_cap && off >= dev->msix_cap + PCI_MSIX_CTRL &&
+	    off < dev->msix_cap + PCI_MSIX_CTRL + 2) {
+		*val = dev->msix_ctrl >> (8 * (off - dev->msix_cap -
+					       PCI_MSIX_CTRL));
+		return true;
+	}
+	return false;
+}
+
+static uint32_t vup_read_config(struct pci_dev *d, uint32_t offset,
+				unsigned size)
+{
+	struct vfio_user_pci *dev = d->opaque;
+	uint8_t buf[4], v;
+	bool need_dev = false;
+	uint32_t val = 0;
+	unsigned i;
+
+	if (!atomic_load(&dev->connected))
+		return 0xffffffffu >> (8 * (4 - size));
+	if (!range_within(offset, size, dev->cfg_size))
+		return 0;
+
+	pthread_mutex_lock(&dev->lock);
+	for (i = 0; i < size; i++)
+		if (!cfg_virt_byte(dev, offset + i, &v))
+			need_dev = true;
+	pthread_mutex_unlock(&dev->lock);
+
+	if (need_dev &&
+	    vfu_client_region_read(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
+				   offset, buf, size) < 0)
+		return 0xffffffffu >> (8 * (4 - size));
+
+	pthread_mutex_lock(&dev->lock);
+	for (i = 0; i < size; i++)
+		if (cfg_virt_byte(dev, offset + i, &v))
+			buf[i] = v;
+	pthread_mutex_unlock(&dev->lock);
+	memcpy(&val, buf, size);
+	return val;
+}
+
+static void cfg_forward(struct vfio_user_pci *dev, uint32_t offset,
+			const void *data, unsigned size)
+{
+	int ret;
+
+	if (!atomic_load(&dev->connected))
+		return;
+	ret = vfu_client_region_write(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
+				      offset, data, size);
+	if (ret < 0 && ret != -ENOTCONN)
+		pr_warn("device %s: config write at %#x size %u failed: %s",
+			dev->id, offset, size, strerror(-ret));
+}
+
+/* Set bytes [offset, offset + size) of a 16/32-bit register image. */
+static uint32_t merge_bytes(uint32_t reg, uint32_t reg_off, uint32_t offset,
+			    uint32_t val, unsigned size, unsigned reg_len)
+{
+	unsigned i;
+
+	for (i = 0; i < size; i++) {
+		uint32_t o = offset + i;
+
+		if (o < reg_off || o >= reg_off + reg_len)
+			continue;
+		reg &= ~(0xffu << (8 * (o - reg_off)));
+		reg |= ((val >> (8 * i)) & 0xffu) << (8 * (o - reg_off));
+	}
+	return reg;
+}
+
+static void vup_write_config(struct pci_dev *d, uint32_t offset,
+			     uint32_t val, unsigned size)
+{
+	struct vfio_user_pci *dev = d->opaque;
+	unsigned cap = dev->msix_cap;
+
+	if (!range_within(offset, size, dev->cfg_size))
+		return;
+
+	/* Accesses are naturally aligned and at most a dword, so each one
+	 * falls in exactly one of these registers' dwords. */
+	if (offset >= PCI_BAR0 && offset < PCI_BAR_END) {
+		unsigned i = (offset - PCI_BAR0) / 4;
+		uint32_t reg;
+
+		pthread_mutex_lock(&dev->lock);
+		reg = merge_bytes(dev->bar_reg[i], PCI_BAR0 + 4 * i, offset,
+				  val, size, 4);
+		/* Read-only bits (type, size) keep their value: writing
+		 * all-ones reads back ~(size - 1) | flags, which is sizing. */
+		dev->bar_reg[i] = (reg & dev->bar_mask[i]) |
+				  (dev->bar_reg[i] & ~dev->bar_mask[i]);
+		bars_update(dev);
+		pthread_mutex_unlock(&dev->lock);
+		return;
+	}
+	if (offset >= PCI_ROM_BAR && offset < PCI_ROM_BAR + 4)
+		return;
+
+	cfg_forward(dev, offset, &val, size);
+
+	if (offset < PCI_COMMAND + 2 && offset + size > PCI_COMMAND) {
+		pthread_mutex_lock(&dev->lock);
+		dev->command = merge_bytes(dev->command, PCI_COMMAND, offset,
+					   val, size, 2);
+		bars_update(dev);
+		pthread_mutex_unlock(&dev->lock);
+	}
+	if (cap && offset < cap + PCI_MSIX_CTRL + 2 &&
+	    offset + size > cap + PCI_MSIX_CTRL) {
+		uint16_t ctrl, wr;
+
+		pthread_mutex_lock(&dev->lock);
+		wr = merge_bytes(dev->msix_ctrl, cap + PCI_MSIX_CTRL, offset,
+				 val, size, 2);
+		/* Only enable and function mask are writable. */
+		ctrl = (dev->msix_ctrl & PCI_MSIX_CTRL_QSIZE) |
+		       (wr & (PCI_MSIX_CTRL_ENABLE | PCI_MSIX_CTRL_MASKALL));
+		dev->msix_ctrl = ctrl;
+		pthread_mutex_unlock(&dev->lock);
+		(void)msix_set_control(dev->msix,
+				       ctrl & PCI_MSIX_CTRL_ENABLE,
+				       ctrl & PCI_MSIX_CTRL_MASKALL);
+	}
+}
+
+static const struct pci_dev_ops vup_pci_ops = {
+	.read_config = vup_read_config,
+	.write_config = vup_write_config,
+};
+
+/* ---- client callbacks ------------------------------------------- */
+
+static void vup_disconnected(void *opaque)
+{
+	struct vfio_user_pci *dev = opaque;
+	struct json_object *ev;
+
+	atomic_store(&dev->connected, false);
+	if (atomic_load(&dev->closing))
+		return;
+	pr_err("device %s: vfio-user server %s disconnected", dev->id,
+	       dev->socket);
+	ev = json_object_new_object();
+	if (ev) {
+		json_object_object_add(ev, "device",
+				       json_object_new_string(dev->id));
+		json_object_object_add(ev, "socket",
+				       json_object_new_string(dev->socket));
+	}
+	vm_qmp_event(dev->vm, "VFIO_USER_DISCONNECTED", ev);
+	json_object_put(ev);
+}
+
+static void vup_dirty(void *opaque, uint64_t iova, uint64_t len)
+{
+	struct vfio_user_pci *dev = opaque;
+
+	vm_mark_dirty(dev->vm, iova, len);
+}
+
+static int vup_set_irqs(void *opaque, const int *fds, unsigned n)
+{
+	struct vfio_user_pci *dev = opaque;
+
+	if (!atomic_load(&dev->connected))
+		return -ENOTCONN;
+	return vfu_client_set_irqs(dev->client, VFU_PCI_MSIX_IRQ_INDEX, 0,
+				   MIN(n, dev->msix_irq_count), fds);
+}
+
+/* ---- creation ----------------------------------------------------- */
+
+static int setup_bar(struct vfio_user_pci *dev, unsigned i, char *err,
+		     size_t errlen)
+{
+	struct vup_bar *bar = &dev->bars[i];
+	uint32_t reg = cfg_u32(dev, PCI_BAR0 + 4 * i);
+	uint64_t size;
+	int ret;
+
+	bar->dev = dev;
+	bar->index = i;
+	bar->region.fd = -1;
+	if (i >= dev->info.num_regions)
+		return 0;
+	ret = vfu_client_region_info(dev->client, i, &bar->region);
+	/* An absent BAR is either size 0 (as VFIO reports it) or refused
+	 * with EINVAL (as some servers do): the same for us. */
+	if (ret == -EINVAL)
+		return 0;
+	if (ret < 0) {
+		snprintf(err, errlen, "region %u info: %s", i, strerror(-ret));
+		return ret;
+	}
+	if (!bar->region.size)
+		return 0;
+	if (reg & PCI_BAR_IO) {
+		pr_warn("device %s: BAR%u is an I/O BAR, not supported: hidden",
+			dev->id, i);
+		return 0;
+	}
+	bar->is64 = (reg & PCI_BAR_MEM_TYPE_MASK) == PCI_BAR_MEM_TYPE_64;
+	if (bar->is64 && i == VUP_NR_BARS - 1) {
+		snprintf(err, errlen, "BAR%u claims 64 bits but is the last BAR", i);
+		return -EINVAL;
+	}
+	if (bar->region.size > (1ull << 40)) {
+		snprintf(err, errlen, "BAR%u size %#llx is too large", i,
+			 (unsigned long long)bar->region.size);
+		return -EINVAL;
+	}
+	size = roundup_pow2(MAX(bar->region.size, VUP_MIN_BAR_SIZE));
+	if (!bar->is64 && size > (1ull << 30)) {
+		snprintf(err, errlen, "32-bit BAR%u of %#llx bytes does not fit below 4 GiB",
+			 i, (unsigned long long)size);
+		return -EINVAL;
+	}
+	bar->present = true;
+	bar->region_size = bar->region.size;
+	bar->size = size;
+	bar->flags = reg & PCI_BAR_MEM_FLAGS_MASK;
+	dev->bar_mask[i] = (uint32_t)~(size - 1) & ~PCI_BAR_MEM_FLAGS_MASK;
+	if (bar->is64)
+		dev->bar_mask[i + 1] = (uint32_t)(~(size - 1) >> 32);
+
+	if ((bar->region.flags & VFU_REGION_FLAG_MMAP) && bar->region.fd >= 0) {
+		int prot = 0;
+		void *p;
+
+		if (bar->region.flags & VFU_REGION_FLAG_READ)
+			prot |= PROT_READ;
+		if (bar->region.flags & VFU_REGION_FLAG_WRITE)
+			prot |= PROT_WRITE;
+		bar->map_len = ALIGN_UP(bar->region.size, VUP_PAGE_SIZE);
+		p = mmap(NULL, bar->map_len, prot, MAP_SHARED, bar->region.fd,
+			 bar->region.fd_offset);
+		if (p == MAP_FAILED) {
+			pr_warn("device %s: BAR%u: mmap failed, trapping all of it: %s",
+				dev->id, i, strerror(errno));
+			bar->map_len = 0;
+		} else {
+			bar->map = p;
+		}
+	}
+	return 0;
+}
+
+/* Walk the capability list (untrusted: bounded, inside the header's
+ * 256 bytes) for MSI-X. */
+static int find_msix(struct vfio_user_pci *dev, char *err, size_t errlen)
+{
+	unsigned pos, n, cap = 0;
+	uint32_t tbl, pba;
+	uint64_t tsize, psize;
+	struct vfu_irq_info irq;
+	unsigned nvec;
+	int ret;
+
+	if (!(cfg_u16(dev, PCI_STATUS) & PCI_STATUS_CAP_LIST))
+		return 0;
+	pos = dev->cfg[PCI_CAP_PTR] & ~3u;
+	for (n = 0; pos && n < VUP_MAX_CAPS; n++) {
+		if (pos < PCI_CFG_HDR_SIZE || pos + 2 > PCI_CFG_STD_SIZE)
+			break;
+		if (dev->cfg[pos] == PCI_CAP_ID_MSIX) {
+			cap = pos;
+			break;
+		}
+		pos = dev->cfg[pos + 1] & ~3u;
+	}
+	if (!cap)
+		return 0;
+	if (cap + PCI_MSIX_CAP_SIZE > PCI_CFG_STD_SIZE) {
+		snprintf(err, errlen, "MSI-X capability at %#x overruns config space",
+			 cap);
+		return -EINVAL;
+	}
+
+	nvec = (cfg_u16(dev, cap + PCI_MSIX_CTRL) & PCI_MSIX_CTRL_QSIZE) + 1;
+	tbl = cfg_u32(dev, cap + PCI_MSIX_TABLE);
+	pba = cfg_u32(dev, cap + PCI_MSIX_PBA);
+	dev->msix_table_bar = tbl & PCI_MSIX_BIR_MASK;
+	dev->msix_table_off = tbl & ~PCI_MSIX_BIR_MASK;
+	dev->msix_pba_bar = pba & PCI_MSIX_BIR_MASK;
+	dev->msix_pba_off = pba & ~PCI_MSIX_BIR_MASK;
+	tsize = (uint64_t)nvec * 16;
+	psize = DIV_ROUND_UP(nvec, 64) * 8;
+	if (dev->msix_table_bar >= VUP_NR_BARS ||
+	    dev->msix_pba_bar >= VUP_NR_BARS ||
+	    !dev->bars[dev->msix_table_bar].present ||
+	    !dev->bars[dev->msix_pba_bar].present ||
+	    !range_within(dev->msix_table_off, tsize,
+			  dev->bars[dev->msix_table_bar].size) ||
+	    !range_within(dev->msix_pba_off, psize,
+			  dev->bars[dev->msix_pba_bar].size) ||
+	    (dev->msix_table_bar == dev->msix_pba_bar &&
+	     ranges_overlap(dev->msix_table_off, tsize, dev->msix_pba_off,
+			    psize))) {
+		snprintf(err, errlen, "MSI-X table (BAR%u+%#llx) or PBA (BAR%u+%#llx) for %u vectors is not inside its BAR",
+			 dev->msix_table_bar,
+			 (unsigned long long)dev->msix_table_off,
+			 dev->msix_pba_bar,
+			 (unsigned long long)dev->msix_pba_off, nvec);
+		return -EINVAL;
+	}
+
+	ret = vfu_client_irq_info(dev->client, VFU_PCI_MSIX_IRQ_INDEX, &irq);
+	if (ret < 0) {
+		snprintf(err, errlen, "MSI-X irq info: %s", strerror(-ret));
+		return ret;
+	}
+	if (!(irq.flags & VFU_IRQ_INFO_EVENTFD) || irq.count == 0) {
+		snprintf(err, errlen, "device has an MSI-X capability but no MSI-X eventfd interrupts");
+		return -EINVAL;
+	}
+	dev->msix_irq_count = irq.count;
+	if (irq.count < nvec)
+		pr_warn("device %s: MSI-X table has %u vectors, device signals %u",
+			dev->id, nvec, irq.count);
+
+	ret = msix_create(dev->vm, dev->id, nvec, vup_set_irqs, dev,
+			  &dev->msix);
+	if (ret < 0) {
+		snprintf(err, errlen, "MSI-X setup: %s", strerror(-ret));
+		return ret;
+	}
+	dev->msix_cap = cap;
+	/* Disabled and unmasked at reset, whatever the device's image says. */
+	dev->msix_ctrl = nvec - 1;
+	return 0;
+}
+
+static int map_guest_ram(struct vfio_user_pci *dev, char *err, size_t errlen)
+{
+	const struct vm_ram_range *r;
+	unsigned n, i;
+	int fd = vm_ram_fd(dev->vm);
+	int ret;
+
+	n = vm_ram_ranges(dev->vm, &r);
+	for (i = 0; i < n; i++) {
+		ret = vfu_client_dma_map(dev->client, r[i].gpa, r[i].size, fd,
+					 r[i].fd_offset,
+					 VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE,
+					 r[i].hva);
+		if (ret < 0) {
+			snprintf(err, errlen, "DMA map of guest RAM [%#llx, +%#llx): %s",
+				 (unsigned long long)r[i].gpa,
+				 (unsigned long long)r[i].size,
+				 strerror(-ret));
+			return ret;
+		}
+		dev->nr_dma = i + 1;
+	}
+	return 0;
+}
+
+static void unmap_guest_ram(struct vfio_user_pci *dev)
+{
+	const struct vm_ram_range *r;
+	unsigned i, n;
+	int ret;
+
+	n = vm_ram_ranges(dev->vm, &r);
+	for (i = 0; i < dev->nr_dma && i < n; i++) {
+		if (!atomic_load(&dev->connected))
+			break;
+		ret = vfu_client_dma_unmap(dev->client, r[i].gpa, r[i].size);
+		if (ret < 0 && ret != -ENOTCONN)
+			pr_warn("device %s: DMA unmap [%#llx, +%#llx): %s",
+				dev->id, (unsigned long long)r[i].gpa,
+				(unsigned long long)r[i].size, strerror(-ret));
+	}
+	dev->nr_dma = 0;
+}
+
+/* The VMM is the firmware: place every BAR and turn decode on, so a
+ * simple guest can use the device without enumerating resources. */
+static int place_bars(struct vfio_user_pci *dev, char *err, size_t errlen)
+{
+	uint16_t cmd;
+	uint64_t gpa;
+	unsigned i;
+	int ret;
+
+	for (i = 0; i < VUP_NR_BARS; i++) {
+		struct vup_bar *bar = &dev->bars[i];
+
+		if (!bar->present) {
+			dev->bar_reg[i] = 0;	/* reads 0, ignores writes */
+			continue;
+		}
+		ret = pci_bus_alloc_mmio(dev->bus,
+					 MAX(bar->size, VUP_PAGE_SIZE), &gpa);
+		if (ret < 0) {
+			snprintf(err, errlen, "no room for BAR%u (%#llx bytes) in the PCI window",
+				 i, (unsigned long long)bar->size);
+			return ret;
+		}
+		dev->bar_reg[i] = (uint32_t)gpa | bar->flags;
+		if (bar->is64) {
+			dev->bar_reg[i + 1] = gpa >> 32;
+			i++;
+		}
+	}
+
+	cmd = cfg_u16(dev, PCI_COMMAND) | PCI_COMMAND_MEMORY |
+	      PCI_COMMAND_MASTER;
+	cfg_forward(dev, PCI_COMMAND, &cmd, sizeof(cmd));
+	pthread_mutex_lock(&dev->lock);
+	dev->command = cmd;
+	bars_update(dev);
+	pthread_mutex_unlock(&dev->lock);
+	return 0;
+}
+
+static int read_config_space(struct vfio_user_pci *dev, char *err,
+			     size_t errlen)
+{
+	struct vfu_client_region r = { .fd = -1 };
+	int ret;
+
+	if (dev->info.num_regions <= VFU_PCI_CONFIG_REGION_INDEX) {
+		snprintf(err, errlen, "device has %u regions, no config space",
+			 dev->info.num_regions);
+		return -EINVAL;
+	}
+	ret = vfu_client_region_info(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
+				     &r);
+	if (ret < 0) {
+		snprintf(err, errlen, "config region info: %s", strerror(-ret));
+		return ret;
+	}
+	dev->cfg_size = MIN(r.size, (uint64_t)PCI_CFG_MAX_SIZE);
+	vfu_client_region_release(&r);
+	if (dev->cfg_size < PCI_CFG_STD_SIZE) {
+		snprintf(err, errlen, "config space of %u bytes is too small",
+			 dev->cfg_size);
+		return -EINVAL;
+	}
+	ret = vfu_client_region_read(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
+				     0, dev->cfg, dev->cfg_size);
+	if (ret < 0) {
+		snprintf(err, errlen, "reading config space: %s",
+			 strerror(-ret));
+		return ret;
+	}
+	if (cfg_u16(dev, PCI_VENDOR_ID) == 0xffff ||
+	    cfg_u16(dev, PCI_VENDOR_ID) == 0) {
+		snprintf(err, errlen, "config space has no vendor id");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int vfio_user_pci_create(struct vm *vm, struct pci_bus *bus,
+			 const char *id, const char *socket_path,
+			 struct vfio_user_pci **out, char *err, size_t errlen)
+{
+	struct vfio_user_pci *dev;
+	char why[256] = "";
+	unsigned i;
+	int ret;
+
+	dev = calloc(1, sizeof(*dev));
+	if (!dev) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	dev->vm = vm;
+	dev->bus = bus;
+	dev->id = strdup(id);
+	dev->socket = strdup(socket_path);
+	pthread_mutex_init(&dev->lock, NULL);
+	for (i = 0; i < VUP_NR_BARS; i++)
+		dev->bars[i].region.fd = -1;
+	if (!dev->id || !dev->socket) {
+		ret = -ENOMEM;
+		snprintf(why, sizeof(why), "out of memory");
+		goto err_destroy;
+	}
+
+	ret = vfu_client_connect(socket_path, NULL, &dev->client);
+	if (ret < 0) {
+		snprintf(why, sizeof(why), "cannot connect to the vfio-user server: %s",
+			 strerror(-ret));
+		goto err_destroy;
+	}
+	atomic_store(&dev->connected, true);
+	vfu_client_set_disconnect_cb(dev->client, vup_disconnected, dev);
+	vfu_client_set_dirty_cb(dev->client, vup_dirty, dev);
+
+	ret = vfu_client_device_info(dev->client, &dev->info);
+	if (ret < 0) {
+		snprintf(why, sizeof(why), "device info: %s", strerror(-ret));
+		goto err_destroy;
+	}
+	if (!(dev->info.flags & VFU_DEVICE_FLAGS_PCI)) {
+		ret = -ENODEV;
+		snprintf(why, sizeof(why), "not a PCI device (flags %#x)",
+			 dev->info.flags);
+		goto err_destroy;
+	}
+	ret = read_config_space(dev, why, sizeof(why));
+	if (ret < 0)
+		goto err_destroy;
+	for (i = 0; i < VUP_NR_BARS; i++) {
+		ret = setup_bar(dev, i, why, sizeof(why));
+		if (ret < 0)
+			goto err_destroy;
+		if (dev->bars[i].is64 && dev->bars[i].present)
+			i++;	/* the upper half is not a BAR of its own */
+	}
+	ret = find_msix(dev, why, sizeof(why));
+	if (ret < 0)
+		goto err_destroy;
+	ret = map_guest_ram(dev, why, sizeof(why));
+	if (ret < 0)
+		goto err_destroy;
+	ret = place_bars(dev, why, sizeof(why));
+	if (ret < 0)
+		goto err_destroy;
+
+	dev->pdev.ops = &vup_pci_ops;
+	dev->pdev.opaque = dev;
+	dev->pdev.id = dev->id;
+	ret = pci_bus_add(bus, &dev->pdev);
+	if (ret < 0) {
+		snprintf(why, sizeof(why), "no free PCI slot");
+		goto err_destroy;
+	}
+	dev->on_bus = true;
+	pr_info("device %s: %04x:%04x from %s in slot %u", dev->id,
+		cfg_u16(dev, PCI_VENDOR_ID), cfg_u16(dev, PCI_DEVICE_ID),
+		dev->socket, dev->pdev.slot);
+	*out = dev;
+	return 0;
+
+err_destroy:
+	/* The caller names the device and socket; this is the reason. */
+	snprintf(err, errlen, "%s", why);
+	vfio_user_pci_destroy(dev);
+	return ret;
+}
+
+void vfio_user_pci_destroy(struct vfio_user_pci *dev)
+{
+	unsigned i;
+
+	if (!dev)
+		return;
+	atomic_store(&dev->closing, true);
+	if (dev->on_bus)
+		pci_bus_remove(dev->bus, &dev->pdev);
+
+	msix_destroy(dev->msix);	/* SET_IRQS de-assign, irqfds, routes */
+	dev->msix = NULL;
+	pthread_mutex_lock(&dev->lock);
+	for (i = 0; i < VUP_NR_BARS; i++) {
+		struct vup_bar *bar = &dev->bars[i];
+
+		bar_unmap(dev, bar);
+		if (bar->map)
+			munmap(bar->map, bar->map_len);
+		bar->map = NULL;
+		vfu_client_region_release(&bar->region);
+	}
+	pthread_mutex_unlock(&dev->lock);
+	if (dev->client) {
+		unmap_guest_ram(dev);
+		vfu_client_close(dev->client);
+	}
+	pthread_mutex_destroy(&dev->lock);
+	free(dev->socket);
+	free(dev->id);
+	free(dev);
+}
+
+int vfio_user_pci_set_saving_traps(struct vfio_user_pci *dev, bool trap)
+{
+	unsigned i;
+
+	pthread_mutex_lock(&dev->lock);
+	if (dev->saving_traps != trap) {
+		dev->saving_traps = trap;
+		for (i = 0; i < VUP_NR_BARS; i++) {
+			struct vup_bar *bar = &dev->bars[i];
+
+			if (!bar->mapped || !bar->region.nr_trap_while_saving)
+				continue;
+			/* Removing slots is synchronous in KVM: when this
+			 * returns, no vCPU writes the area behind our back. */
+			bar_del_slots(dev, bar);
+			bar_add_slots(dev, bar);
+		}
+	}
+	pthread_mutex_unlock(&dev->lock);
+	return 0;
+}
+
+struct json_object *vfio_user_pci_describe(struct vfio_user_pci *dev)
+{
+	struct json_object *o, *bars;
+	unsigned i;
+
+	o = json_object_new_object();
+	bars = json_object_new_array();
+	if (!o || !bars) {
+		json_object_put(o);
+		json_object_put(bars);
+		return NULL;
+	}
+	json_object_object_add(o, "id", json_object_new_string(dev->id));
+	json_object_object_add(o, "socket",
+			       json_object_new_string(dev->socket));
+	json_object_object_add(o, "vendor-id",
+			       json_object_new_int(cfg_u16(dev, PCI_VENDOR_ID)));
+	json_object_object_add(o, "device-id",
+			       json_object_new_int(cfg_u16(dev, PCI_DEVICE_ID)));
+	json_object_object_add(o, "slot", json_object_new_int(dev->pdev.slot));
+
+	pthread_mutex_lock(&dev->lock);
+	for (i = 0; i < VUP_NR_BARS; i++) {
+		struct vup_bar *bar = &dev->bars[i];
+		struct json_object *b;
+
+		if (!bar->present)
+			continue;
+		b = json_object_new_object();
+		if (!b)
+			continue;
+		json_object_object_add(b, "index", json_object_new_int(i));
+		json_object_object_add(b, "address",
+				       json_object_new_int64(bar_addr(dev, i)));
+		json_object_object_add(b, "size",
+				       json_object_new_int64(bar->size));
+		json_object_object_add(b, "64bit",
+				       json_object_new_boolean(bar->is64));
+		json_object_object_add(b, "mapped",
+				       json_object_new_boolean(bar->mapped));
+		json_object_object_add(b, "direct-slots",
+				       json_object_new_int(bar->nr_segs));
+		json_object_array_add(bars, b);
+	}
+	json_object_object_add(o, "saving-traps",
+			       json_object_new_boolean(dev->saving_traps));
+	pthread_mutex_unlock(&dev->lock);
+	json_object_object_add(o, "bars", bars);
+	json_object_object_add(o, "msix-vectors",
+			       json_object_new_int(dev->msix ?
+						   msix_nr_vectors(dev->msix) : 0));
+	json_object_object_add(o, "msix-enabled",
+			       json_object_new_boolean(dev->msix &&
+						       msix_enabled(dev->msix)));
+	json_object_object_add(o, "connected",
+			       json_object_new_boolean(atomic_load(&dev->connected)));
+	return o;
+}
+
+/* ---- migration ----------------------------------------------------- */
+
+struct vfu_client *vfio_user_pci_client(struct vfio_user_pci *dev)
+{
+	return dev->client;
+}
+
+const char *vfio_user_pci_id(struct vfio_user_pci *dev)
+{
+	return dev->id;
+}
+
+/* What must be equal on both ends of a migration: the device's identity
+ * and every size the guest has seen (BARs, vectors). */
+struct json_object *vfio_user_pci_identity(struct vfio_user_pci *dev)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *bars = json_object_new_array();
+
+	json_object_object_add(o, "id", json_object_new_string(dev->id));
+	json_object_object_add(o, "vendor-id",
+			       json_object_new_int(cfg_u16(dev, PCI_VENDOR_ID)));
+	json_object_object_add(o, "device-id",
+			       json_object_new_int(cfg_u16(dev, PCI_DEVICE_ID)));
+	for (unsigned i = 0; i < VUP_NR_BARS; i++)
+		json_object_array_add(bars, json_object_new_int64(
+			dev->bars[i].present ? (int64_t)dev->bars[i].size : 0));
+	json_object_object_add(o, "bar-sizes", bars);
+	json_object_object_add(o, "msix-vectors",
+			       json_object_new_int(dev->msix ?
+						   msix_nr_vectors(dev->msix) : 0));
+	return o;
+}
+
+#define VUP_STATE_MAGIC		0x49435046u	/* "FPCI" */
+#define VUP_STATE_VERSION	1u
+
+struct vup_state {
+	uint32_t magic;
+	uint32_t version;
+	uint16_t command;
+	uint16_t msix_ctrl;
+	uint32_t bar_reg[VUP_NR_BARS];
+	uint32_t msix_len;
+	/* uint8_t msix[msix_len]; */
+} __attribute__((packed));
+
+int vfio_user_pci_save_state(struct vfio_user_pci *dev, void **blob,
+			     size_t *len)
+{
+	size_t mlen = dev->msix ? msix_state_size(dev->msix) : 0;
+	struct vup_state *s = calloc(1, sizeof(*s) + mlen);
+
+	if (!s)
+		return -ENOMEM;
+	s->magic = VUP_STATE_MAGIC;
+	s->version = VUP_STATE_VERSION;
+	pthread_mutex_lock(&dev->lock);
+	s->command = dev->command;
+	s->msix_ctrl = dev->msix_ctrl;
+	memcpy(s->bar_reg, dev->bar_reg, sizeof(s->bar_reg));
+	pthread_mutex_unlock(&dev->lock);
+	s->msix_len = (uint32_t)mlen;
+	if (dev->msix)
+		msix_state_get(dev->msix, s + 1);
+	*blob = s;
+	*len = sizeof(*s) + mlen;
+	return 0;
+}
+
+int vfio_user_pci_load_state(struct vfio_user_pci *dev, const void *blob,
+			     size_t len, char *err, size_t errlen)
+{
+	size_t mlen = dev->msix ? msix_state_size(dev->msix) : 0;
+	struct vup_state s;
+	int ret;
+
+	if (len < sizeof(s)) {
+		snprintf(err, errlen, "PCI state is %zu bytes", len);
+		return -EBADMSG;
+	}
+	memcpy(&s, blob, sizeof(s));
+	if (s.magic != VUP_STATE_MAGIC || s.version != VUP_STATE_VERSION) {
+		snprintf(err, errlen, "PCI state: bad magic/version %#x/%u",
+			 s.magic, s.version);
+		return -EBADMSG;
+	}
+	if (s.msix_len != mlen || len != sizeof(s) + mlen) {
+		snprintf(err, errlen, "PCI state: MSI-X state is %u bytes, "
+			 "this device needs %zu", s.msix_len, mlen);
+		return -EBADMSG;
+	}
+	pthread_mutex_lock(&dev->lock);
+	dev->command = s.command;
+	dev->msix_ctrl = (dev->msix_ctrl & PCI_MSIX_CTRL_QSIZE) |
+			 (s.msix_ctrl & (PCI_MSIX_CTRL_ENABLE |
+					 PCI_MSIX_CTRL_MASKALL));
+	for (unsigned i = 0; i < VUP_NR_BARS; i++)
+		dev->bar_reg[i] = (s.bar_reg[i] & dev->bar_mask[i]) |
+				  (dev->bar_reg[i] & ~dev->bar_mask[i]);
+	bars_update(dev);
+	pthread_mutex_unlock(&dev->lock);
+	if (dev->msix) {
+		ret = msix_state_set(dev->msix, (const uint8_t *)blob + sizeof(s),
+				     mlen);
+		if (ret) {
+			snprintf(err, errlen, "PCI state: MSI-X: %s",
+				 strerror(-ret));
+			return ret;
+		}
+	}
+	return 0;
+}
