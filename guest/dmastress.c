@@ -109,7 +109,8 @@ struct fdev {
 	uint8_t *shadow;
 	struct ferry_dma_desc *ring;
 	struct ferry_dma_completion *comps;
-	uint8_t *bufs;
+	uint8_t *bufs;		/* source buffers, written by the guest */
+	uint8_t *dsts;		/* destination buffers, written by the device */
 	uint64_t buf_stride;
 	struct job *jobs;
 	unsigned int nr_jobs;
@@ -123,6 +124,23 @@ struct fdev {
 	uint64_t irq_flagged;	/* completions with the IRQ flag */
 	uint64_t direct_off;	/* last chunk written through BAR2 */
 	uint64_t direct_len;
+	struct written *written;	/* per slot: last bytes DMA'd to RAM */
+};
+
+/*
+ * What the device last wrote into guest RAM through a slot, checked again
+ * just before the slot is reused and at the end. The first check at
+ * completion proves the device wrote the right bytes; this one proves
+ * they are still there later -- after a live migration, a page the
+ * device wrote that was not re-sent (device dirty logging broken or off)
+ * shows up here as stale data.
+ */
+struct written {
+	const uint8_t *dst;
+	uint64_t len;
+	uint32_t crc;
+	uint64_t cookie;
+	uint32_t op;
 };
 
 static struct fdev devs[MAX_DEVICES];
@@ -279,9 +297,22 @@ static int dev_alloc(struct fdev *d)
 	d->ring = mem_alloc(RING_ENTRIES * sizeof(*d->ring), PAGE_BYTES);
 	d->comps = mem_alloc(RING_ENTRIES * sizeof(*d->comps), PAGE_BYTES);
 	d->jobs = mem_alloc(opt_batch * sizeof(*d->jobs), 64);
+	d->written = mem_alloc(opt_batch * sizeof(*d->written), 64);
+	memset(d->written, 0, opt_batch * sizeof(*d->written));
 	d->shadow = mem_alloc(d->window, PAGE_BYTES);
-	d->bufs = mem_alloc(2 * opt_batch * d->buf_stride, PAGE_BYTES);
-	if (!d->ring || !d->comps || !d->jobs || !d->shadow || !d->bufs)
+	d->bufs = mem_alloc(opt_batch * d->buf_stride, PAGE_BYTES);
+	/*
+	 * Destinations get 2 MiB pages of their own that the guest never
+	 * writes. Under shadow paging a read through a guest PDE whose Dirty
+	 * bit is set is mapped writable and logged dirty by KVM; sharing
+	 * pages with the guest-written sources would make KVM's dirty log
+	 * cover every DMA destination the guest reads, hiding whether the
+	 * VMM merged the device's own DMA dirty log.
+	 */
+	d->dsts = mem_alloc(ALIGN_UP(opt_batch * d->buf_stride, HUGE_PAGE_SIZE),
+			    HUGE_PAGE_SIZE);
+	if (!d->ring || !d->comps || !d->jobs || !d->written || !d->shadow ||
+	    !d->bufs || !d->dsts)
 		return fail("no_memory dev=%u", d->idx);
 	if (d->region == 0)
 		return fail("devmem_too_small dev=%u size=%lu", d->idx,
@@ -444,12 +475,12 @@ static uint64_t region_base(const struct fdev *d, unsigned int k)
 
 static void job_build(struct fdev *d, unsigned int k, struct job *j)
 {
-	uint8_t *slot = d->bufs + 2 * k * d->buf_stride;
+	uint8_t *slot = d->bufs + k * d->buf_stride;
 
 	j->op = 1 + rng_below(&rng, FERRY_DMA_OP_MAX - 1);
 	j->len = rand_len();
 	j->src = slot + rng_below(&rng, BUF_SLACK);
-	j->dst = slot + d->buf_stride + rng_below(&rng, BUF_SLACK);
+	j->dst = d->dsts + k * d->buf_stride + rng_below(&rng, BUF_SLACK);
 	j->pattern = rng_next(&rng);
 	j->irq = false;
 
@@ -644,6 +675,42 @@ static bool irqs_caught_up(struct fdev *d, uint64_t unused)
 	return irq_count(d->vec) - d->irq_base >= d->irq_flagged;
 }
 
+/* Remember what slot k's job left in guest RAM (COPY, FILL, FROM_DEV). */
+static void written_record(struct fdev *d, unsigned int k, const struct job *j)
+{
+	struct written *w = &d->written[k];
+
+	w->len = 0;
+	if (j->op != FERRY_DMA_OP_COPY && j->op != FERRY_DMA_OP_FILL &&
+	    j->op != FERRY_DMA_OP_FROM_DEV)
+		return;
+	w->dst = j->dst;
+	w->len = j->len;
+	w->crc = j->crc;	/* the CRC of exactly the bytes written */
+	w->cookie = j->cookie;
+	w->op = j->op;
+}
+
+static int written_recheck(struct fdev *d, unsigned int k)
+{
+	struct written *w = &d->written[k];
+	uint32_t crc;
+
+	if (!w->len)
+		return 0;
+	crc = crc32c_final(crc32c_update(CRC32C_INIT, w->dst, w->len));
+	if (crc != w->crc) {
+		say("dev %u %s cookie=%lu len=%lu: guest RAM the device wrote "
+		    "earlier changed: crc 0x%08x, expected 0x%08x (stale page "
+		    "after migration?)", d->idx, op_names[w->op], w->cookie,
+		    w->len, crc, w->crc);
+		return fail("stale_dma_data dev=%u op=%s cookie=%lu", d->idx,
+			    op_names[w->op], w->cookie);
+	}
+	w->len = 0;
+	return 0;
+}
+
 static int dev_complete(struct fdev *d)
 {
 	for (unsigned int k = 0; k < d->nr_jobs; k++) {
@@ -682,6 +749,7 @@ static int dev_complete(struct fdev *d)
 		}
 		if (job_check_data(d, j))
 			return -1;
+		written_record(d, k, j);
 		total_jobs++;
 		total_bytes += j->len;
 		if (j->irq)
@@ -758,6 +826,9 @@ static int dev_final_check(struct fdev *d)
 
 	if (!wait_until(irqs_caught_up, d, 0))
 		return fail("irq_missing dev=%u", d->idx);
+	for (unsigned int k = 0; k < opt_batch; k++)
+		if (written_recheck(d, k))
+			return -1;
 	if (dev_check_regs(d))
 		return -1;
 	got = irq_count(d->vec) - d->irq_base;
@@ -780,8 +851,11 @@ static int round_run(void)
 		struct fdev *d = &devs[i];
 
 		d->nr_jobs = opt_batch;
-		for (unsigned int k = 0; k < d->nr_jobs; k++)
+		for (unsigned int k = 0; k < d->nr_jobs; k++) {
+			if (written_recheck(d, k))
+				return -1;
 			job_build(d, k, &d->jobs[k]);
+		}
 		d->jobs[d->nr_jobs - 1].irq = true;
 		dev_submit(d);
 	}

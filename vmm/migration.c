@@ -301,9 +301,15 @@ static int mig_devs_log_sync(uint64_t *bm)
 					uint64_t b = w * 64 +
 						(uint64_t)__builtin_ctzll(bits);
 
+					uint64_t gpa = rr->gpa + b * d->log_pgsize;
+					uint64_t pfn = mig_ram_pfn(&mig.ram, gpa);
+
 					bits &= bits - 1;
-					mig_ram_mark(&mig.ram, bm,
-						     rr->gpa + b * d->log_pgsize,
+					/* Pages only the device log knew about:
+					 * what a VMM without it would lose. */
+					if (pfn != UINT64_MAX && !bitmap_test(bm, pfn))
+						mig.stats.dev_only_pages++;
+					mig_ram_mark(&mig.ram, bm, gpa,
 						     d->log_pgsize);
 					mig.stats.dev_dirty_pages++;
 				}
@@ -497,6 +503,7 @@ static int mig_switchover(struct vm *vm, uint64_t *bm)
 	ret = mig_sync_dirty(vm, bm, &kvm_pages);
 	if (ret)
 		return ret;
+	mig.stats.final_pages = bitmap_count(bm, mig.ram.pages);
 	ret = mig_send_ram(bm, 0, &more);
 	if (ret)
 		return ret;
@@ -567,6 +574,12 @@ static int mig_switchover(struct vm *vm, uint64_t *bm)
 	if (ret) {
 		mig_error("sending END: %s", strerror(-ret));
 		return ret;
+	}
+	/* A file has no return path: the stream is complete once written
+	 * (the caller keeps the guest paused here, as QEMU does). */
+	if (!mig.ch->has_return_path) {
+		mig.stats.downtime_ns = clock_ns() - t0;
+		return 0;
 	}
 	/* The destination owns the guest once it says it runs. */
 	{
@@ -736,9 +749,26 @@ static void *mig_thread_fn(void *arg)
 	mig.stats.total_ns = clock_ns() - t_start;
 	mig_set_status(vm, MIG_STATUS_COMPLETED);
 	pr_info("migration completed: %.3f s total, %.1f ms downtime, "
-		"%llu bytes, %u iterations", mig.stats.total_ns / 1e9,
-		mig.stats.downtime_ns / 1e6,
-		(unsigned long long)mig.stats.transferred, mig.conv.iterations);
+		"%llu bytes, %u iterations, %llu pages in the last pass, "
+		"%llu pages reported by device DMA logs (%llu only by them)",
+		mig.stats.total_ns / 1e9, mig.stats.downtime_ns / 1e6,
+		(unsigned long long)mig.stats.transferred, mig.conv.iterations,
+		(unsigned long long)mig.stats.final_pages,
+		(unsigned long long)mig.stats.dev_dirty_pages,
+		(unsigned long long)mig.stats.dev_only_pages);
+	if (!mig.ch->has_return_path) {
+		/* Saved to a file: the guest stays here, paused (QEMU's
+		 * postmigrate); devices run again so that `cont` resumes a
+		 * consistent VM. */
+		/* Take a user pause before dropping ours: no vCPU may run
+		 * in between. */
+		if (mig.was_running && vm_user_stop(vm))
+			vm_qmp_event(vm, "STOP", NULL);
+		migration_rollback(vm);
+		pr_info("migration to %s complete; the guest is paused here "
+			"(cont resumes it)", mig.uri_str);
+		goto out;
+	}
 	/* The guest lives on the destination now. Devices stay stopped. */
 	for (unsigned i = 0; i < mig.nr_devs; i++)
 		mig_dev_set_state(vm, &mig.devs[i], VFU_MIG_STATE_STOP);
@@ -889,6 +919,7 @@ struct json_object *migration_query(struct vm *vm)
 		     (uint64_t)(mig.conv.dirty_rate / MIG_PAGE_SIZE));
 	json_add_u64(ram, "mbps", (uint64_t)(mig.conv.bandwidth * 8 / 1e6));
 	json_add_u64(ram, "device-dirty-pages", mig.stats.dev_dirty_pages);
+	json_add_u64(ram, "device-only-dirty-pages", mig.stats.dev_only_pages);
 	json_object_object_add(r, "ram", ram);
 	devs = json_object_new_array();
 	for (unsigned i = 0; i < mig.nr_devs; i++) {

@@ -69,7 +69,9 @@ struct migration {
 		uint64_t ram_pages;
 		uint64_t zero_pages;
 		uint64_t dirty_pages;
+		uint64_t final_pages;
 		uint64_t dev_dirty_pages;
+		uint64_t dev_only_pages;
 	} stats;
 };
 
