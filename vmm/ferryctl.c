@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <json-c/json.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,15 +50,26 @@ static void usage(FILE *f)
 "  quit          shut the VMM down\n"
 "  devices       list the PCI devices\n"
 "  raw JSON      send one QMP command object, print the reply\n"
+"  migrate URI   live-migrate the VM to URI (tcp:HOST:PORT, unix:PATH,\n"
+"                file:PATH) with live progress and a final summary\n"
+"  migrate-status  show the current or last migration\n"
+"  migrate-cancel  cancel the running migration\n"
+"  migrate-incoming URI  give a '--incoming defer' VMM its URI\n"
 "\n"
 "Options:\n"
 "  -q, --qmp PATH       the VMM's QMP socket (unix:PATH also accepted)\n"
 "  -j, --json           print the command's result as JSON\n"
 "  -t, --timeout SEC    give up waiting for the VMM after SEC seconds (default %d)\n"
+"  -D, --downtime-limit MS   migrate: maximum downtime (default 300)\n"
+"  -B, --max-bandwidth SIZE  migrate: bytes per second, e.g. 100M (0 = no cap)\n"
+"  -A, --switchover-ack      migrate: wait until the destination has loaded\n"
+"                            every device's initial data before stopping\n"
+"  -n, --no-wait             migrate: start it and return at once\n"
 "  -h, --help           show this help\n"
 "\n"
-"Exit status: 0 ok, 1 the VMM returned an error, 2 usage error,\n"
-"3 the socket is unreachable or not a QMP server.\n",
+"Exit status: 0 ok, 1 the VMM returned an error (or the migration\n"
+"failed or was cancelled), 2 usage error, 3 the socket is unreachable\n"
+"or not a QMP server.\n",
 		CTL_DEFAULT_TIMEOUT_S);
 }
 
@@ -301,6 +313,301 @@ static void print_devices(struct json_object *r)
 	}
 }
 
+/* ---- migrate ------------------------------------------------------- */
+
+#define MIG_POLL_MS		250
+
+struct mig_opts {
+	long long downtime_limit;	/* -1: leave as is */
+	long long max_bandwidth;
+	bool switchover_ack;
+	bool no_wait;
+};
+
+static uint64_t jget_u64(struct json_object *o, const char *path)
+{
+	struct json_object *v = o;
+	char key[64];
+
+	/* "ram.transferred" style paths */
+	while (v && *path) {
+		const char *dot = strchr(path, '.');
+		size_t n = dot ? (size_t)(dot - path) : strlen(path);
+
+		if (n >= sizeof(key))
+			return 0;
+		memcpy(key, path, n);
+		key[n] = '\0';
+		if (!json_object_object_get_ex(v, key, &v))
+			return 0;
+		path += n + (dot ? 1 : 0);
+	}
+	return v ? (uint64_t)json_object_get_int64(v) : 0;
+}
+
+static const char *jget_str(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ?
+	       json_object_get_string(v) : NULL;
+}
+
+static void print_mig_devices(struct json_object *info, const char *sep)
+{
+	struct json_object *devs;
+
+	if (!json_object_object_get_ex(info, "vfio-user-devices", &devs))
+		return;
+	for (size_t i = 0; i < json_object_array_length(devs); i++) {
+		struct json_object *d = json_object_array_get_idx(devs, i);
+
+		printf("%s%s %s %.1f MiB pre-copy + %.1f MiB stop-copy", sep,
+		       jget_str(d, "id") ? jget_str(d, "id") : "?",
+		       jget_str(d, "state") ? jget_str(d, "state") : "?",
+		       jget_u64(d, "precopy-bytes") / 1048576.0,
+		       jget_u64(d, "stopcopy-bytes") / 1048576.0);
+	}
+}
+
+static void print_mig_progress(struct json_object *info, bool tty)
+{
+	uint64_t exp = jget_u64(info, "expected-downtime");
+	const char *st = jget_str(info, "status");
+
+	printf("%s%-9s %7.1f s  sent %8.1f MiB  remaining %7.1f MiB  "
+	       "%6llu Mbps  dirty %6.1f MB/s  iter %llu", tty ? "\r" : "",
+	       st ? st : "?", jget_u64(info, "total-time") / 1000.0,
+	       jget_u64(info, "ram.transferred") / 1048576.0,
+	       jget_u64(info, "ram.remaining") / 1048576.0,
+	       (unsigned long long)jget_u64(info, "ram.mbps"),
+	       jget_u64(info, "ram.dirty-pages-rate") * 4096 / 1e6,
+	       (unsigned long long)jget_u64(info, "iterations"));
+	if (exp)
+		printf("  expected downtime %llu ms", (unsigned long long)exp);
+	print_mig_devices(info, "  ");
+	printf(tty ? "\033[K" : "\n");
+	fflush(stdout);
+}
+
+static void print_mig_summary(struct json_object *info)
+{
+	const char *st = jget_str(info, "status");
+	const char *why = jget_str(info, "error-desc");
+
+	if (!st) {
+		puts("No migration has run.");
+		return;
+	}
+	if (!strcmp(st, "completed")) {
+		printf("Migration completed in %.3f s: downtime %.1f ms, "
+		       "setup %llu ms, %.1f MiB sent (%llu pages, %llu zero "
+		       "pages), %llu iterations\n",
+		       jget_u64(info, "total-time") / 1000.0,
+		       jget_u64(info, "downtime-us") / 1000.0,
+		       (unsigned long long)jget_u64(info, "setup-time"),
+		       jget_u64(info, "ram.transferred") / 1048576.0,
+		       (unsigned long long)jget_u64(info, "ram.normal"),
+		       (unsigned long long)jget_u64(info, "ram.duplicate"),
+		       (unsigned long long)jget_u64(info, "iterations"));
+		printf("Device DMA logs: %llu dirty pages, %llu found only by "
+		       "them\n",
+		       (unsigned long long)jget_u64(info, "ram.device-dirty-pages"),
+		       (unsigned long long)jget_u64(info,
+						    "ram.device-only-dirty-pages"));
+		print_mig_devices(info, "Device ");
+		printf("%s", json_object_object_get_ex(info, "vfio-user-devices",
+						       NULL) ? "\n" : "");
+		return;
+	}
+	printf("Migration %s after %.3f s%s%s\n", st,
+	       jget_u64(info, "total-time") / 1000.0, why ? ": " : "",
+	       why ? why : "");
+	if (!strcmp(st, "failed") || !strcmp(st, "cancelled"))
+		puts("The guest keeps running on the source.");
+}
+
+/* Execute name(args), events allowed in between; 0 or an exit status. */
+static int ctl_simple(struct ctl *c, const char *name,
+		      struct json_object *args)
+{
+	struct json_object *cmd = json_object_new_object(), *reply = NULL;
+	int status;
+
+	json_object_object_add(cmd, "execute", json_object_new_string(name));
+	if (args)
+		json_object_object_add(cmd, "arguments", args);
+	status = ctl_execute(c, cmd, &reply);
+	json_object_put(cmd);
+	json_object_put(reply);
+	return status;
+}
+
+static int mig_setup(struct ctl *c, const struct mig_opts *mo)
+{
+	struct json_object *args;
+	int status = 0;
+
+	if (mo->downtime_limit >= 0 || mo->max_bandwidth >= 0) {
+		args = json_object_new_object();
+		if (mo->downtime_limit >= 0)
+			json_object_object_add(args, "downtime-limit",
+				json_object_new_int64(mo->downtime_limit));
+		if (mo->max_bandwidth >= 0)
+			json_object_object_add(args, "max-bandwidth",
+				json_object_new_int64(mo->max_bandwidth));
+		status = ctl_simple(c, "migrate-set-parameters", args);
+	}
+	if (!status && mo->switchover_ack) {
+		struct json_object *caps = json_object_new_array();
+		struct json_object *cap = json_object_new_object();
+
+		json_object_object_add(cap, "capability",
+				       json_object_new_string("switchover-ack"));
+		json_object_object_add(cap, "state", json_object_new_boolean(true));
+		json_object_array_add(caps, cap);
+		args = json_object_new_object();
+		json_object_object_add(args, "capabilities", caps);
+		status = ctl_simple(c, "migrate-set-capabilities", args);
+	}
+	return status;
+}
+
+static bool mig_terminal(const char *st)
+{
+	return st && (!strcmp(st, "completed") || !strcmp(st, "failed") ||
+		      !strcmp(st, "cancelled"));
+}
+
+/*
+ * Poll query-migrate until a terminal status. The source exits once the
+ * destination runs the guest, so the final figures may arrive only in
+ * the MIGRATION event's x-info.
+ */
+static int mig_follow(struct ctl *c, bool json)
+{
+	struct json_object *final = NULL, *last = NULL;
+	bool tty = isatty(STDOUT_FILENO) && !json;
+	int status = 0;
+
+	for (;;) {
+		struct json_object *cmd = json_object_new_object(), *o;
+		bool got_reply = false;
+
+		const char *q;
+
+		json_object_object_add(cmd, "execute",
+				       json_object_new_string("query-migrate"));
+		q = json_object_to_json_string_ext(cmd, JSON_C_TO_STRING_PLAIN);
+		/* A source that completed has exited: a failed send is not
+		 * an error yet, its final event may still be queued. */
+		(void)(fd_write_full(c->fd, q, strlen(q)) ||
+		       fd_write_full(c->fd, "\n", 1));
+		json_object_put(cmd);
+		/* Stop reading at the final event: the source may be gone
+		 * before it answers the query. */
+		while (!got_reply && !final && (o = ctl_read(c))) {
+			struct json_object *ev, *data, *ret;
+
+			if (json_object_object_get_ex(o, "event", &ev)) {
+				if (!strcmp(json_object_get_string(ev),
+					    "MIGRATION") &&
+				    json_object_object_get_ex(o, "data", &data) &&
+				    json_object_object_get_ex(data, "x-info",
+							      &ret)) {
+					json_object_put(final);
+					final = json_object_get(ret);
+				}
+			} else if (json_object_object_get_ex(o, "return", &ret)) {
+				got_reply = true;
+				json_object_put(last);
+				last = json_object_get(ret);
+			} else {
+				got_reply = true;
+				ctl_report_error(o);
+				status = EXIT_QMP_ERROR;
+			}
+			json_object_put(o);
+		}
+		if (final || !got_reply || status)
+			break;	/* ended, the VMM went away, or it refused */
+		if (mig_terminal(jget_str(last, "status"))) {
+			if (!final)
+				final = json_object_get(last);
+			break;
+		}
+		if (!json)
+			print_mig_progress(last, tty);
+		poll(NULL, 0, MIG_POLL_MS);
+	}
+	if (tty)
+		printf("\n");
+	if (!final) {
+		json_object_put(last);
+		return status ? status :
+		       fail(EXIT_CONNECT, "lost the VMM before the migration "
+			    "ended (see its log)");
+	}
+	if (json)
+		print_json(final);
+	else
+		print_mig_summary(final);
+	if (strcmp(jget_str(final, "status"), "completed"))
+		status = EXIT_QMP_ERROR;
+	json_object_put(final);
+	json_object_put(last);
+	return status;
+}
+
+static int run_migrate(struct ctl *c, const char *verb, const char *uri,
+		       const struct mig_opts *mo, bool json)
+{
+	struct json_object *args, *cmd, *reply = NULL, *ret;
+	int status;
+
+	if (!strcmp(verb, "migrate-cancel"))
+		return ctl_simple(c, "migrate_cancel", NULL) ? EXIT_QMP_ERROR :
+		       (puts(json ? "{}" : "Migration cancel requested"), 0);
+	if (!strcmp(verb, "migrate-incoming")) {
+		args = json_object_new_object();
+		json_object_object_add(args, "uri", json_object_new_string(uri));
+		status = ctl_simple(c, "migrate-incoming", args);
+		if (!status && !json)
+			printf("Waiting for the migration on %s\n", uri);
+		return status;
+	}
+	if (!strcmp(verb, "migrate-status")) {
+		cmd = json_object_new_object();
+		json_object_object_add(cmd, "execute",
+				       json_object_new_string("query-migrate"));
+		status = ctl_execute(c, cmd, &reply);
+		json_object_put(cmd);
+		if (!status && json_object_object_get_ex(reply, "return", &ret)) {
+			if (json)
+				print_json(ret);
+			else if (mig_terminal(jget_str(ret, "status")) ||
+				 !jget_str(ret, "status"))
+				print_mig_summary(ret);
+			else
+				print_mig_progress(ret, false);
+		}
+		json_object_put(reply);
+		return status;
+	}
+	status = mig_setup(c, mo);
+	if (status)
+		return status;
+	args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	status = ctl_simple(c, "migrate", args);
+	if (status || mo->no_wait) {
+		if (!status && !json)
+			printf("Migration to %s started\n", uri);
+		return status;
+	}
+	return mig_follow(c, json);
+}
+
 struct ctl_cmd {
 	const char *name;
 	const char *qmp;
@@ -323,8 +630,16 @@ int main(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "downtime-limit", required_argument, NULL, 'D' },
+		{ "max-bandwidth", required_argument, NULL, 'B' },
+		{ "switchover-ack", no_argument, NULL, 'A' },
+		{ "no-wait", no_argument, NULL, 'n' },
 		{ 0 }
 	};
+	struct mig_opts mo = { .downtime_limit = -1, .max_bandwidth = -1 };
+	const char *mig_uri = NULL;
+	bool is_mig = false;
+	uint64_t size;
 	struct ctl c = { .fd = -1, .timeout_ms = CTL_DEFAULT_TIMEOUT_S * 1000 };
 	struct json_object *cmd = NULL, *reply = NULL, *ret_val;
 	const struct ctl_cmd *cc = NULL;
@@ -334,8 +649,9 @@ int main(int argc, char **argv)
 	long t;
 	char *end;
 
+	signal(SIGPIPE, SIG_IGN);	/* a VMM that exits is an error code */
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":q:jt:h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":q:jt:hD:B:An", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'q':
 			path = strncmp(optarg, "unix:", 5) ? optarg : optarg + 5;
@@ -354,6 +670,28 @@ int main(int argc, char **argv)
 		case 'h':
 			usage(stdout);
 			return 0;
+		case 'D':
+			errno = 0;
+			t = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || t < 0 ||
+			    t > 2000000)
+				return fail(EXIT_USAGE, "--downtime-limit '%s': "
+					    "milliseconds from 0 to 2000000",
+					    optarg);
+			mo.downtime_limit = t;
+			break;
+		case 'B':
+			if (parse_size(optarg, &size) || size > INT64_MAX)
+				return fail(EXIT_USAGE, "--max-bandwidth '%s': "
+					    "bytes per second, e.g. 100M", optarg);
+			mo.max_bandwidth = (long long)size;
+			break;
+		case 'A':
+			mo.switchover_ack = true;
+			break;
+		case 'n':
+			mo.no_wait = true;
+			break;
 		case ':':
 			return fail(EXIT_USAGE, "option '%s' needs an argument",
 				    argv[optind - 1]);
@@ -367,7 +705,17 @@ int main(int argc, char **argv)
 	if (optind >= argc)
 		return fail(EXIT_USAGE, "no command given");
 	verb = argv[optind++];
-	if (!strcmp(verb, "raw")) {
+	if (!strcmp(verb, "migrate") || !strcmp(verb, "migrate-incoming")) {
+		if (optind != argc - 1)
+			return fail(EXIT_USAGE, "%s takes exactly one URI", verb);
+		mig_uri = argv[optind];
+		is_mig = true;
+	} else if (!strcmp(verb, "migrate-status") ||
+		   !strcmp(verb, "migrate-cancel")) {
+		if (optind != argc)
+			return fail(EXIT_USAGE, "'%s' takes no argument", verb);
+		is_mig = true;
+	} else if (!strcmp(verb, "raw")) {
 		enum json_tokener_error jerr;
 
 		if (optind != argc - 1)
@@ -404,6 +752,10 @@ int main(int argc, char **argv)
 	status = ctl_handshake(&c);
 	if (status)
 		goto out;
+	if (is_mig) {
+		status = run_migrate(&c, verb, mig_uri, &mo, json);
+		goto out;
+	}
 	status = ctl_execute(&c, cmd, &reply);
 	if (!cc) {
 		/* raw: the whole reply, error or not, for scripts. */

@@ -76,6 +76,11 @@ void mig_set_status(struct vm *vm, enum mig_status s)
 	data = json_object_new_object();
 	json_object_object_add(data, "status",
 			       json_object_new_string(mig_status_name(s)));
+	/* The source exits right after it completes: the final figures
+	 * travel with the event (an extra member QMP clients ignore). */
+	if (s == MIG_STATUS_COMPLETED || s == MIG_STATUS_FAILED ||
+	    s == MIG_STATUS_CANCELLED)
+		json_object_object_add(data, "x-info", migration_query(vm));
 	vm_qmp_event(vm, "MIGRATION", data);
 	json_object_put(data);
 }
@@ -703,6 +708,10 @@ static void *mig_thread_fn(void *arg)
 			ret = mig_send_ram(bm, MIG_RAM_PASS_PAGES, &more);
 			if (ret || mig_devs_precopy())
 				goto out_fail;
+			pthread_mutex_lock(&mig.lock);
+			mig.stats.remaining = bitmap_count(bm, mig.ram.pages) *
+					      MIG_PAGE_SIZE;
+			pthread_mutex_unlock(&mig.lock);
 			wait_ns = mig_converge_throttle_ns(&mig.conv,
 					mig.stats.transferred - sent0,
 					clock_ns() - t_iter);
@@ -747,6 +756,13 @@ static void *mig_thread_fn(void *arg)
 		goto out_fail;
 
 	mig.stats.total_ns = clock_ns() - t_start;
+	if (mig.ch->has_return_path) {
+		/* The guest lives on the destination now; devices here stay
+		 * stopped. */
+		for (unsigned i = 0; i < mig.nr_devs; i++)
+			mig_dev_set_state(vm, &mig.devs[i], VFU_MIG_STATE_STOP);
+		mig_devs_log_stop();
+	}
 	mig_set_status(vm, MIG_STATUS_COMPLETED);
 	pr_info("migration completed: %.3f s total, %.1f ms downtime, "
 		"%llu bytes, %u iterations, %llu pages in the last pass, "
@@ -769,10 +785,6 @@ static void *mig_thread_fn(void *arg)
 			"(cont resumes it)", mig.uri_str);
 		goto out;
 	}
-	/* The guest lives on the destination now. Devices stay stopped. */
-	for (unsigned i = 0; i < mig.nr_devs; i++)
-		mig_dev_set_state(vm, &mig.devs[i], VFU_MIG_STATE_STOP);
-	mig_devs_log_stop();
 	vm_request_exit(vm, 0, "migration-completed");
 	goto out;
 
