@@ -80,6 +80,11 @@ static int vu_log_report(struct vmig_dev *d, uint64_t iova, uint64_t length,
 					 bitmap);
 }
 
+static int vu_reset(struct vmig_dev *d)
+{
+	return vfu_client_reset(to_client(d));
+}
+
 static const struct vmig_ops vmig_vfio_user_ops = {
 	.name = "vfio-user",
 	.get_flags = vu_get_flags,
@@ -92,6 +97,7 @@ static const struct vmig_ops vmig_vfio_user_ops = {
 	.log_start = vu_log_start,
 	.log_stop = vu_log_stop,
 	.log_report = vu_log_report,
+	.reset = vu_reset,
 };
 
 int vmig_dev_init_vfio_user(struct vmig_dev *d, struct vfu_client *c,
@@ -127,6 +133,25 @@ int vmig_set_state(struct vmig_dev *d, enum vfu_mig_state state)
 		d->id, vfu_mig_state_name(state), strerror(-ret),
 		vfu_mig_state_name(d->state));
 	return ret;
+}
+
+int vmig_abort_resume(struct vmig_dev *d)
+{
+	enum vfu_mig_state st;
+	int ret = d->ops->get_state(d, &st);
+
+	if (ret)
+		return ret;
+	d->state = st;
+	if (st != VFU_MIG_STATE_RESUMING && st != VFU_MIG_STATE_ERROR)
+		return 0;
+	pr_info("device %s: in %s from an earlier incoming migration; "
+		"resetting it", d->id, vfu_mig_state_name(st));
+	ret = d->ops->reset(d);
+	if (ret)
+		return ret;
+	d->state = VFU_MIG_STATE_RUNNING;
+	return 0;
 }
 
 /* Used when a device cannot estimate its own remaining data. */

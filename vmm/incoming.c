@@ -41,6 +41,7 @@ static struct {
 	void *pci[VM_MAX_DEVICES];
 	size_t pci_len[VM_MAX_DEVICES];
 	struct vmig_dev devs[VM_MAX_DEVICES];
+	unsigned nr_devs;	/* initialised in devs[] */
 	bool init_done[VM_MAX_DEVICES];
 	bool switchover_ack;
 	bool acked;
@@ -254,11 +255,14 @@ static int inc_load(struct vm *vm)
 		ret = vmig_dev_init_vfio_user(&inc.devs[i],
 				vfio_user_pci_client(vm->devs[i]),
 				vfio_user_pci_id(vm->devs[i]));
+		if (!ret)
+			ret = vmig_abort_resume(&inc.devs[i]);
 		if (ret) {
 			inc_fail("device %s cannot migrate: %s",
 				 vfio_user_pci_id(vm->devs[i]), strerror(-ret));
 			return ret;
 		}
+		inc.nr_devs++;
 	}
 	for (bool got_config = false;;) {
 		struct mig_section sec;
@@ -429,6 +433,12 @@ out_fail:
 	if (inc.ch && inc.ch->has_return_path)
 		mig_section_write(inc.ch, MIG_RP_ERROR, 0, 0, inc.err,
 				  strlen(inc.err) + 1, NULL, 0);
+	/* A device must not keep a half-loaded stream: only a reset aborts
+	 * RESUMING (and leaves ERROR). */
+	for (unsigned i = 0; i < inc.nr_devs; i++)
+		if (vmig_abort_resume(&inc.devs[i]))
+			pr_warn("device %s: could not reset after the failed "
+				"migration", inc.devs[i].id);
 	pthread_mutex_lock(&mig.lock);
 	snprintf(mig.error, sizeof(mig.error), "%s", inc.err);
 	pthread_mutex_unlock(&mig.lock);

@@ -65,7 +65,12 @@ void mig_set_status(struct vm *vm, enum mig_status s)
 	struct json_object *data;
 
 	pthread_mutex_lock(&mig.lock);
-	if (mig.status == s) {
+	/* Once cancelling, only the end (cancelled, or failed/completed if
+	 * it was too late) may follow. */
+	if (mig.status == s ||
+	    (mig.status == MIG_STATUS_CANCELLING &&
+	     (s == MIG_STATUS_SETUP || s == MIG_STATUS_ACTIVE ||
+	      s == MIG_STATUS_DEVICE))) {
 		pthread_mutex_unlock(&mig.lock);
 		return;
 	}
@@ -763,6 +768,11 @@ static void *mig_thread_fn(void *arg)
 			mig_dev_set_state(vm, &mig.devs[i], VFU_MIG_STATE_STOP);
 		mig_devs_log_stop();
 	}
+	if (mig.ch->has_return_path) {
+		pthread_mutex_lock(&mig.lock);
+		mig.migrated_away = true;
+		pthread_mutex_unlock(&mig.lock);
+	}
 	mig_set_status(vm, MIG_STATUS_COMPLETED);
 	pr_info("migration completed: %.3f s total, %.1f ms downtime, "
 		"%llu bytes, %u iterations, %llu pages in the last pass, "
@@ -824,7 +834,7 @@ int migration_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 		snprintf(err, errlen, "There's a migration process in progress");
 		return -EBUSY;
 	}
-	if (mig.status == MIG_STATUS_COMPLETED) {
+	if (mig.migrated_away) {
 		pthread_mutex_unlock(&mig.lock);
 		snprintf(err, errlen, "The guest was already migrated away");
 		return -EINVAL;

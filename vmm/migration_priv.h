@@ -50,6 +50,7 @@ struct migration {
 	bool rp_closed;
 	bool paused;
 	bool was_running;
+	bool migrated_away;	/* the guest runs elsewhere now */
 	bool dirty_logging;
 	struct mig_ram ram;
 	struct vmig_dev devs[VM_MAX_DEVICES];

@@ -17,8 +17,13 @@
 #define unlikely(x)	__builtin_expect(!!(x), 0)
 #define container_of(ptr, type, member) \
 	((type *)((char *)(ptr) - offsetof(type, member)))
-#define MIN(a, b)	((a) < (b) ? (a) : (b))
-#define MAX(a, b)	((a) > (b) ? (a) : (b))
+/* Each argument is evaluated once (MIN(rand(), n) must stay <= n);
+ * temporaries get unique names so MIN(MIN(a, b), c) does not shadow. */
+#define CMP_ONCE_(a, b, op, n) ({ __typeof__(a) a_##n = (a); \
+		__typeof__(b) b_##n = (b); a_##n op b_##n ? a_##n : b_##n; })
+#define CMP_ONCE(a, b, op, n)	CMP_ONCE_(a, b, op, n)
+#define MIN(a, b)	CMP_ONCE(a, b, <, __COUNTER__)
+#define MAX(a, b)	CMP_ONCE(a, b, >, __COUNTER__)
 #define DIV_ROUND_UP(n, d)	(((n) + (d) - 1) / (d))
 #define IS_POW2(x)	((x) != 0 && (((x) & ((x) - 1)) == 0))
 #define ALIGN_UP(x, a)	(((x) + (a) - 1) & ~((__typeof__(x))(a) - 1))

@@ -43,6 +43,8 @@ struct vmig_ops {
 	int (*log_stop)(struct vmig_dev *d);
 	int (*log_report)(struct vmig_dev *d, uint64_t iova, uint64_t length,
 			  uint64_t page_size, uint64_t *bitmap);
+	/* Device reset: the only way out of ERROR and out of RESUMING. */
+	int (*reset)(struct vmig_dev *d);
 };
 
 struct vmig_dev {
@@ -66,6 +68,14 @@ int vmig_dev_init_vfio_user(struct vmig_dev *d, struct vfu_client *c,
 			    const char *id);
 
 int vmig_set_state(struct vmig_dev *d, enum vfu_mig_state state);
+
+/*
+ * Make sure the device holds no half-loaded state before it resumes a
+ * new stream: a device left in RESUMING (a destination that failed or was
+ * cancelled) or in ERROR is reset, which brings it back to RUNNING.
+ * 0 or -errno.
+ */
+int vmig_abort_resume(struct vmig_dev *d);
 
 /*
  * Bytes the device still has to send: in PRE_COPY from precopy_info
