@@ -56,7 +56,8 @@ $(BUILD_FUZZ)/build.ninja:
 
 # Long fuzzing runs (FUZZ_SECONDS each target, default 300).
 fuzz: deps $(BUILD_FUZZ)/build.ninja
-	ninja -C $(BUILD_FUZZ)
+	ninja -C $(BUILD_FUZZ) $$(cd $(BUILD_FUZZ) && \
+		ninja -t targets all | grep -o '^tests/fuzz/fuzz-[a-z-]*' | sort -u)
 	@sh scripts/fuzz.sh $(BUILD_FUZZ) $${FUZZ_SECONDS:-300}
 
 clean:

@@ -5,8 +5,8 @@ set -eu
 dir=$1
 secs=${2:-300}
 found=0
-for f in "$dir"/tests/fuzz/fuzz_*; do
-	[ -x "$f" ] || continue
+for f in "$dir"/tests/fuzz/fuzz-*; do
+	[ -f "$f" ] && [ -x "$f" ] || continue
 	found=1
 	name=$(basename "$f")
 	mkdir -p "fuzz-corpus/$name"

@@ -105,7 +105,7 @@ static int cs_save_msrs(int kvm_fd, int vcpu_fd, struct cs_buf *b,
 			uint64_t *tsc)
 {
 	struct kvm_msr_list *list;
-	struct kvm_msrs *msrs;
+	struct kvm_msrs *msrs, *one;
 	struct kvm_msr_list probe = { .nmsrs = 0 };
 	uint32_t n, out = 0;
 	int ret = 0;
@@ -117,7 +117,8 @@ static int cs_save_msrs(int kvm_fd, int vcpu_fd, struct cs_buf *b,
 	list = calloc(1, sizeof(*list) + n * sizeof(uint32_t));
 	msrs = calloc(1, sizeof(*msrs) +
 		      CPU_STATE_MAX_MSRS * sizeof(struct kvm_msr_entry));
-	if (!list || !msrs) {
+	one = calloc(1, sizeof(*one) + sizeof(struct kvm_msr_entry));
+	if (!list || !msrs || !one) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
@@ -126,25 +127,25 @@ static int cs_save_msrs(int kvm_fd, int vcpu_fd, struct cs_buf *b,
 		ret = -errno;
 		goto out_free;
 	}
+	/* One MSR per call: KVM_GET_MSRS stops at the first MSR it cannot
+	 * read, and such an MSR is simply not kept. */
 	for (uint32_t i = 0; i < list->nmsrs && out < CPU_STATE_MAX_MSRS; i++) {
-		struct {
-			struct kvm_msrs h;
-			struct kvm_msr_entry e;
-		} one = { .h.nmsrs = 1, .e.index = list->indices[i] };
-
-		if (ioctl(vcpu_fd, KVM_GET_MSRS, &one) != 1)
+		one->nmsrs = 1;
+		one->entries[0].index = list->indices[i];
+		if (ioctl(vcpu_fd, KVM_GET_MSRS, one) != 1)
 			continue;
-		if (one.e.index == MSR_IA32_TSC) {
-			*tsc = one.e.data;
+		if (one->entries[0].index == MSR_IA32_TSC) {
+			*tsc = one->entries[0].data;
 			continue;	/* carried with its time, see CS_TSC */
 		}
-		msrs->entries[out++] = one.e;
+		msrs->entries[out++] = one->entries[0];
 	}
 	msrs->nmsrs = out;
 	cs_put(b, CS_MSRS, msrs, sizeof(*msrs) + out * sizeof(msrs->entries[0]));
 out_free:
 	free(list);
 	free(msrs);
+	free(one);
 	return ret;
 }
 
