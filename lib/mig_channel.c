@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "ferry/mig_channel.h"
@@ -210,21 +209,10 @@ static int tcp_resolve(const struct mig_uri *uri, bool passive,
 	return 0;
 }
 
-static int unix_addr(const char *path, struct sockaddr_un *sa)
-{
-	memset(sa, 0, sizeof(*sa));
-	sa->sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof(sa->sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa->sun_path, path);
-	return 0;
-}
-
 int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
 			struct mig_channel **out)
 {
 	struct addrinfo *res = NULL, *ai;
-	struct sockaddr_un sa;
 	int fd = -1, ret;
 
 	switch (uri->kind) {
@@ -235,17 +223,9 @@ int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
 			return -errno;
 		return mig_channel_from_fd(fd, false, 0, out);
 	case MIG_URI_UNIX:
-		ret = unix_addr(uri->path, &sa);
-		if (ret)
-			return ret;
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		fd = unix_socket_connect(uri->path);
 		if (fd < 0)
-			return -errno;
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-			ret = -errno;
-			close(fd);
-			return ret;
-		}
+			return fd;
 		return mig_channel_from_fd(fd, true, timeout_ms, out);
 	case MIG_URI_TCP:
 		ret = tcp_resolve(uri, false, &res);
@@ -281,7 +261,6 @@ int mig_listener_open(const struct mig_uri *uri, struct mig_listener **out)
 {
 	struct mig_listener *l = calloc(1, sizeof(*l));
 	struct addrinfo *res = NULL;
-	struct sockaddr_un sa;
 	int one = 1, ret;
 
 	if (!l)
@@ -294,16 +273,13 @@ int mig_listener_open(const struct mig_uri *uri, struct mig_listener **out)
 		*out = l;
 		return 0;
 	case MIG_URI_UNIX:
-		ret = unix_addr(uri->path, &sa);
-		if (ret)
+		l->fd = unix_socket_listen(uri->path, 1);
+		if (l->fd < 0) {
+			ret = l->fd;
 			goto err_free;
-		l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (l->fd < 0)
-			goto err_errno;
-		unlink(uri->path);
-		if (bind(l->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-			goto err_errno;
-		break;
+		}
+		*out = l;
+		return 0;
 	case MIG_URI_TCP:
 		ret = tcp_resolve(uri, true, &res);
 		if (ret)

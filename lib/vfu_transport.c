@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "ferry/util.h"
@@ -312,52 +311,12 @@ int vfu_send_reply(struct vfu_conn *conn, const struct vfu_hdr *req,
 	return vfu_conn_send(conn, &h, iov, iovcnt, fds, nr_fds);
 }
 
-static int sock_addr(const char *path, struct sockaddr_un *sa)
-{
-	memset(sa, 0, sizeof(*sa));
-	sa->sun_family = AF_UNIX;
-	if (!path || strlen(path) >= sizeof(sa->sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa->sun_path, path);
-	return 0;
-}
-
 int vfu_sock_listen(const char *path)
 {
-	struct sockaddr_un sa;
-	int fd, ret;
-
-	ret = sock_addr(path, &sa);
-	if (ret)
-		return ret;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    listen(fd, 4) < 0) {
-		ret = -errno;
-		close(fd);
-		return ret;
-	}
-	return fd;
+	return unix_socket_listen(path, 4);
 }
 
 int vfu_sock_connect(const char *path)
 {
-	struct sockaddr_un sa;
-	int fd, ret;
-
-	ret = sock_addr(path, &sa);
-	if (ret)
-		return ret;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		ret = -errno;
-		close(fd);
-		return ret;
-	}
-	return fd;
+	return unix_socket_connect(path);
 }

@@ -985,7 +985,7 @@ struct json_object *migration_query(struct vm *vm)
 }
 
 int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
-			    char *err, size_t errlen)
+			    bool check_only, char *err, size_t errlen)
 {
 	if (!strcmp(name, "downtime-limit")) {
 		if (value < 0 || value > MIG_MAX_DOWNTIME_MS) {
@@ -994,6 +994,8 @@ int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
 				 "milliseconds", MIG_MAX_DOWNTIME_MS);
 			return -EINVAL;
 		}
+		if (check_only)
+			return 0;
 		pthread_mutex_lock(&mig.lock);
 		mig.downtime_limit_ms = (uint64_t)value;
 		mig.conv.downtime_limit_ms = (uint64_t)value;
@@ -1007,6 +1009,8 @@ int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
 				 "second");
 			return -EINVAL;
 		}
+		if (check_only)
+			return 0;
 		pthread_mutex_lock(&mig.lock);
 		mig.max_bandwidth = (uint64_t)value;
 		mig.conv.max_bandwidth = (uint64_t)value;
@@ -1018,7 +1022,7 @@ int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
 }
 
 int migration_set_capability(struct vm *vm, const char *name, bool on,
-			     char *err, size_t errlen)
+			     bool check_only, char *err, size_t errlen)
 {
 	bool *cap;
 
@@ -1039,7 +1043,8 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 		snprintf(err, errlen, "There's a migration process in progress");
 		return -EBUSY;
 	}
-	*cap = on;
+	if (!check_only)
+		*cap = on;
 	pthread_mutex_unlock(&mig.lock);
 	return 0;
 }

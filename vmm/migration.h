@@ -50,10 +50,12 @@ int migration_start(struct vm *vm, const char *uri, char *err,
 		    size_t errlen);
 int migration_cancel(struct vm *vm);
 struct json_object *migration_query(struct vm *vm);
+/* With check_only, validate without changing anything (QMP applies a
+ * command's settings all or none). */
 int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
-			    char *err, size_t errlen);
+			    bool check_only, char *err, size_t errlen);
 int migration_set_capability(struct vm *vm, const char *name, bool on,
-			     char *err, size_t errlen);
+			     bool check_only, char *err, size_t errlen);
 struct json_object *migration_query_parameters(struct vm *vm);
 struct json_object *migration_query_capabilities(struct vm *vm);
 /* Join the migration thread (shutdown). */

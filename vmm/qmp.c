@@ -429,12 +429,13 @@ static struct json_object *cmd_migrate_set_parameters(struct qmp_client *c,
 {
 	char err[QMP_ERR_LEN];
 
-	/* Types were checked against the table; apply all or none. */
-	if (args) {
+	/* Types were checked against the table; values are checked all
+	 * first, so a command applies all its settings or none. */
+	for (int pass = 0; args && pass < 2; pass++) {
 		json_object_object_foreach(args, key, val) {
 			if (migration_set_parameter(c->q->vm, key,
 						    json_object_get_int64(val),
-						    err, sizeof(err))) {
+						    pass == 0, err, sizeof(err))) {
 				qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
 				return NULL;
 			}
@@ -458,7 +459,7 @@ static struct json_object *cmd_migrate_set_capabilities(struct qmp_client *c,
 	char err[QMP_ERR_LEN];
 
 	json_object_object_get_ex(args, "capabilities", &caps);
-	/* Validate every entry before changing anything. */
+	/* Pass 0 checks every entry, pass 1 applies: all or none. */
 	for (int pass = 0; pass < 2; pass++) {
 		for (size_t i = 0; i < json_object_array_length(caps); i++) {
 			struct json_object *o = json_object_array_get_idx(caps, i);
@@ -475,11 +476,10 @@ static struct json_object *cmd_migrate_set_capabilities(struct qmp_client *c,
 					   "{capability: str, state: bool}", i);
 				return NULL;
 			}
-			if (pass == 1 &&
-			    migration_set_capability(c->q->vm,
+			if (migration_set_capability(c->q->vm,
 					json_object_get_string(name),
 					json_object_get_boolean(state),
-					err, sizeof(err))) {
+					pass == 0, err, sizeof(err))) {
 				qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
 				return NULL;
 			}

@@ -84,6 +84,12 @@ uint64_t clock_ns(void);
 /* Parse a size like "64M", "1G", "4096", "2K" (binary units). 0 or -EINVAL. */
 int parse_size(const char *s, uint64_t *out);
 
+/* UNIX stream sockets (CLOEXEC). listen replaces a stale socket file at
+ * path. Return an fd or -errno (-ENAMETOOLONG for a path that does not
+ * fit sun_path). */
+int unix_socket_listen(const char *path, int backlog);
+int unix_socket_connect(const char *path);
+
 /* Number of open fds of this process (counted in /proc/self/fd). */
 int count_open_fds(void);
 
