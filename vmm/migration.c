@@ -186,8 +186,10 @@ static void *rp_thread_fn(void *arg)
 			break;
 		case MIG_RP_ERROR:
 			pthread_mutex_unlock(&mig.lock);
+			/* The payload is the destination's NUL-terminated
+			 * reason; bound it by what arrived anyway. */
 			mig_error("destination failed: %.*s",
-				  (int)MIN(sec.length, (uint64_t)200),
+				  (int)MIN(sec.length, (uint64_t)sizeof(mig.error)),
 				  p ? (char *)p : "");
 			pthread_mutex_lock(&mig.lock);
 			mig.rp_error = true;
