@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -364,4 +366,14 @@ void mig_channel_close(struct mig_channel *ch)
 		return;
 	ch->ops->close(ch);
 	free(ch);
+}
+
+uint64_t mig_channel_unsent(struct mig_channel *ch)
+{
+	int n = 0;
+
+	if (!ch || !ch->has_return_path || ioctl(ch->fd, SIOCOUTQ, &n) < 0 ||
+	    n < 0)
+		return 0;
+	return (uint64_t)n;
 }

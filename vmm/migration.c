@@ -743,7 +743,7 @@ static void *mig_thread_fn(void *arg)
 				    clock_ns() - t_iter,
 				    mig.stats.dirty_pages * MIG_PAGE_SIZE);
 		remaining = mig.stats.dirty_pages * MIG_PAGE_SIZE +
-			    mig_devs_pending();
+			    mig_devs_pending() + mig_channel_unsent(mig.ch);
 		pthread_mutex_lock(&mig.lock);
 		ready = mig_converge_ready(&mig.conv, remaining);
 		mig.stats.remaining = remaining;

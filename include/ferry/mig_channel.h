@@ -81,6 +81,11 @@ static inline int mig_write(struct mig_channel *ch, const void *buf,
 	return ch->ops->write_full(ch, buf, len);
 }
 
+/* Bytes written but still queued in the kernel for the peer (socket send
+ * queue); 0 for files or when unknown. They will take their time on the
+ * wire after the guest stops, so they count as remaining data. */
+uint64_t mig_channel_unsent(struct mig_channel *ch);
+
 void mig_channel_shutdown(struct mig_channel *ch);
 void mig_channel_close(struct mig_channel *ch);
 
