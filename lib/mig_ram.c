@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 #include <errno.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,48 @@ static bool page_is_zero(const uint8_t *p)
 	return true;
 }
 
+/*
+ * Where the next data extent of a range's file is, cached so a pass costs
+ * two lseek() calls per extent rather than one per page.
+ */
+struct hole_cursor {
+	const struct mig_ram_range *r;
+	uint64_t data_start;	/* file offsets; UINT64_MAX: none */
+	uint64_t data_end;
+};
+
+/* true if the page at hva lies in a hole of its range's file. */
+static bool page_in_hole(struct hole_cursor *hc, const struct mig_ram *ram,
+			 const uint8_t *hva)
+{
+	const struct mig_ram_range *r = NULL;
+	uint64_t off;
+	off_t d, h;
+
+	for (unsigned i = 0; i < ram->nr; i++)
+		if (hva >= ram->r[i].hva && hva < ram->r[i].hva + ram->r[i].size)
+			r = &ram->r[i];
+	if (!r || !r->has_fd)
+		return false;
+	off = r->fd_offset + (uint64_t)(hva - r->hva);
+	if (hc->r == r && off >= hc->data_start && off < hc->data_end)
+		return false;
+	if (hc->r == r && off < hc->data_start)
+		return true;
+	hc->r = r;
+	d = lseek(r->fd, (off_t)off, SEEK_DATA);
+	if (d < 0) {
+		/* ENXIO: no data after off. Anything else: don't know. */
+		hc->data_start = hc->data_end = UINT64_MAX;
+		hc->r = errno == ENXIO ? r : NULL;
+		return errno == ENXIO;
+	}
+	h = lseek(r->fd, d, SEEK_HOLE);
+	hc->data_start = (uint64_t)d;
+	hc->data_end = h < 0 ? UINT64_MAX : (uint64_t)h;
+	return off < hc->data_start;
+}
+
 struct ram_batch {
 	uint32_t count;
 	uint32_t reserved;
@@ -110,6 +153,7 @@ int mig_ram_send_dirty(struct mig_channel *ch, const struct mig_ram *ram,
 		       uint64_t *bm, uint64_t max_pages, bool *more,
 		       struct mig_ram_stats *st)
 {
+	struct hole_cursor hc = { 0 };
 	struct ram_batch *b;
 	size_t words = bitmap_words(ram->pages);
 	uint64_t done = 0;
@@ -144,7 +188,7 @@ int mig_ram_send_dirty(struct mig_channel *ch, const struct mig_ram *ram,
 			bits &= bits - 1;
 			if (!src)
 				continue;
-			if (page_is_zero(src)) {
+			if (page_in_hole(&hc, ram, src) || page_is_zero(src)) {
 				b->entry[b->count++] = gpa | MIG_RAM_F_ZERO;
 				if (st)
 					st->zero_pages++;
@@ -217,15 +261,22 @@ int mig_ram_load(const struct mig_ram *ram, const void *payload, size_t len,
 		uint64_t e;
 		uint8_t *dst;
 
+		uint64_t gpa, pfn;
+
 		memcpy(&e, p + 8 + (size_t)i * 8, 8);
-		dst = ram_hva(ram, e & ~(uint64_t)(MIG_PAGE_SIZE - 1));
+		gpa = e & ~(uint64_t)(MIG_PAGE_SIZE - 1);
+		dst = ram_hva(ram, gpa);
+		pfn = ram->loaded ? mig_ram_pfn(ram, gpa) : 0;
 		if (e & MIG_RAM_F_ZERO) {
-			/* A fresh destination is mostly zero already. */
+			if (ram->loaded && !bitmap_test(ram->loaded, pfn))
+				continue;	/* still the fresh zero page */
 			if (!page_is_zero(dst))
 				memset(dst, 0, MIG_PAGE_SIZE);
 		} else {
 			memcpy(dst, data, MIG_PAGE_SIZE);
 			data += MIG_PAGE_SIZE;
+			if (ram->loaded)
+				bitmap_set(ram->loaded, pfn);
 		}
 	}
 	return 0;

@@ -163,6 +163,7 @@ static int inc_store(void **slot, size_t *len, void *p, size_t n)
 /* Apply everything in the order the hardware needs it. */
 static int inc_finish(struct vm *vm, uint32_t run)
 {
+	uint64_t t0 = clock_ns();
 	char err[256];
 	int ret;
 
@@ -231,6 +232,7 @@ static int inc_finish(struct vm *vm, uint32_t run)
 			return ret;
 		}
 	}
+	pr_debug("incoming: state applied in %.1f ms", (clock_ns() - t0) / 1e6);
 	ret = vm_incoming_run(vm, run != 0);
 	if (ret) {
 		inc_fail("starting vCPUs: %s", strerror(-ret));
@@ -239,13 +241,11 @@ static int inc_finish(struct vm *vm, uint32_t run)
 	return 0;
 }
 
-static int inc_load(struct vm *vm)
+static int inc_load_stream(struct vm *vm, struct mig_ram *ram)
 {
-	struct mig_ram ram;
 	char err[256];
 	int ret;
 
-	mig_ram_describe(vm, &ram);
 	ret = mig_stream_read_header(inc.ch, err, sizeof(err));
 	if (ret) {
 		inc_fail("%s", err);
@@ -317,7 +317,7 @@ static int inc_load(struct vm *vm)
 				ret = inc_send_ack_if_ready(vm);
 			break;
 		case MIG_SEC_RAM:
-			ret = mig_ram_load(&ram, p, sec.length, err, sizeof(err));
+			ret = mig_ram_load(ram, p, sec.length, err, sizeof(err));
 			if (ret)
 				inc_fail("%s", err);
 			break;
@@ -377,6 +377,23 @@ static int inc_load(struct vm *vm)
 		if (ret)
 			return ret;
 	}
+}
+
+static int inc_load(struct vm *vm)
+{
+	struct mig_ram ram;
+	int ret;
+
+	mig_ram_describe(vm, &ram);
+	/* This VM's RAM is a fresh memfd: all zero until we load a page. */
+	ram.loaded = calloc(bitmap_words(ram.pages), sizeof(uint64_t));
+	if (!ram.loaded) {
+		inc_fail("out of memory");
+		return -ENOMEM;
+	}
+	ret = inc_load_stream(vm, &ram);
+	free(ram.loaded);
+	return ret;
 }
 
 static void inc_free_state(void)

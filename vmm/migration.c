@@ -137,6 +137,9 @@ void mig_ram_describe(struct vm *vm, struct mig_ram *ram)
 		ram->r[i].gpa = r[i].gpa;
 		ram->r[i].size = r[i].size;
 		ram->r[i].hva = r[i].hva;
+		ram->r[i].has_fd = true;
+		ram->r[i].fd = vm_ram_fd(vm);
+		ram->r[i].fd_offset = r[i].fd_offset;
 		ram->pages += r[i].size >> MIG_PAGE_SHIFT;
 		ram->nr++;
 	}
@@ -468,7 +471,7 @@ static int mig_send_blob(uint16_t type, uint32_t id, void *blob, size_t len)
 /* Everything after the vCPUs stopped. */
 static int mig_switchover(struct vm *vm, uint64_t *bm)
 {
-	uint64_t t0 = clock_ns(), kvm_pages;
+	uint64_t t0 = clock_ns(), kvm_pages, t_sync, t_ram;
 	bool more, p2p_all = mig.nr_devs > 1;
 	uint32_t run;
 	int ret;
@@ -512,11 +515,18 @@ static int mig_switchover(struct vm *vm, uint64_t *bm)
 		}
 	}
 	/* Devices are quiet now: the last dirty sync is complete. */
+	t_sync = clock_ns();
 	ret = mig_sync_dirty(vm, bm, &kvm_pages);
 	if (ret)
 		return ret;
 	mig.stats.final_pages = bitmap_count(bm, mig.ram.pages);
+	t_ram = clock_ns();
 	ret = mig_send_ram(bm, 0, &more);
+	pr_debug("switchover: devices stopped in %.1f ms, dirty sync %.1f ms, "
+		 "%llu pages in %.1f ms", (t_sync - t0) / 1e6,
+		 (t_ram - t_sync) / 1e6,
+		 (unsigned long long)mig.stats.final_pages,
+		 (clock_ns() - t_ram) / 1e6);
 	if (ret)
 		return ret;
 	for (unsigned i = 0; i < mig.nr_devs; i++) {
@@ -583,6 +593,8 @@ static int mig_switchover(struct vm *vm, uint64_t *bm)
 	run = mig.was_running;
 	ret = mig_section_write(mig.ch, MIG_SEC_END, 0, 0, &run, sizeof(run),
 				NULL, 0);
+	pr_debug("switchover: END written %.1f ms after the vCPUs stopped",
+		 (clock_ns() - t0) / 1e6);
 	if (ret) {
 		mig_error("sending END: %s", strerror(-ret));
 		return ret;

@@ -33,12 +33,29 @@ struct mig_ram_range {
 	uint64_t gpa;
 	uint64_t size;		/* multiple of MIG_PAGE_SIZE */
 	uint8_t *hva;
+	/*
+	 * Sender only, optional: the file behind hva (a memfd). Pages in
+	 * its holes were never written and are sent as zero pages without
+	 * being read -- reading a memfd hole would allocate the page, and
+	 * migrating an idle VM would double its memory.
+	 */
+	bool has_fd;
+	int fd;
+	uint64_t fd_offset;
 };
 
 struct mig_ram {
 	struct mig_ram_range r[MIG_RAM_MAX_RANGES];
 	unsigned nr;
 	uint64_t pages;		/* total over all ranges */
+	/*
+	 * Loader only, optional: one bit per page, set once the loader wrote
+	 * the page. With it, RAM is taken to start all zero (a fresh memfd),
+	 * so a zero page never written by the loader costs nothing -- not
+	 * even a read, which on a memfd would fault the page in. NULL: every
+	 * zero page is checked and cleared.
+	 */
+	uint64_t *loaded;
 };
 
 struct mig_ram_stats {

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ferry/crc32c.h"
@@ -304,6 +305,79 @@ static void test_ram_mark_and_pfn(void **state)
 	assert_int_equal(bitmap_count(bm, 8), 3);
 }
 
+/* Holes of a memfd are sent as zero pages without being read (reading
+ * would allocate them); written pages are sent with their data. */
+static void test_ram_send_skips_holes(void **state)
+{
+	const uint64_t pages = 256;
+	struct mig_ram ram = { .nr = 1, .pages = pages };
+	uint64_t bm[4] = { ~0ull, ~0ull, ~0ull, ~0ull };
+	struct mig_ram_stats st = { 0 };
+	struct mig_channel *out;
+	struct stat before, after;
+	uint8_t *mem;
+	bool more;
+	int fd = memfd_create("ram", MFD_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)(pages * MIG_PAGE_SIZE)), 0);
+	mem = mmap(NULL, pages * MIG_PAGE_SIZE, PROT_READ | PROT_WRITE,
+		   MAP_SHARED, fd, 0);
+	assert_true(mem != MAP_FAILED);
+	mem[10 * MIG_PAGE_SIZE] = 1;		/* data page */
+	mem[200 * MIG_PAGE_SIZE + 7] = 2;	/* data page */
+	memset(mem + 100 * MIG_PAGE_SIZE, 0, MIG_PAGE_SIZE); /* written, zero */
+	ram.r[0] = (struct mig_ram_range){ .gpa = 0, .size = pages * MIG_PAGE_SIZE,
+		.hva = mem, .has_fd = true, .fd = fd, .fd_offset = 0 };
+	assert_int_equal(fstat(fd, &before), 0);
+	assert_int_equal(mig_channel_from_fd(memfd_create("s", MFD_CLOEXEC),
+					     false, 0, &out), 0);
+	assert_int_equal(mig_ram_send_dirty(out, &ram, bm, 0, &more, &st), 0);
+	mig_channel_close(out);
+	assert_int_equal(st.pages_sent, 2);
+	assert_int_equal(st.zero_pages, pages - 2);
+	assert_int_equal(fstat(fd, &after), 0);
+	/* no hole was faulted in: only the three written pages are backed */
+	assert_int_equal(after.st_blocks, before.st_blocks);
+	munmap(mem, pages * MIG_PAGE_SIZE);
+	close(fd);
+}
+
+/* With a loaded bitmap the loader treats never-loaded pages as fresh
+ * zero pages: it does not touch them, but it does clear a page it loaded
+ * earlier when a zero page for it arrives. */
+static void test_ram_load_fresh(void **state)
+{
+	static uint8_t mem[4 * MIG_PAGE_SIZE];
+	uint64_t loaded[1] = { 0 };
+	struct mig_ram ram = { .nr = 1, .pages = 4, .loaded = loaded };
+	uint8_t buf[8 + 8 + MIG_PAGE_SIZE];
+	uint32_t count = 1;
+	uint64_t e;
+	char err[256];
+
+	ram.r[0] = (struct mig_ram_range){ .gpa = 0, .size = sizeof(mem),
+		.hva = mem };
+	memset(mem, 0x77, sizeof(mem));	/* marks what the loader touches */
+	memset(buf, 0, sizeof(buf));
+	memcpy(buf, &count, 4);
+	e = 1 * MIG_PAGE_SIZE | MIG_RAM_F_ZERO;	/* never loaded: skipped */
+	memcpy(buf + 8, &e, 8);
+	assert_int_equal(mig_ram_load(&ram, buf, 16, err, sizeof(err)), 0);
+	assert_int_equal(mem[MIG_PAGE_SIZE], 0x77);
+	e = 2 * MIG_PAGE_SIZE;			/* data */
+	memcpy(buf + 8, &e, 8);
+	memset(buf + 16, 0x5a, MIG_PAGE_SIZE);
+	assert_int_equal(mig_ram_load(&ram, buf, sizeof(buf), err,
+				      sizeof(err)), 0);
+	assert_int_equal(mem[2 * MIG_PAGE_SIZE], 0x5a);
+	assert_true(loaded[0] & (1ull << 2));
+	e = 2 * MIG_PAGE_SIZE | MIG_RAM_F_ZERO;	/* loaded before: cleared */
+	memcpy(buf + 8, &e, 8);
+	assert_int_equal(mig_ram_load(&ram, buf, 16, err, sizeof(err)), 0);
+	assert_int_equal(mem[2 * MIG_PAGE_SIZE + 100], 0);
+}
+
 static void test_uri(void **state)
 {
 	struct mig_uri u;
@@ -367,6 +441,8 @@ int main(void)
 		cmocka_unit_test(test_section_limits),
 		cmocka_unit_test(test_ram_load_rejects),
 		cmocka_unit_test(test_ram_mark_and_pfn),
+		cmocka_unit_test(test_ram_send_skips_holes),
+		cmocka_unit_test(test_ram_load_fresh),
 		cmocka_unit_test(test_uri),
 		cmocka_unit_test(test_converge),
 	};
