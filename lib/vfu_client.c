@@ -256,8 +256,10 @@ static void client_serve_dma(struct vfu_client *c, struct vfu_msg *msg)
 reply:
 	pr_warn("vfio-user client: refused %s: %s",
 		vfu_cmd_name(msg->hdr.cmd), strerror(-err));
-	vfu_send_reply(&c->conn, &msg->hdr, err, NULL, 0, NULL, 0);
+	/* Refused fds are closed before the server learns of the error
+	 * (release keeps hdr). */
 	vfu_msg_release(msg);
+	vfu_send_reply(&c->conn, &msg->hdr, err, NULL, 0, NULL, 0);
 }
 
 static void client_handle_request(struct vfu_client *c, struct vfu_msg *msg)
@@ -270,8 +272,8 @@ static void client_handle_request(struct vfu_client *c, struct vfu_msg *msg)
 	default:
 		pr_warn("vfio-user client: unexpected request %u from server",
 			msg->hdr.cmd);
-		vfu_send_reply(&c->conn, &msg->hdr, -EINVAL, NULL, 0, NULL, 0);
 		vfu_msg_release(msg);
+		vfu_send_reply(&c->conn, &msg->hdr, -EINVAL, NULL, 0, NULL, 0);
 		return;
 	}
 }
@@ -304,6 +306,10 @@ static void *client_recv_thread(void *arg)
 		}
 	}
 out:
+	/* Nobody reads this stream any more: hang up now, so a server
+	 * blocked sending to us (or a well-behaved one waiting) sees EOF
+	 * rather than waiting for vfu_client_close(). */
+	shutdown(c->conn.fd, SHUT_RDWR);
 	pthread_mutex_lock(&c->lock);
 	c->connected = false;
 	client_fail_all(c, -ENOTCONN);

@@ -943,6 +943,14 @@ static void server_conn_cleanup(struct vfu_server *srv)
 	bool had_irqs[VFU_PCI_NUM_IRQS] = { false };
 
 	pthread_mutex_lock(&srv->lock);
+	/*
+	 * A device thread may be blocked sending a DMA message to a client
+	 * that half-closed or stopped reading; the wait for conn_users
+	 * below would never end. We are done with this connection: shut
+	 * it down so such a send fails with EPIPE.
+	 */
+	if (srv->conn && srv->conn->fd >= 0)
+		shutdown(srv->conn->fd, SHUT_RDWR);
 	srv->conn = NULL;
 	srv->negotiated = false;
 	/* Wake device threads waiting for DMA replies; they see no conn. */

@@ -105,7 +105,7 @@ int vfu_dma_table_unmap(struct vfu_dma_table *t, uint64_t iova,
 void vfu_dma_table_unmap_all(struct vfu_dma_table *t);
 int vfu_dma_log_start(struct vfu_dma_table *t, uint64_t pgsize,
 		      const struct vfu_dma_log_range *ranges, uint32_t nr);
-/* Returns 0 also when logging was off (STOP is idempotent). */
+/* Idempotent: a STOP with logging off is not an error. */
 void vfu_dma_log_stop(struct vfu_dma_table *t);
 /* Read-and-clear into bitmap (zeroed by the callee). */
 int vfu_dma_log_report(struct vfu_dma_table *t,

@@ -12,8 +12,8 @@
  *
  * Return 0 or a negative errno: -EINVAL for malformed input (the common
  * case), -E2BIG when a count exceeds a protocol limit that a well-formed
- * but greedy peer could hit (log ranges, bitmap size), -ENOENT for an
- * absent region.
+ * but greedy peer could hit (log ranges, bitmap size). An absent region
+ * is malformed input too (-EINVAL).
  */
 #ifndef FERRY_VFU_CODEC_H
 #define FERRY_VFU_CODEC_H

@@ -60,6 +60,7 @@ struct fake {
 	atomic_int mode;
 	atomic_int nr_requests;
 	atomic_int nr_probes;
+	atomic_bool gone;	/* the fake saw the client hang up */
 	int evfd;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -295,6 +296,7 @@ static void *fake_thread(void *arg)
 		fake_respond(f, &msg);
 		vfu_msg_release(&msg);
 	}
+	atomic_store(&f->gone, true);
 	return NULL;
 }
 
@@ -557,6 +559,11 @@ static void test_fatal(struct vfu_client *c, struct fake *f)
 	for (int i = 0; i < 1000 && !atomic_load(&disconnects); i++)
 		usleep(1000);
 	CHECK_RET(atomic_load(&disconnects), 1);
+	/* The client hung up at once, before vfu_client_close(): a server
+	 * must not be left writing into a socket nobody reads. */
+	for (int i = 0; i < 1000 && !atomic_load(&f->gone); i++)
+		usleep(1000);
+	CHECK(atomic_load(&f->gone), "client kept a dead stream open");
 }
 
 /* VERSION replies, through a real listening socket. */

@@ -17,6 +17,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -829,6 +830,52 @@ static void test_dma_device_access(void **state)
 	}
 }
 
+/*
+ * The client stops reading and half-closes while a device thread is
+ * blocked sending it a DMA_WRITE message: the dispatcher sees EOF and
+ * must not wait forever for that thread (it shuts the socket down so the
+ * send fails), and the next client can connect.
+ */
+static void test_disconnect_dma_blocked(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t rw = VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE;
+	struct dma_job job = { .srv = f->srv, .iova = 0x80000,
+			       .len = 6000, .write = true };
+	struct pollfd p = { .fd = f->cli, .events = POLLIN };
+	int one = 1, joined;
+	struct timespec ts;
+	pthread_t t;
+
+	negotiate(f);
+	assert_int_equal(dma_map(f, 0x80000, 0x4000, rw, -1, 0), 0);
+	/* The smallest send buffer: 6000 bytes cannot go out at once. */
+	assert_int_equal(setsockopt(f->conn.fd, SOL_SOCKET, SO_SNDBUF, &one,
+				    sizeof(one)), 0);
+	assert_int_equal(pthread_create(&t, NULL, dma_job_run, &job), 0);
+	/* The message has started to arrive: the sender is now stuck. */
+	assert_int_equal(poll(&p, 1, REPLY_TIMEOUT_MS), 1);
+	usleep(50 * 1000);
+	assert_int_equal(shutdown(f->cli, SHUT_WR), 0);
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 3;
+	joined = pthread_timedjoin_np(f->thread, NULL, &ts);
+	if (joined) {
+		/* Unstick everything before failing, so teardown works. */
+		close_safely(&f->cli);
+		pthread_join(f->thread, NULL);
+	}
+	pthread_join(t, NULL);
+	vfu_conn_close(&f->conn);
+	close_safely(&f->cli);
+	assert_int_equal(joined, 0);
+	assert_true(job.ret < 0);
+
+	fx_start_conn(f);
+	negotiate(f);
+}
+
 static void test_set_irqs(void **state)
 {
 	struct fx *f = *state;
@@ -1084,6 +1131,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_dma_device_access, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_disconnect_dma_blocked,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_set_irqs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migration, setup,
 						teardown),
