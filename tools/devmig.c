@@ -321,7 +321,9 @@ static int submit_random(struct devmig *m)
 	uint64_t len = 1 + next_rand(m) % JOB_MAX;
 	uint64_t src = GUEST_IOVA + SRC_OFF + next_rand(m) % (SRC_SIZE - len);
 	uint64_t dst = GUEST_IOVA + DST_OFF + slot * JOB_MAX;
-	uint64_t dev = next_rand(m) % (m->cur->devmem_size - len);
+	/* Device memory may be smaller than a job (64 KiB minimum). */
+	uint64_t dev_len = MIN(len, m->cur->devmem_size);
+	uint64_t dev = next_rand(m) % (m->cur->devmem_size - dev_len + 1);
 	struct ferry_dma_desc d = { .len = len };
 
 	switch (next_rand(m) % 5) {
@@ -343,11 +345,13 @@ static int submit_random(struct devmig *m)
 		d.op = FERRY_DMA_OP_TO_DEV;
 		d.src = src;
 		d.dst = dev;
+		d.len = dev_len;
 		break;
 	default:
 		d.op = FERRY_DMA_OP_FROM_DEV;
 		d.src = dev;
 		d.dst = dst;
+		d.len = dev_len;
 		break;
 	}
 	return submit(m, d);
@@ -727,6 +731,10 @@ int devmig_run(const struct devmig_opts *o, struct devmig_result *r)
 	struct devmig m = { .o = o, .r = r, .mem_fd = -1 };
 	int ret;
 
+	/* side_close() runs on both sides whatever failed: a side never
+	 * opened must not own fd 0. */
+	for (uint32_t i = 0; i < FERRY_DMA_MAX_VECTORS; i++)
+		m.a.irq_fd[i] = m.b.irq_fd[i] = -1;
 	memset(r, 0, sizeof(*r));
 	r->ok = true;
 	ret = setup(&m);

@@ -715,7 +715,10 @@ static void client_feed(struct qmp_client *c, const char *buf, size_t n)
 		obj = json_tokener_parse_ex(c->tok, buf + off, (int)(n - off));
 		jerr = json_tokener_get_error(c->tok);
 		used = json_tokener_get_parse_end(c->tok);
-		if (obj) {
+		/* A complete `null` also comes back as NULL, with success:
+		 * a message (not an object), not a parse error that would
+		 * skip what follows it. */
+		if (obj || jerr == json_tokener_success) {
 			json_tokener_reset(c->tok);
 			c->pending = 0;
 			off += used;

@@ -11,6 +11,13 @@
  * immediate_exit under run_lock, sees pause_depth and parks; the pauser
  * returns once every thread is parked (or gone), so no vCPU is in
  * KVM_RUN and vCPU state may be read or the VM torn down.
+ *
+ * KVM finishes an I/O or MMIO exit (the data of an IN or an MMIO read,
+ * RIP past an OUT) only in the next KVM_RUN, and that pending part is
+ * not in any state userspace can save. So a thread paused right after
+ * such an exit first re-enters KVM_RUN with immediate_exit set: KVM
+ * completes the access and returns -EINTR without running the guest.
+ * Otherwise a migrated guest would repeat the OUT or lose the IN.
  */
 #include <errno.h>
 #include <signal.h>
@@ -277,13 +284,20 @@ static bool vcpu_handle_exit(struct vcpu *vcpu)
 	return false;
 }
 
-/* Wait at the top of the loop while paused; false when told to exit. */
-static bool vcpu_wait_runnable(struct vcpu *vcpu)
+/* Wait at the top of the loop while paused; false when told to exit.
+ * io_pending: the last exit was an access KVM completes on re-entry. */
+static bool vcpu_wait_runnable(struct vcpu *vcpu, bool io_pending)
 {
 	struct vm *vm = vcpu->vm;
 	bool go;
 
 	pthread_mutex_lock(&vm->run_lock);
+	if (io_pending && vm->pause_depth && !vm->stopping) {
+		/* Complete it without running guest code, then park. */
+		vcpu->run->immediate_exit = 1;
+		pthread_mutex_unlock(&vm->run_lock);
+		return true;
+	}
 	vcpu->run->immediate_exit = 0;
 	while (vm->pause_depth && !vm->stopping) {
 		if (!vcpu->parked) {
@@ -302,14 +316,19 @@ static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vcpu = arg;
 	struct vm *vm = vcpu->vm;
+	bool io_pending = false;
 	sigset_t set;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIG_KICK);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
-	while (vcpu_wait_runnable(vcpu)) {
-		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
+	while (vcpu_wait_runnable(vcpu, io_pending)) {
+		int ret = ioctl(vcpu->fd, KVM_RUN, 0);
+
+		/* Any return from KVM_RUN has completed the previous exit. */
+		io_pending = false;
+		if (ret < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
 			pr_err("vcpu%u: KVM_RUN: %s", vcpu->index,
@@ -321,6 +340,8 @@ static void *vcpu_thread(void *arg)
 		FERRY_TRACE(vcpu_exit, vcpu->index, vcpu->run->exit_reason);
 		if (!vcpu_handle_exit(vcpu))
 			break;
+		io_pending = vcpu->run->exit_reason == KVM_EXIT_IO ||
+			     vcpu->run->exit_reason == KVM_EXIT_MMIO;
 	}
 	/* A thread that left for good counts as parked. */
 	pthread_mutex_lock(&vm->run_lock);

@@ -528,6 +528,17 @@ static int state_check(struct ferry_dma *d, const struct fdma_mig_state *s)
 		       s->inflight_desc.len);
 		return -EINVAL;
 	}
+	/* A failed descriptor only waits for its completion (the engine
+	 * sets done = len with the status); any progress left to make
+	 * would move data for a descriptor that was never checked. */
+	if (s->inflight_status != 0 &&
+	    s->inflight_done != s->inflight_desc.len) {
+		pr_err("%s: resume: in-flight status %d with %" PRIu64 " of %"
+		       PRIu64 " bytes left", d->name, s->inflight_status,
+		       s->inflight_desc.len - s->inflight_done,
+		       s->inflight_desc.len);
+		return -EINVAL;
+	}
 	return 0;
 }
 

@@ -6,12 +6,14 @@
  *     state and completions match; the interrupt pending at switchover
  *     is delivered once, by B; the DMA dirty report covers every page
  *     the jobs wrote while logging, and a negative control that drops
- *     one page shows the coverage check catches it;
+ *     one page shows the coverage check catches it; again between two
+ *     devices with the minimum device memory (64 KiB);
  *  2. B rejects a truncated, bit-flipped, wrong-magic, wrong-version and
  *     wrong-size stream, and DEVICE_RESET makes it usable again;
  *  3. a device with --dirty-rate reports dirty bytes in pre-copy.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +33,7 @@
 
 #define SKIP		77
 #define START_WAIT_MS	10000
-#define MAX_DEVS	4
+#define MAX_DEVS	6
 #define MIG_BUF		(1u << 20)
 
 static int failures;
@@ -171,6 +173,24 @@ static void test_migrate(const char *a, const char *b)
 		      (unsigned long long)p);
 		free(dropped);
 	}
+	devmig_result_free(&r);
+}
+
+/* A driver that cannot reach its source cleans up only what it opened. */
+static void test_unreachable(const char *b)
+{
+	struct devmig_opts o = { .src_path = "/nonexistent/ferry-dev.sock",
+				 .dst_path = b };
+	struct devmig_result r;
+	int ret;
+
+	/* With stdin closed, the lowest free fd is 0: make it open. */
+	if (fcntl(STDIN_FILENO, F_GETFD) < 0)
+		CHECK(open("/dev/null", O_RDONLY) == STDIN_FILENO, "fd 0");
+	ret = devmig_run(&o, &r);
+	CHECK(ret < 0 && !r.ok, "unreachable source fails: %d", ret);
+	CHECK(fcntl(STDIN_FILENO, F_GETFD) >= 0,
+	      "fd 0 still open after a failed run");
 	devmig_result_free(&r);
 }
 
@@ -318,7 +338,7 @@ static void test_dirty_rate(const char *path)
 int main(void)
 {
 	const char *dev = getenv("FERRY_DEV");
-	char a[128], b[128], big[128], dirty[128];
+	char a[128], b[128], big[128], dirty[128], s1[128], s2[128];
 	int ret;
 
 	log_init("test_devmig");
@@ -341,6 +361,13 @@ int main(void)
 	if (!ret)
 		ret = spawn(dev, "dirty", "--dirty-rate", "64M", dirty,
 			    sizeof(dirty));
+	/* The smallest device memory: smaller than the driver's jobs. */
+	if (!ret)
+		ret = spawn(dev, "small1", "--device-memory", "64K", s1,
+			    sizeof(s1));
+	if (!ret)
+		ret = spawn(dev, "small2", "--device-memory", "64K", s2,
+			    sizeof(s2));
 	if (ret) {
 		fprintf(stderr, "cannot start ferry-dev: %s\n", strerror(-ret));
 		reap_all();
@@ -349,6 +376,8 @@ int main(void)
 	}
 
 	test_migrate(a, b);
+	test_migrate(s1, s2);
+	test_unreachable(b);
 	test_bad_streams(a, b, big);
 	test_dirty_rate(dirty);
 

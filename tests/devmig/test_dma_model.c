@@ -555,6 +555,47 @@ static void expect_reject(uint8_t *mem, const char *what, const uint8_t *buf,
 	host_fini(&h);
 }
 
+/*
+ * Offsets in the STATE payload (struct fdma_mig_state in
+ * devices/dma/migration.c, packed): enough to forge a consistent record
+ * whose contents, not its framing, are wrong.
+ */
+#define ST_CTRL			0
+#define ST_SCRATCH		68
+#define ST_INFLIGHT_VALID	92
+#define ST_INFLIGHT_STATUS	96
+#define ST_INFLIGHT_DONE	112
+#define ST_INFLIGHT_DESC	120
+
+/* Offset of the STATE record header in a stream, or 0. */
+static size_t find_state_rec(const uint8_t *buf, size_t len)
+{
+	size_t off = 48;
+
+	while (off + 24 <= len) {
+		uint32_t type, rlen;
+
+		memcpy(&type, buf + off, 4);
+		memcpy(&rlen, buf + off + 4, 4);
+		if (type == 2)
+			return off;
+		off += 24 + rlen;
+	}
+	return 0;
+}
+
+/* Re-seal a record after its payload was edited. */
+static void rec_reseal(uint8_t *rec)
+{
+	uint32_t rlen, crc = 0;
+
+	memcpy(&rlen, rec + 4, 4);
+	memcpy(rec + 20, &crc, 4);
+	crc = crc32c_update(CRC32C_INIT, rec, 24);
+	crc = crc32c_final(crc32c_update(crc, rec + 24, rlen));
+	memcpy(rec + 20, &crc, 4);
+}
+
 static void test_bad_streams(uint8_t *mem)
 {
 	struct stream s = { 0 };
@@ -607,6 +648,45 @@ static void test_bad_streams(uint8_t *mem)
 		longer[s.len] = 0;
 		expect_reject(mem, "after end", longer, s.len + 1, 64 << 10, 2);
 		free(longer);
+	}
+
+	/* Forged but well-framed device state. */
+	{
+		size_t rec = find_state_rec(s.buf, s.len);
+		uint8_t *st = bad + rec + 24;
+		struct ferry_dma_desc desc = {
+			.op = FERRY_DMA_OP_TO_DEV, .dst = 1ull << 40,
+			.len = 4096,
+		};
+		uint32_t v = 0x5eed, ctrl = FERRY_DMA_CTRL_ENABLE;
+		int32_t st_einval = FERRY_DMA_ST_EINVAL;
+		uint64_t done = 0;
+
+		CHECK(rec != 0, "STATE record found");
+		/* Control: an edit of a free field, re-sealed, loads. */
+		memcpy(bad, s.buf, s.len);
+		memcpy(st + ST_SCRATCH, &v, 4);
+		rec_reseal(bad + rec);
+		host_init(&h, mem);
+		d = make(&h, 64 << 10, 2);
+		CHECK(resume(d, bad, s.len) == 0, "re-sealed state loads");
+		CHECK(rd(d, FERRY_DMA_REG_SCRATCH) == v, "scratch restored");
+		ferry_dma_destroy(d);
+		host_fini(&h);
+
+		/* A failed descriptor (its check would refuse it) with
+		 * progress left: running it would write device memory far
+		 * out of bounds. */
+		memcpy(bad, s.buf, s.len);
+		v = 1;
+		memcpy(st + ST_CTRL, &ctrl, 4);
+		memcpy(st + ST_INFLIGHT_VALID, &v, 4);
+		memcpy(st + ST_INFLIGHT_STATUS, &st_einval, 4);
+		memcpy(st + ST_INFLIGHT_DONE, &done, 8);
+		memcpy(st + ST_INFLIGHT_DESC, &desc, sizeof(desc));
+		rec_reseal(bad + rec);
+		expect_reject(mem, "failed in-flight with bytes left", bad,
+			      s.len, 64 << 10, 2);
 	}
 
 	/* Bit flips: every byte of the framing, a spread over payloads.
