@@ -75,13 +75,14 @@ err_long:
 /* Wait until fd is ready for events, or the channel timeout expires. */
 static int chan_wait(struct mig_channel *ch, short events)
 {
+	unsigned ms = events == POLLIN ? ch->read_timeout_ms : ch->timeout_ms;
 	struct pollfd p = { .fd = ch->fd, .events = events };
 	int n;
 
-	if (!ch->timeout_ms)
+	if (!ms)
 		return 0;
 	do {
-		n = poll(&p, 1, (int)ch->timeout_ms);
+		n = poll(&p, 1, (int)ms);
 	} while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
@@ -125,7 +126,14 @@ static int fd_chan_write(struct mig_channel *ch, const void *buf, size_t len)
 
 		if (ret)
 			return ret;
-		n = send(ch->fd, p, len, MSG_NOSIGNAL);
+		/*
+		 * With a timeout, never block inside send(): a blocking send
+		 * of more than the free socket buffer waits for the peer
+		 * without limit, so a stalled destination would hang the
+		 * migration although poll() said "writable".
+		 */
+		n = send(ch->fd, p, len,
+			 MSG_NOSIGNAL | (ch->timeout_ms ? MSG_DONTWAIT : 0));
 		if (n < 0 && errno == ENOTSOCK)
 			n = write(ch->fd, p, len);
 		if (n < 0) {
@@ -211,6 +219,35 @@ static int tcp_resolve(const struct mig_uri *uri, bool passive,
 	return 0;
 }
 
+/* connect() that gives up after timeout_ms (0: the kernel's own), so an
+ * unreachable host cannot hold a migration in setup for minutes. */
+static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len,
+			   unsigned timeout_ms)
+{
+	int flags = fcntl(fd, F_GETFL), err = 0, n;
+	socklen_t elen = sizeof(err);
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+	if (!timeout_ms || flags < 0)
+		return connect(fd, sa, len) ? -errno : 0;
+	if (fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+		return -errno;
+	if (connect(fd, sa, len) < 0) {
+		if (errno != EINPROGRESS)
+			return -errno;
+		do {
+			n = poll(&p, 1, (int)timeout_ms);
+		} while (n < 0 && errno == EINTR);
+		if (n <= 0)
+			return n ? -errno : -ETIMEDOUT;
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+			return -errno;
+		if (err)
+			return -err;
+	}
+	return fcntl(fd, F_SETFL, flags) < 0 ? -errno : 0;
+}
+
 int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
 			struct mig_channel **out)
 {
@@ -241,9 +278,10 @@ int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
 				ret = -errno;
 				continue;
 			}
-			if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			ret = connect_bounded(fd, ai->ai_addr, ai->ai_addrlen,
+					      timeout_ms);
+			if (!ret)
 				break;
-			ret = -errno;
 			close_safely(&fd);
 		}
 		freeaddrinfo(res);

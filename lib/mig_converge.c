@@ -45,7 +45,15 @@ bool mig_converge_ready(struct mig_converge *c, uint64_t remaining)
 		c->expected_downtime_ms = UINT64_MAX;
 		return false;
 	}
-	c->expected_downtime_ms = (uint64_t)((double)c->remaining * 1000.0 / bw);
+	/* Rounded up: any data left takes a millisecond at least, so a
+	 * downtime-limit of 0 means "never stop the guest". */
+	{
+		double ms = (double)c->remaining * 1000.0 / bw;
+
+		c->expected_downtime_ms = (uint64_t)ms;
+		if ((double)c->expected_downtime_ms < ms)
+			c->expected_downtime_ms++;
+	}
 	return c->expected_downtime_ms <= c->downtime_limit_ms;
 }
 

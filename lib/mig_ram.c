@@ -59,16 +59,28 @@ static uint8_t *ram_hva(const struct mig_ram *ram, uint64_t gpa)
 void mig_ram_mark(const struct mig_ram *ram, uint64_t *bm, uint64_t gpa,
 		  uint64_t len)
 {
-	uint64_t end, first;
+	uint64_t end, base = 0;
 
 	if (!len || check_add_overflow(gpa, len, &end))
 		return;
-	first = gpa & ~(uint64_t)(MIG_PAGE_SIZE - 1);
-	for (uint64_t a = first; a < end; a += MIG_PAGE_SIZE) {
-		uint64_t pfn = mig_ram_pfn(ram, a);
+	/*
+	 * Walk only the part inside each range: len comes from devices
+	 * (DMA_WRITE, a log page size they chose) and may span far more
+	 * than RAM, or end next to 2^64 where a page step would wrap.
+	 */
+	for (unsigned i = 0; i < ram->nr; i++) {
+		const struct mig_ram_range *r = &ram->r[i];
+		uint64_t lo = MAX(gpa, r->gpa), hi = MIN(end, r->gpa + r->size);
 
-		if (pfn != UINT64_MAX)
-			bitmap_set(bm, pfn);
+		if (lo < hi) {
+			uint64_t p0 = (lo - r->gpa) >> MIG_PAGE_SHIFT;
+			uint64_t p1 = (hi - r->gpa + MIG_PAGE_SIZE - 1) >>
+				      MIG_PAGE_SHIFT;
+
+			for (uint64_t p = p0; p < p1; p++)
+				bitmap_set(bm, base + p);
+		}
+		base += r->size >> MIG_PAGE_SHIFT;
 	}
 }
 

@@ -245,7 +245,7 @@ int vcpu_state_load(int vcpu_fd, const void *blob, size_t len,
 	struct kvm_debugregs dbg;
 	struct cs_tsc tsc;
 	const struct kvm_msrs *msrs = NULL;
-	uint32_t seen = 0, tag, rlen;
+	uint32_t seen = 0, tag, rlen, nmsrs = 0;
 	const void *data;
 	int r;
 
@@ -276,7 +276,9 @@ int vcpu_state_load(int vcpu_fd, const void *blob, size_t len,
 					 "entries in %u bytes", n, rlen);
 				return -EBADMSG;
 			}
+			/* data may be unaligned: keep n, copy the rest */
 			msrs = data;
+			nmsrs = n;
 			break;
 		}
 		default:
@@ -309,7 +311,7 @@ int vcpu_state_load(int vcpu_fd, const void *blob, size_t len,
 	if (CS_NEED(CS_XCRS))
 		CS_SET(vcpu_fd, KVM_SET_XCRS, xcrs, "KVM_SET_XCRS");
 	{
-		uint32_t n = msrs->nmsrs;
+		uint32_t n = nmsrs;
 		size_t sz = sizeof(*msrs) + (n + 1) * sizeof(msrs->entries[0]);
 		struct kvm_msrs *m = malloc(sz);
 		uint64_t now = realtime_ns(), tsc_now = tsc.tsc;

@@ -358,10 +358,16 @@ static int inc_load_stream(struct vm *vm, struct mig_ram *ram)
 			p = NULL;
 			break;
 		case MIG_SEC_END: {
-			uint32_t run = 1;
+			uint32_t run;
 
-			if (sec.length == sizeof(run))
-				memcpy(&run, p, sizeof(run));
+			if (sec.length != sizeof(run)) {
+				inc_fail("END section is %llu bytes, want %zu",
+					 (unsigned long long)sec.length,
+					 sizeof(run));
+				free(p);
+				return -EBADMSG;
+			}
+			memcpy(&run, p, sizeof(run));
 			free(p);
 			return inc_finish(vm, run);
 		}
@@ -430,14 +436,32 @@ static void *inc_thread_fn(void *arg)
 				 strerror(-ret));
 		goto out_fail;
 	}
-	inc.ch->timeout_ms = INCOMING_READ_TIMEOUT_MS;
+	inc.ch->read_timeout_ms = INCOMING_READ_TIMEOUT_MS;
 	mig_set_status(vm, MIG_STATUS_SETUP);
 	ret = inc_load(vm);
 	if (ret)
 		goto out_fail;
-	if (inc.ch->has_return_path &&
-	    mig_section_write(inc.ch, MIG_RP_RESUMED, 0, 0, NULL, 0, NULL, 0))
-		pr_warn("migration: could not confirm to the source");
+	if (inc.ch->has_return_path) {
+		ret = mig_section_write(inc.ch, MIG_RP_RESUMED, 0, 0, NULL, 0,
+					NULL, 0);
+		if (ret) {
+			/*
+			 * The source never hears that the guest runs here, so
+			 * it keeps (resumes) the guest itself: this copy must
+			 * not run on, or the guest would live twice.
+			 */
+			vm_request_exit(vm, VM_EXIT_ERROR, "migration-failed");
+			pthread_mutex_lock(&mig.lock);
+			snprintf(mig.error, sizeof(mig.error), "could not confirm "
+				 "to the source (%s)", strerror(-ret));
+			pthread_mutex_unlock(&mig.lock);
+			pr_err("incoming migration failed: could not confirm to "
+			       "the source (%s); the source keeps the guest, "
+			       "stopping it here", strerror(-ret));
+			mig_set_status(vm, MIG_STATUS_FAILED);
+			goto out;
+		}
+	}
 	pr_info("migration: guest state loaded; the guest runs here now");
 	mig_set_status(vm, MIG_STATUS_COMPLETED);
 	goto out;

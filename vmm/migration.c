@@ -66,11 +66,16 @@ void mig_set_status(struct vm *vm, enum mig_status s)
 
 	pthread_mutex_lock(&mig.lock);
 	/* Once cancelling, only the end (cancelled, or failed/completed if
-	 * it was too late) may follow. */
+	 * it was too late) may follow; and only a running migration can be
+	 * cancelling (a cancel racing with the end must not turn a final
+	 * status back into one that never ends). */
 	if (mig.status == s ||
 	    (mig.status == MIG_STATUS_CANCELLING &&
 	     (s == MIG_STATUS_SETUP || s == MIG_STATUS_ACTIVE ||
-	      s == MIG_STATUS_DEVICE))) {
+	      s == MIG_STATUS_DEVICE)) ||
+	    (s == MIG_STATUS_CANCELLING && mig.status != MIG_STATUS_SETUP &&
+	     mig.status != MIG_STATUS_ACTIVE &&
+	     mig.status != MIG_STATUS_DEVICE)) {
 		pthread_mutex_unlock(&mig.lock);
 		return;
 	}
@@ -173,10 +178,12 @@ static void *rp_thread_fn(void *arg)
 
 		pthread_mutex_lock(&mig.lock);
 		if (ret) {
+			bool lost = !mig.resumed && !atomic_load(&mig.cancel);
+
 			mig.rp_closed = true;
 			pthread_cond_broadcast(&mig.cond);
 			pthread_mutex_unlock(&mig.lock);
-			if (!mig.resumed && !atomic_load(&mig.cancel))
+			if (lost)
 				mig_error("destination connection lost: %s", err);
 			return NULL;
 		}
@@ -217,6 +224,27 @@ static bool mig_should_stop(void)
 	stop = mig.rp_error || mig.rp_closed || atomic_load(&mig.cancel);
 	pthread_mutex_unlock(&mig.lock);
 	return stop;
+}
+
+/*
+ * Sleep ns to honour max-bandwidth, but wake on cancel or a return-path
+ * event: at a low limit the wait can be hours, and cancel must not wait
+ * for it (nor migration_fini, which joins this thread).
+ */
+static void mig_throttle_wait(uint64_t ns)
+{
+	struct timespec ts;
+	int ret = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ns += (uint64_t)ts.tv_nsec;
+	ts.tv_sec += (time_t)(ns / 1000000000ull);
+	ts.tv_nsec = (long)(ns % 1000000000ull);
+	pthread_mutex_lock(&mig.lock);
+	while (!mig.rp_error && !mig.rp_closed && !atomic_load(&mig.cancel) &&
+	       ret != ETIMEDOUT)
+		ret = pthread_cond_timedwait(&mig.cond, &mig.lock, &ts);
+	pthread_mutex_unlock(&mig.lock);
 }
 
 /* ---- devices --------------------------------------------------------- */
@@ -295,7 +323,10 @@ static int mig_devs_log_sync(uint64_t *bm)
 			continue;
 		for (unsigned r = 0; r < mig.ram.nr; r++) {
 			const struct mig_ram_range *rr = &mig.ram.r[r];
-			uint64_t pgs = rr->size / d->log_pgsize;
+			/* The device reports DIV_ROUND_UP(size, pgsize)
+			 * bits: a range that is not a multiple of a large
+			 * log page still has its tail page. */
+			uint64_t pgs = DIV_ROUND_UP(rr->size, d->log_pgsize);
 			uint64_t *dbm = calloc(bitmap_words(pgs), 8);
 			int ret;
 
@@ -386,8 +417,11 @@ static int mig_devs_precopy(void)
 				ret = mig_section_write(mig.ch,
 					MIG_SEC_DEV_INIT_DONE, 0, i, NULL, 0,
 					NULL, 0);
-				if (ret)
+				if (ret) {
+					mig_error("sending device %s init-done: "
+						  "%s", d->id, strerror(-ret));
 					return ret;
+				}
 				d->init_done = true;
 			}
 		}
@@ -464,8 +498,13 @@ static int mig_send_blob(uint16_t type, uint32_t id, void *blob, size_t len)
 	int ret = mig_section_write(mig.ch, type, 0, id, blob, len, NULL, 0);
 
 	free(blob);
+	if (ret) {
+		mig_error("sending %s state: %s", mig_section_name(type),
+			  strerror(-ret));
+		return ret;
+	}
 	mig.stats.transferred += len + MIG_SECTION_HDR_SIZE;
-	return ret;
+	return 0;
 }
 
 /* Everything after the vCPUs stopped. */
@@ -540,8 +579,11 @@ static int mig_switchover(struct vm *vm, uint64_t *bm)
 			return ret;
 		ret = mig_section_write(mig.ch, MIG_SEC_DEV_END, 0, i, NULL, 0,
 					NULL, 0);
-		if (ret)
+		if (ret) {
+			mig_error("sending device %s end: %s", d->id,
+				  strerror(-ret));
 			return ret;
+		}
 	}
 	for (unsigned i = 0; i < vm->nr_cpus; i++) {
 		void *blob;
@@ -591,6 +633,15 @@ static int mig_switchover(struct vm *vm, uint64_t *bm)
 			return ret;
 	}
 	run = mig.was_running;
+	/*
+	 * From here on the destination may run the guest at any moment: a
+	 * cancel can no longer take it back without risking a guest that
+	 * runs twice, so cancel waits for the outcome instead (see
+	 * migration_cancel()). Only the destination's word decides.
+	 */
+	pthread_mutex_lock(&mig.lock);
+	mig.end_sent = true;
+	pthread_mutex_unlock(&mig.lock);
 	ret = mig_section_write(mig.ch, MIG_SEC_END, 0, 0, &run, sizeof(run),
 				NULL, 0);
 	pr_debug("switchover: END written %.1f ms after the vCPUs stopped",
@@ -614,7 +665,7 @@ static int mig_switchover(struct vm *vm, uint64_t *bm)
 		ts.tv_sec += MIG_CONFIRM_TIMEOUT_MS / 1000;
 		pthread_mutex_lock(&mig.lock);
 		while (!mig.resumed && !mig.rp_error && !mig.rp_closed &&
-		       !atomic_load(&mig.cancel) && wret != ETIMEDOUT)
+		       wret != ETIMEDOUT)
 			wret = pthread_cond_timedwait(&mig.cond, &mig.lock, &ts);
 		ret = mig.resumed ? 0 : -EPIPE;
 		pthread_mutex_unlock(&mig.lock);
@@ -633,6 +684,7 @@ static void *mig_thread_fn(void *arg)
 {
 	struct vm *vm = arg;
 	uint64_t *bm = NULL, t_start = clock_ns();
+	struct mig_channel *ch = NULL;
 	struct json_object *cfg;
 	const char *cfg_str;
 	bool rp_started = false;
@@ -644,7 +696,10 @@ static void *mig_thread_fn(void *arg)
 		mig_error("out of memory");
 		goto out_fail;
 	}
-	ret = mig_channel_connect(&mig.uri, MIG_IO_TIMEOUT_MS, &mig.ch);
+	ret = mig_channel_connect(&mig.uri, MIG_IO_TIMEOUT_MS, &ch);
+	pthread_mutex_lock(&mig.lock);
+	mig.ch = ch;
+	pthread_mutex_unlock(&mig.lock);
 	if (ret) {
 		mig_error("cannot reach the destination %s: %s", mig.uri_str,
 			  strerror(-ret));
@@ -734,13 +789,8 @@ static void *mig_thread_fn(void *arg)
 			wait_ns = mig_converge_throttle_ns(&mig.conv,
 					mig.stats.transferred - sent0,
 					clock_ns() - t_iter);
-			if (wait_ns) {
-				struct timespec ts = {
-					.tv_sec = (time_t)(wait_ns / 1000000000ull),
-					.tv_nsec = (long)(wait_ns % 1000000000ull),
-				};
-				nanosleep(&ts, NULL);
-			}
+			if (wait_ns)
+				mig_throttle_wait(wait_ns);
 		}
 		ret = mig_section_write(mig.ch, MIG_SEC_ITER_END, 0, 0, NULL, 0,
 					NULL, 0);
@@ -828,8 +878,12 @@ out:
 		mig_channel_shutdown(mig.ch);
 	if (rp_started)
 		pthread_join(mig.rp_thread, NULL);
-	mig_channel_close(mig.ch);
+	/* migration_cancel() uses mig.ch under the lock. */
+	pthread_mutex_lock(&mig.lock);
+	ch = mig.ch;
 	mig.ch = NULL;
+	pthread_mutex_unlock(&mig.lock);
+	mig_channel_close(ch);
 	free(bm);
 	free(mig.buf);
 	mig.buf = NULL;
@@ -874,6 +928,7 @@ int migration_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 	mig.error[0] = '\0';
 	mig.reason[0] = '\0';
 	mig.switchover_acked = mig.resumed = mig.rp_error = mig.rp_closed = false;
+	mig.end_sent = false;
 	mig.paused = mig.dirty_logging = false;
 	atomic_store(&mig.cancel, false);
 	mig_converge_init(&mig.conv, mig.downtime_limit_ms, mig.max_bandwidth);
@@ -903,11 +958,22 @@ int migration_cancel(struct vm *vm)
 		pthread_mutex_unlock(&mig.lock);
 		return 0;
 	}
-	pthread_mutex_unlock(&mig.lock);
+	if (mig.end_sent) {
+		/* The whole state is on its way: whether the guest runs there
+		 * is the destination's call now (its confirmation, its error,
+		 * or its silence until the timeout). */
+		pthread_mutex_unlock(&mig.lock);
+		pr_warn("migrate_cancel: too late, the destination has the "
+			"whole state; waiting for its confirmation");
+		return -EBUSY;
+	}
 	atomic_store(&mig.cancel, true);
+	pthread_mutex_unlock(&mig.lock);
+	/* A no-op if the migration ended in between (see mig_set_status). */
 	mig_set_status(vm, MIG_STATUS_CANCELLING);
 	pthread_mutex_lock(&mig.lock);
-	/* Wake a blocked send or receive. */
+	/* Wake a blocked send or receive. mig.ch is only closed under the
+	 * lock: NULL here if the migration ended meanwhile. */
 	if (mig.ch && !mig.resumed)
 		mig_channel_shutdown(mig.ch);
 	pthread_cond_broadcast(&mig.cond);

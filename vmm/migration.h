@@ -48,6 +48,7 @@ const char *mig_status_name(enum mig_status s);
 /* Source. Errors: -errno and a message in err. */
 int migration_start(struct vm *vm, const char *uri, char *err,
 		    size_t errlen);
+/* 0, or -EBUSY once the whole state was sent (too late to cancel). */
 int migration_cancel(struct vm *vm);
 struct json_object *migration_query(struct vm *vm);
 /* With check_only, validate without changing anything (QMP applies a

@@ -51,6 +51,7 @@ struct migration {
 	bool paused;
 	bool was_running;
 	bool migrated_away;	/* the guest runs elsewhere now */
+	bool end_sent;		/* too late to cancel */
 	bool dirty_logging;
 	struct mig_ram ram;
 	struct vmig_dev devs[VM_MAX_DEVICES];

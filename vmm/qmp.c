@@ -412,7 +412,11 @@ static struct json_object *cmd_migrate_cancel(struct qmp_client *c,
 					      struct json_object *args,
 					      struct qmp_error *e)
 {
-	migration_cancel(c->q->vm);
+	if (migration_cancel(c->q->vm) == -EBUSY) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "Too late to cancel: the "
+			   "destination has the whole state and decides now");
+		return NULL;
+	}
 	return json_object_new_object();
 }
 

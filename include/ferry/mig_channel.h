@@ -50,7 +50,12 @@ struct mig_channel {
 	const struct mig_channel_ops *ops;
 	int fd;
 	bool has_return_path;
-	unsigned timeout_ms;	/* per read/write without progress; 0 = none */
+	/* Without progress for this long a call fails with -ETIMEDOUT; 0 =
+	 * wait forever. Separate, because the source's return-path reader
+	 * legitimately waits as long as the migration lasts, while its
+	 * writes must notice a stalled destination. */
+	unsigned timeout_ms;		/* writes */
+	unsigned read_timeout_ms;	/* reads */
 	uint64_t bytes_read;
 	uint64_t bytes_written;
 };

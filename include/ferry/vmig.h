@@ -78,11 +78,13 @@ int vmig_set_state(struct vmig_dev *d, enum vfu_mig_state state);
 int vmig_abort_resume(struct vmig_dev *d);
 
 /*
- * Bytes the device still has to send: in PRE_COPY from precopy_info
- * (initial + dirty), plus the STOP_COPY estimate from data_size. When the
- * device lacks the extensions, a conservative guess: what it sent in the
- * first pass (or 16 MiB before any) — never 0, so a device that cannot
- * tell never looks free to stop.
+ * Bytes the device would still have to send if it stopped now: its
+ * STOP_COPY estimate (MIG_DATA_SIZE) when it has one -- that already
+ * covers pre-copy data not yet read -- else, in PRE_COPY, precopy_info's
+ * initial + dirty bytes. A device that can tell neither gets a
+ * conservative guess: what it sent in pre-copy so far (or 16 MiB before
+ * any), never 0, so it never looks free to stop. *exact says whether
+ * the device's own estimate was used.
  */
 uint64_t vmig_pending(struct vmig_dev *d, bool *exact);
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -303,6 +304,14 @@ static void test_ram_mark_and_pfn(void **state)
 	mig_ram_mark(&ram, bm, (1ull << 32), 2 * MIG_PAGE_SIZE);
 	assert_int_equal(bm[0], (1ull << 3) | (1ull << 4) | (1ull << 5));
 	assert_int_equal(bitmap_count(bm, 8), 3);
+	/* Ending just below 2^64: must not wrap and loop for ever. */
+	alarm(10);
+	mig_ram_mark(&ram, bm, UINT64_MAX - MIG_PAGE_SIZE, MIG_PAGE_SIZE);
+	assert_int_equal(bitmap_count(bm, 8), 3);
+	/* A device-chosen huge span is clamped to RAM, not walked. */
+	mig_ram_mark(&ram, bm, 0, 1ull << 62);
+	alarm(0);
+	assert_int_equal(bm[0], 0xff);
 }
 
 /* Holes of a memfd are sent as zero pages without being read (reading
@@ -405,6 +414,31 @@ static void test_uri(void **state)
 	assert_int_equal(mig_uri_parse("unix:", &u, err, sizeof(err)), -EINVAL);
 }
 
+/*
+ * A stalled peer (connected, reading nothing) must fail a large write
+ * with -ETIMEDOUT once the channel timeout passes without progress,
+ * rather than block inside send() for ever.
+ */
+static void test_write_timeout(void **state)
+{
+	struct mig_channel *ch;
+	size_t len = 16u << 20;	/* far more than a socket buffer */
+	void *buf = calloc(1, len);
+	int sv[2];
+
+	assert_non_null(buf);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				    sv), 0);
+	assert_int_equal(mig_channel_from_fd(sv[0], true, 200, &ch), 0);
+	alarm(10);	/* without the bound the write never returns */
+	assert_int_equal(mig_write(ch, buf, len), -ETIMEDOUT);
+	alarm(0);
+	assert_true(ch->bytes_written < len);
+	mig_channel_close(ch);
+	close(sv[1]);
+	free(buf);
+}
+
 static void test_converge(void **state)
 {
 	struct mig_converge c;
@@ -444,6 +478,7 @@ int main(void)
 		cmocka_unit_test(test_ram_send_skips_holes),
 		cmocka_unit_test(test_ram_load_fresh),
 		cmocka_unit_test(test_uri),
+		cmocka_unit_test(test_write_timeout),
 		cmocka_unit_test(test_converge),
 	};
 	int ret;

@@ -13,6 +13,10 @@ CASE: setup | active | device | dest-killed
               device memory to stop-copy, downtime-limit huge so the
               switchover starts after the first iteration
   dest-killed SIGKILL of the destination during iteration
+  noconverge  a guest that dirties faster than max-bandwidth (5 MB/s)
+              allows against a 10 ms downtime-limit: the migration keeps
+              iterating, query-migrate says why (x-convergence), and it
+              ends only when cancelled
 
 Each: the source ends cancelled (dest-killed: failed, with error-desc),
 its devices are RUNNING again, the guest keeps making progress on the
@@ -44,7 +48,11 @@ CASES = {
     "active": ([], "512M"),
     "device": (["--device-memory", "256M"], "128M"),
     "dest-killed": ([], "512M"),
+    "noconverge": ([], "128M"),
 }
+NOCONVERGE_BANDWIDTH = 5 * 1000 * 1000
+NOCONVERGE_LIMIT_MS = 10
+NOCONVERGE_ITERATIONS = 3
 
 
 def wait_status(src, want):
@@ -139,6 +147,37 @@ def kill_dest_midstream(c, src, side_b, memory):
     return dst, info
 
 
+def keep_iterating(c, src, side_b, memory):
+    """A migration that cannot converge iterates until cancelled, and
+    says why."""
+    dst = c.dest(side_b, memory)
+    miglib.set_migration(src, {"switchover-ack": True},
+                         {"downtime-limit": NOCONVERGE_LIMIT_MS,
+                          "max-bandwidth": NOCONVERGE_BANDWIDTH})
+    src.cmd("migrate", {"uri": dst.incoming})
+    info = miglib.wait_until(
+        lambda: (lambda i: i if i["status"] in miglib.FINAL or
+                 i.get("iterations", 0) >= NOCONVERGE_ITERATIONS else None)(
+            src.query_migrate()),
+        "%d iterations" % NOCONVERGE_ITERATIONS)
+    print("after %d iterations: %s; expected downtime %s ms" %
+          (info.get("iterations", 0), info.get("x-convergence"),
+           info.get("expected-downtime")))
+    check(info["status"] == "active", "did not keep iterating: %r" % info)
+    why = info.get("x-convergence", "")
+    check("expected downtime" in why and
+          "limit %d ms" % NOCONVERGE_LIMIT_MS in why,
+          "query-migrate does not say why it iterates: %r" % why)
+    check(info.get("expected-downtime", 0) > NOCONVERGE_LIMIT_MS,
+          "expected-downtime %r within the limit" %
+          info.get("expected-downtime"))
+    src.cmd("migrate_cancel")
+    info = src.wait_migration()
+    check(info["status"] == "cancelled", "migration ended %r: %r" %
+          (info["status"], info))
+    return dst, info
+
+
 def body(c, case):
     dev_args, memory = CASES[case]
     side_a = [("dma0", c.device("A0", dev_args))]
@@ -162,6 +201,8 @@ def body(c, case):
         dst, info = cancel_when(c, src, side_b, memory, "device",
                                 {"switchover-ack": False},
                                 {"downtime-limit": HUGE_DOWNTIME_MS})
+    elif case == "noconverge":
+        dst, info = keep_iterating(c, src, side_b, memory)
     else:
         dst, info = kill_dest_midstream(c, src, side_b, memory)
 
