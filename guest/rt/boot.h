@@ -71,8 +71,8 @@ struct trap_frame {
 void trap_fatal(struct trap_frame *f) __attribute__((noreturn));
 
 /* Assembly (entry.S). */
-extern char vec_stubs[];
-#define VEC_STUB_SIZE	16
+extern char vec_entries[];
+#define VEC_ENTRY_SIZE	16
 void enter_user(uint64_t rip, uint64_t rsp) __attribute__((noreturn));
 extern volatile uint64_t irq_counts[256];
 extern uint64_t lapic_eoi_reg;

@@ -5,7 +5,7 @@
 
 #define KSTACK_SIZE		16384
 #define USTACK_SIZE		65536
-#define VEC_STUB_SIZE_ASM	16
+#define VEC_ENTRY_SIZE_ASM	16
 #define SPURIOUS_VECTOR_ASM	0xff
 #define USER_DS_ASM		0x1b
 #define USER_CS_ASM		0x23

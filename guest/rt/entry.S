@@ -2,7 +2,7 @@
 /*
  * IDT entry points, the UD2 service gate and the drop to ring 3.
  *
- * Every vector has a 16-byte stub at vec_stubs + 16 * vector. Exceptions
+ * Every vector has a 16-byte entry point at vec_entries + 16 * vector. Exceptions
  * 0..31 are fatal except the #UD raised by svc_call's UD2. Vectors 32..255
  * only count and EOI: ring-0 time is emulated on kvm_pvm, so an interrupt
  * must cost a handful of instructions.
@@ -34,16 +34,16 @@ ustack_top:
 	.code64
 
 /*
- * One stub per vector, 16 bytes apart. Vectors that push an error code:
+ * One entry point per vector, 16 bytes apart. Vectors that push an error code:
  * 8, 10-14, 17, 21, 29, 30; the others push a zero so the frame is the
  * same for trap_fatal().
  */
-	.align VEC_STUB_SIZE_ASM
-	.globl vec_stubs
-vec_stubs:
+	.align VEC_ENTRY_SIZE_ASM
+	.globl vec_entries
+vec_entries:
 	.set vecno, 0
 	.rept 256
-	.align VEC_STUB_SIZE_ASM
+	.align VEC_ENTRY_SIZE_ASM
 	.if vecno == 6
 	jmp	ud_entry
 	.elseif vecno == 8 || (vecno >= 10 && vecno <= 14) || vecno == 17 || vecno == 21 || vecno == 29 || vecno == 30

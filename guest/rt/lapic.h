@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * Local APIC in xAPIC mode at its default base, driven by MMIO from
- * ring 3 (the page is mapped user-accessible). The interrupt stubs in
+ * ring 3 (the page is mapped user-accessible). The interrupt entry points in
  * entry.S count every vector in irq_counts[] and EOI; this file only
  * software-enables the APIC so MSIs are accepted.
  */

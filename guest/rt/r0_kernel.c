@@ -124,7 +124,7 @@ void trap_fatal(struct trap_frame *f)
 static void idt_setup(void)
 {
 	for (unsigned int v = 0; v < 256; v++) {
-		uint64_t off = (uint64_t)vec_stubs + v * VEC_STUB_SIZE;
+		uint64_t off = (uint64_t)vec_entries + v * VEC_ENTRY_SIZE;
 
 		idt[v].off_lo = off & 0xffff;
 		idt[v].sel = KERNEL_CS;
