@@ -1115,7 +1115,16 @@ struct vfu_server *vfu_server_create(const struct vfu_device_desc *desc,
 			       srv->cfg.max_dma_size))
 		goto err_close_stop;
 	pthread_mutex_init(&srv->lock, NULL);
-	pthread_cond_init(&srv->cond, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* Timed waits (DMA replies) must not move with the wall
+		 * clock. */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&srv->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	return srv;
 
 err_close_stop:

@@ -410,7 +410,7 @@ static int dma_msg_wait(struct vfu_server *srv, struct vfu_dma_waiter *w)
 	struct timespec ts;
 	int ret = 0;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
+	clock_gettime(CLOCK_MONOTONIC, &ts);	/* srv->cond's clock */
 	ts.tv_sec += VFU_SERVER_DMA_MSG_TIMEOUT_MS / 1000;
 	while (!w->done && srv->conn) {
 		if (pthread_cond_timedwait(&srv->cond, &srv->lock, &ts)) {

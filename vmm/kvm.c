@@ -58,6 +58,7 @@ int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
 	pthread_mutex_init(&vm->run_lock, NULL);
 	pthread_cond_init(&vm->run_cond, NULL);
 	pthread_rwlock_init(&vm->io_lock, NULL);
+	vm->initialised = true;
 	vm->nr_cpus = nr_cpus;
 	vm->state = VM_STATE_PRELAUNCH;
 
@@ -130,6 +131,11 @@ int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
 /* Safe on a partially created VM (every fd starts at -1). */
 void vm_destroy(struct vm *vm)
 {
+	/* A setup that failed before vm_create() leaves fds at 0 (stdin)
+	 * and locks uninitialised: nothing to undo then. */
+	if (!vm->initialised)
+		return;
+	vm->initialised = false;
 	vm_dirty_fini(vm);
 	close_safely(&vm->vm_fd);	/* drops every slot and irqfd */
 	vm_ram_fini(vm);

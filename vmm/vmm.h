@@ -84,6 +84,7 @@ struct vm_poll_src {
 };
 
 struct vm {
+	bool initialised;	/* vm_create() set up fds and locks */
 	int kvm_fd;
 	int vm_fd;
 	int wake_fd;		/* eventfd: main loop has work (exit) */
