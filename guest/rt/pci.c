@@ -81,7 +81,7 @@ int pci_bar_size(struct pci_addr a, unsigned int n, struct pci_bar *bar)
 	if (!bar->is64)
 		mask |= 0xffffffff00000000ull;
 	if (mask == 0 || mask == 0xffffffff00000000ull)
-		return -1;	/* not implemented */
+		return -1;	/* the device has no such BAR */
 	bar->size = ~mask + 1;
 	return 0;
 }

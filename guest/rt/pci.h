@@ -64,7 +64,7 @@ int pci_bar_read(struct pci_addr a, unsigned int n, struct pci_bar *bar);
 /*
  * Size memory BAR n by the all-ones probe and restore it. The caller has
  * turned memory decode off (a VMM may remap on every BAR write). -1 if
- * the BAR is not implemented.
+ * the device has no such BAR (its register sizes to 0).
  */
 int pci_bar_size(struct pci_addr a, unsigned int n, struct pci_bar *bar);
 void pci_bar_write(struct pci_addr a, unsigned int n, struct pci_bar *bar,

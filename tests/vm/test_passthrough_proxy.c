@@ -391,7 +391,7 @@ static void test_bar_placement_and_sizing(void **state)
 	cfg_write(1, 0x1c, b2 >> 32, 4);
 	assert_int_equal(bar0(), b0);
 	assert_int_equal(bar2(), b2);
-	/* unimplemented BARs read 0 and stay 0 */
+	/* absent BARs (the device has none there) read 0 and stay 0 */
 	cfg_write(1, 0x14, 0xffffffff, 4);
 	assert_int_equal(cfg_read(1, 0x14, 4), 0);
 
