@@ -25,7 +25,8 @@
 #include "pci.h"
 #include "qmp.h"
 #include "serial.h"
-#include "vfio_user_pci.h"
+#include "ferry/vdev.h"
+#include "vfio_pci.h"
 #include "vmm.h"
 
 #define EXIT_USAGE		2
@@ -350,6 +351,15 @@ static int open_serial(struct main_ctx *m, const struct opts *o)
 }
 
 /* Everything a configuration error can hit; exit status 2 on failure. */
+/* The VM's event sink: the QMP socket, once there is one. */
+static void emit_to_qmp(void *opaque, const char *name,
+			struct json_object *data)
+{
+	struct vm *vm = opaque;
+
+	qmp_emit(vm->qmp, name, data);
+}
+
 static int vmm_setup(struct main_ctx *m, const struct opts *o)
 {
 	struct vm *vm = &m->vm;
@@ -367,6 +377,8 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o)
 		fprintf(stderr, "ferry-vmm: cannot create the VM: %s\n", err);
 		return ret;
 	}
+	vm->event_fn = emit_to_qmp;
+	vm->event_opaque = vm;
 	ret = vcpus_create(vm);
 	if (ret) {
 		fprintf(stderr, "ferry-vmm: cannot create vCPUs: %s\n",
@@ -404,16 +416,25 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o)
 		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < o->nr_devs; i++) {
-		ret = vfio_user_pci_create(vm, vm->pci, o->devs[i].id,
-					   o->devs[i].socket,
-					   &vm->devs[vm->nr_devs], err,
-					   sizeof(err));
+		struct vdev *vdev;
+
+		ret = vdev_vfio_user_open(o->devs[i].id, o->devs[i].socket,
+					  &vdev, err, sizeof(err));
+		if (!ret)
+			ret = vfio_pci_create(vm, vm->pci, vdev,
+					      &vm->devs[vm->nr_devs], err,
+					      sizeof(err));
 		if (ret) {
 			fprintf(stderr, "ferry-vmm: device %s (%s): %s\n",
 				o->devs[i].id, o->devs[i].socket, err);
 			return ret;
 		}
 		vm->nr_devs++;
+	}
+	ret = migration_init(vm, err, sizeof(err));
+	if (ret) {
+		fprintf(stderr, "ferry-vmm: %s\n", err);
+		return ret;
 	}
 
 	m->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -480,7 +501,7 @@ static void vmm_teardown(struct main_ctx *m)
 	}
 	/* Devices before QMP: their threads may still emit events. */
 	while (vm->nr_devs)
-		vfio_user_pci_destroy(vm->devs[--vm->nr_devs]);
+		vfio_pci_destroy(vm->devs[--vm->nr_devs]);
 	if (vm->pci)
 		pci_bus_destroy(vm->pci);
 	vm->pci = NULL;

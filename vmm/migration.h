@@ -1,24 +1,14 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
- * Live migration of a running VM with its vfio-user devices
- * (docs/migration.md, stream format in docs/migration-stream.md).
+ * ferry-vmm's face of live migration: QMP's migrate, migrate_cancel,
+ * query-migrate, migrate-set-parameters/capabilities and
+ * migrate-incoming, over libferry's migration engine
+ * (ferry/mig_engine.h, docs/migration.md). The engine drives the
+ * migration; the VMM lends it the VM through host ops (mig_host.c) and
+ * turns its events into QMP events.
  *
- * Source: migration_start() spawns the migration thread, which owns the
- * channel until the destination confirms that it runs the guest
- * (MIG_RP_RESUMED). Until then the source owns the guest: cancel, a
- * failure on either side, a dead or stalled destination or a rejected
- * stream all end in migration_rollback(), which puts every device back in
- * RUNNING, stops dirty logging, untraps BAR areas and resumes the vCPUs
- * if they were running.
- *
- * Destination: incoming_start() listens, and the incoming thread loads
- * the stream into a VM whose vCPUs have never run. They run only after
- * the END section arrived intact and every device took its state; on any
- * error the destination reports it on the return path and exits non-zero
- * without running a single guest instruction.
- *
- * Status names and QMP shapes follow QEMU's where the concept is the same
- * (query-migrate, MIGRATION events, migrate-set-parameters,
+ * Status names and QMP shapes follow QEMU's where the concept is the
+ * same (query-migrate, MIGRATION events, migrate-set-parameters,
  * migrate-set-capabilities).
  */
 #ifndef FERRY_VMM_MIGRATION_H
@@ -31,19 +21,10 @@
 struct vm;
 struct json_object;
 
-enum mig_status {
-	MIG_STATUS_NONE,
-	MIG_STATUS_SETUP,
-	MIG_STATUS_ACTIVE,
-	MIG_STATUS_DEVICE,	/* vCPUs stopped, stop-copy */
-	MIG_STATUS_COMPLETED,
-	MIG_STATUS_FAILED,
-	MIG_STATUS_CANCELLING,
-	MIG_STATUS_CANCELLED,
-	MIG_STATUS_NR,
-};
-
-const char *mig_status_name(enum mig_status s);
+/* Create the VM's migration engine, after its devices exist. */
+int migration_init(struct vm *vm, char *err, size_t errlen);
+/* Cancel or end what runs, join every migration thread, free. */
+void migration_fini(struct vm *vm);
 
 /* Source. Errors: -errno and a message in err. */
 int migration_start(struct vm *vm, const char *uri, char *err,
@@ -59,10 +40,8 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 			     bool check_only, char *err, size_t errlen);
 struct json_object *migration_query_parameters(struct vm *vm);
 struct json_object *migration_query_capabilities(struct vm *vm);
-/* Join the migration thread (shutdown). */
-void migration_fini(struct vm *vm);
 
-/* Destination: uri "defer" waits for migrate-incoming. */
+/* Destination (incoming.c): uri "defer" waits for migrate-incoming. */
 int incoming_start(struct vm *vm, const char *uri, char *err, size_t errlen);
 bool incoming_pending(struct vm *vm);
 

@@ -28,7 +28,7 @@
 #include "ferry/util.h"
 #include "migration.h"
 #include "qmp.h"
-#include "vfio_user_pci.h"
+#include "vfio_pci.h"
 #include "vmm.h"
 
 #define QMP_READ_CHUNK		4096
@@ -196,11 +196,6 @@ void qmp_emit(struct qmp *q, const char *name, struct json_object *data)
 	json_object_put(o);
 }
 
-void vm_qmp_event(struct vm *vm, const char *name, struct json_object *data)
-{
-	qmp_emit(vm->qmp, name, data);
-}
-
 static struct json_object *qmp_version_obj(void)
 {
 	struct json_object *v = json_object_new_object();
@@ -342,9 +337,9 @@ static struct json_object *pci_host_bridge_obj(void)
 
 /* QEMU's query-pci entry, simplified, with the proxy's own description
  * under "vfio-user". */
-static struct json_object *pci_vfio_user_obj(struct vfio_user_pci *dev)
+static struct json_object *pci_vfio_user_obj(struct vfio_pci *dev)
 {
-	struct json_object *desc = vfio_user_pci_describe(dev);
+	struct json_object *desc = vfio_pci_describe(dev);
 	struct json_object *d, *id, *v;
 
 	if (!desc)

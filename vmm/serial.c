@@ -12,9 +12,8 @@
 
 #include "ferry/log.h"
 #include "ferry/util.h"
-#include "migration_priv.h"
 #include "serial.h"
-#include "vm.h"
+#include "vmm.h"
 
 #define UART_NR_REGS	8
 #define UART_RBR_THR	0	/* DLAB=1: divisor latch low */

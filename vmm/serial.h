@@ -8,6 +8,7 @@
 #define FERRY_VMM_SERIAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct vm;
 struct serial;
@@ -18,5 +19,9 @@ struct serial;
 int serial_create(struct vm *vm, int out_fd, bool own_fd,
 		  struct serial **out);
 void serial_destroy(struct serial *s);
+/* The UART's registers, for migration. */
+int vm_serial_save(struct vm *vm, void **blob, size_t *len);
+int vm_serial_load(struct vm *vm, const void *blob, size_t len,
+		   char *err, size_t errlen);
 
 #endif /* FERRY_VMM_SERIAL_H */

@@ -31,7 +31,6 @@
 #include "ferry/log.h"
 #include "ferry/trace.h"
 #include "ferry/util.h"
-#include "migration_priv.h"
 #include "vmm.h"
 
 #define SIG_KICK	SIGUSR1

@@ -76,14 +76,10 @@ int vm_irqfd_assign(struct vm *vm, int eventfd, int gsi);
 int vm_irqfd_deassign(struct vm *vm, int eventfd, int gsi);
 int vm_signal_msi(struct vm *vm, uint64_t addr, uint32_t data);
 
-/* Log an event on the QMP socket (JSON object data, may be NULL; the
- * caller keeps its reference). Callable from any thread. */
+/* Report an event (QMP-shaped: a name and a JSON object, data may be
+ * NULL; the caller keeps its reference) to whatever sink the VMM
+ * installed (event.c: the QMP socket). Callable from any thread. */
 struct json_object;
-void vm_qmp_event(struct vm *vm, const char *name, struct json_object *data);
-
-/* Record a fatal device error: the VMM logs msg, emits an event, stops
- * the vCPUs and exits with a non-zero status. */
-void vm_fatal(struct vm *vm, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+void vm_event(struct vm *vm, const char *name, struct json_object *data);
 
 #endif /* FERRY_VMM_VM_H */

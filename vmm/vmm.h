@@ -73,8 +73,13 @@ struct vcpu {
 };
 
 struct qmp;
-struct vfio_user_pci;
+struct vfio_pci;
 struct pci_bus;
+struct vm_mig;
+struct json_object;
+
+typedef void (*vm_event_fn)(void *opaque, const char *name,
+			    struct json_object *data);
 
 #define VM_MAX_DEVICES		8
 
@@ -132,8 +137,13 @@ struct vm {
 	struct qmp *qmp;
 	struct serial *serial;
 	struct pci_bus *pci;
-	struct vfio_user_pci *devs[VM_MAX_DEVICES];
+	struct vfio_pci *devs[VM_MAX_DEVICES];
 	unsigned nr_devs;
+	struct vm_mig *mig;		/* migration.c */
+
+	/* vm_event() goes here; set before any thread may emit. */
+	vm_event_fn event_fn;
+	void *event_opaque;
 };
 
 /* kvm.c */
@@ -175,5 +185,8 @@ enum vm_run_state vm_run_state(struct vm *vm);
 /* Ask the main loop to stop the VM and exit with status; vCPUs leave
  * KVM_RUN at once. reason is a QMP SHUTDOWN reason ("guest-shutdown"). */
 void vm_request_exit(struct vm *vm, int status, const char *reason);
+/* Destination: start the vCPUs of a VM whose state was just loaded
+ * (run false: leave it paused, as the source was). */
+int vm_incoming_run(struct vm *vm, bool run);
 
 #endif /* FERRY_VMM_VMM_H */

@@ -264,21 +264,11 @@ int vm_signal_msi(struct vm *vm, uint64_t addr, uint32_t data)
 	return 0;
 }
 
-void vm_qmp_event(struct vm *vm, const char *name, struct json_object *data)
+void vm_event(struct vm *vm, const char *name, struct json_object *data)
 {
 	pthread_mutex_lock(&fake_vm.lock);
 	free(fake_vm.last_event);
 	fake_vm.last_event = strdup(name);
 	fake_vm.nr_events++;
 	pthread_mutex_unlock(&fake_vm.lock);
-}
-
-void vm_fatal(struct vm *vm, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	abort();
 }

@@ -29,7 +29,8 @@
 
 #include "pci.h"
 #include "test_passthrough_fakevm.h"
-#include "vfio_user_pci.h"
+#include "ferry/vdev.h"
+#include "vfio_pci.h"
 
 #define RAM_SIZE	(2u * 1024 * 1024)
 #define BAR0_SIZE	0x4000u
@@ -203,7 +204,7 @@ static struct {
 	char sock[128];
 	pid_t child;
 	struct pci_bus *bus;
-	struct vfio_user_pci *dev;
+	struct vfio_pci *dev;
 	int fds_before;
 } t;
 
@@ -286,6 +287,18 @@ static uint64_t bar2(void)
 	       (uint64_t)cfg_read(1, 0x1c, 4) << 32;
 }
 
+/* A vfio-user device server at path, as ferry-vmm plugs one in. */
+static int proxy_create(struct pci_bus *bus, const char *id, const char *path,
+			struct vfio_pci **out, char *err, size_t errlen)
+{
+	struct vdev *vdev;
+	int ret = vdev_vfio_user_open(id, path, &vdev, err, errlen);
+
+	if (ret)
+		return ret;
+	return vfio_pci_create(fake_vm_ptr(), bus, vdev, out, err, errlen);
+}
+
 static int group_setup(void **state)
 {
 	char err[256] = "";
@@ -302,8 +315,7 @@ static int group_setup(void **state)
 	t.bus = pci_bus_create(fake_vm_ptr());
 	if (!t.bus)
 		return -1;
-	ret = vfio_user_pci_create(fake_vm_ptr(), t.bus, "fdma0", t.sock,
-				   &t.dev, err, sizeof(err));
+	ret = proxy_create(t.bus, "fdma0", t.sock, &t.dev, err, sizeof(err));
 	if (ret < 0) {
 		fprintf(stderr, "create: %s\n", err);
 		return -1;
@@ -315,7 +327,7 @@ static int group_setup(void **state)
  * teardown, which is what cleans up after a failed test. */
 static int group_teardown(void **state)
 {
-	vfio_user_pci_destroy(t.dev);
+	vfio_pci_destroy(t.dev);
 	t.dev = NULL;
 	pci_bus_destroy(t.bus);
 	t.bus = NULL;
@@ -425,11 +437,11 @@ static void test_direct_bar_and_saving_traps(void **state)
 	memcpy((uint8_t *)s->hva + 0x100, &v, 4);
 	assert_int_equal(mmio_read32(b2 + 0x100), 0x600dcafe);
 
-	assert_int_equal(vfio_user_pci_set_saving_traps(t.dev, true), 0);
+	assert_int_equal(vfio_pci_set_saving_traps(t.dev, true), 0);
 	assert_null(fake_vm_slot_at(b2));
 	/* trapped now: writes reach the server */
 	mmio_write32(b2 + 0x200, 0x5a5a5a5a);
-	assert_int_equal(vfio_user_pci_set_saving_traps(t.dev, false), 0);
+	assert_int_equal(vfio_pci_set_saving_traps(t.dev, false), 0);
 	s = fake_vm_slot_at(b2);
 	assert_non_null(s);
 	memcpy(&v, (uint8_t *)s->hva + 0x200, 4);
@@ -558,7 +570,7 @@ static void test_dma_into_guest_ram(void **state)
 
 static void test_describe(void **state)
 {
-	struct json_object *o = vfio_user_pci_describe(t.dev), *v;
+	struct json_object *o = vfio_pci_describe(t.dev), *v;
 
 	assert_non_null(o);
 	assert_true(json_object_object_get_ex(o, "id", &v));
@@ -587,7 +599,7 @@ static void test_server_death(void **state)
 	assert_int_equal(cfg_read(1, 0x00, 4), 0xffffffff);
 	cfg_write(1, 0x04, 0, 2);	/* must not hang or crash */
 
-	o = vfio_user_pci_describe(t.dev);
+	o = vfio_pci_describe(t.dev);
 	assert_non_null(o);
 	assert_true(json_object_object_get_ex(o, "connected", &v));
 	assert_false(json_object_get_boolean(v));
@@ -601,7 +613,7 @@ static char fail_dir[] = "/tmp/ferry-pt-XXXXXX";
 
 static void expect_create_error(const char *path, const char *needle)
 {
-	struct vfio_user_pci *dev = NULL;
+	struct vfio_pci *dev = NULL;
 	struct pci_bus *bus;
 	char err[256] = "";
 	int ret;
@@ -609,8 +621,7 @@ static void expect_create_error(const char *path, const char *needle)
 	fake_vm_init(RAM_SIZE);
 	bus = pci_bus_create(fake_vm_ptr());
 	assert_non_null(bus);
-	ret = vfio_user_pci_create(fake_vm_ptr(), bus, "bad0", path, &dev,
-				   err, sizeof(err));
+	ret = proxy_create(bus, "bad0", path, &dev, err, sizeof(err));
 	assert_true(ret < 0);
 	assert_null(dev);
 	if (!strstr(err, needle))

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
- * vfio-pci-like proxy for a vfio-user device (see vfio_user_pci.h and
+ * vfio-pci-like proxy for a vfio-user device (see vfio_pci.h and
  * docs/passthrough.md).
  *
  * Config space: the device's config region (7) is the source of truth
@@ -28,11 +28,11 @@
 
 #include "ferry/log.h"
 #include "ferry/util.h"
-#include "ferry/vfu_client.h"
+#include "ferry/vdev.h"
 
 #include "msix.h"
 #include "pci.h"
-#include "vfio_user_pci.h"
+#include "vfio_pci.h"
 #include "vm.h"
 
 #define VUP_NR_BARS		6
@@ -77,14 +77,14 @@ struct vup_seg {
 };
 
 struct vup_bar {
-	struct vfio_user_pci *dev;
+	struct vfio_pci *dev;
 	unsigned index;
 	bool present;
 	bool is64;
 	uint64_t size;		/* as the guest sees it: power of two */
 	uint64_t region_size;	/* as the device declared it */
 	uint32_t flags;		/* low 4 bits of the BAR register */
-	struct vfu_client_region region;
+	struct vdev_region region;
 	void *map;		/* mmap of the region fd, or NULL */
 	uint64_t map_len;
 	bool mapped;		/* MMIO handler + slots in place */
@@ -93,12 +93,11 @@ struct vup_bar {
 	unsigned nr_segs;
 };
 
-struct vfio_user_pci {
+struct vfio_pci {
 	struct vm *vm;
 	struct pci_bus *bus;
-	char *id;
-	char *socket;
-	struct vfu_client *client;
+	const char *id;		/* the vdev's */
+	struct vdev *vdev;	/* owned */
 	struct vfu_device_info info;
 	struct pci_dev pdev;
 	bool on_bus;
@@ -127,7 +126,7 @@ struct vfio_user_pci {
 	atomic_bool closing;
 };
 
-static uint16_t cfg_u16(const struct vfio_user_pci *dev, unsigned off)
+static uint16_t cfg_u16(const struct vfio_pci *dev, unsigned off)
 {
 	uint16_t v;
 
@@ -135,7 +134,7 @@ static uint16_t cfg_u16(const struct vfio_user_pci *dev, unsigned off)
 	return v;
 }
 
-static uint32_t cfg_u32(const struct vfio_user_pci *dev, unsigned off)
+static uint32_t cfg_u32(const struct vfio_pci *dev, unsigned off)
 {
 	uint32_t v;
 
@@ -152,7 +151,7 @@ static uint64_t roundup_pow2(uint64_t x)
 
 /* ---- BAR mapping -------------------------------------------------- */
 
-static uint64_t bar_addr(const struct vfio_user_pci *dev, unsigned i)
+static uint64_t bar_addr(const struct vfio_pci *dev, unsigned i)
 {
 	const struct vup_bar *bar = &dev->bars[i];
 	uint64_t a = dev->bar_reg[i] & ~PCI_BAR_MEM_FLAGS_MASK;
@@ -164,7 +163,7 @@ static uint64_t bar_addr(const struct vfio_user_pci *dev, unsigned i)
 
 /* Is [gpa, gpa + size) a place a BAR may live? Not RAM, not the IOAPIC/
  * LAPIC hole, not the all-ones pattern a sizing guest leaves behind. */
-static bool bar_addr_usable(struct vfio_user_pci *dev, uint64_t gpa,
+static bool bar_addr_usable(struct vfio_pci *dev, uint64_t gpa,
 			    uint64_t size)
 {
 	const struct vm_ram_range *r;
@@ -216,20 +215,20 @@ static void segs_subtract(struct vup_seg *s, unsigned *n, unsigned max,
  * page-aligned inward, minus the MSI-X table and PBA pages (emulated
  * here) and, while saving, minus the trap-while-saving areas.
  */
-static unsigned bar_direct_segs(struct vfio_user_pci *dev,
+static unsigned bar_direct_segs(struct vfio_pci *dev,
 				struct vup_bar *bar, struct vup_seg *out)
 {
-	struct vfu_client_region *r = &bar->region;
+	struct vdev_region *r = &bar->region;
 	struct vup_seg tmp[VUP_MAX_SEGS * 2];
 	unsigned n = 0, i, k = 0;
 
 	if (!bar->map)
 		return 0;
-	for (i = 0; i < r->nr_sparse && n < ARRAY_SIZE(tmp); i++) {
-		uint64_t a = ALIGN_UP(r->sparse[i].offset, VUP_PAGE_SIZE);
+	for (i = 0; i < r->nr_mmap && n < ARRAY_SIZE(tmp); i++) {
+		uint64_t a = ALIGN_UP(r->mmap[i].offset, VUP_PAGE_SIZE);
 		uint64_t end;
 
-		if (check_add_overflow(r->sparse[i].offset, r->sparse[i].size,
+		if (check_add_overflow(r->mmap[i].offset, r->mmap[i].size,
 				       &end) || end > bar->map_len)
 			continue;	/* validated at creation; be safe */
 		end &= ~(VUP_PAGE_SIZE - 1);
@@ -274,7 +273,7 @@ static unsigned bar_direct_segs(struct vfio_user_pci *dev,
 	return k;
 }
 
-static void bar_del_slots(struct vfio_user_pci *dev, struct vup_bar *bar)
+static void bar_del_slots(struct vfio_pci *dev, struct vup_bar *bar)
 {
 	unsigned i;
 	int ret;
@@ -290,7 +289,7 @@ static void bar_del_slots(struct vfio_user_pci *dev, struct vup_bar *bar)
 
 /* Lay the direct pieces over a mapped BAR. A piece that cannot be mapped
  * stays trapped, which is slower but still correct. */
-static void bar_add_slots(struct vfio_user_pci *dev, struct vup_bar *bar)
+static void bar_add_slots(struct vfio_pci *dev, struct vup_bar *bar)
 {
 	struct vup_seg segs[VUP_MAX_SEGS];
 	unsigned n, i;
@@ -317,7 +316,7 @@ static void bar_add_slots(struct vfio_user_pci *dev, struct vup_bar *bar)
 static void bar_mmio(void *opaque, uint64_t offset, void *data,
 		     unsigned size, bool is_write);
 
-static void bar_unmap(struct vfio_user_pci *dev, struct vup_bar *bar)
+static void bar_unmap(struct vfio_pci *dev, struct vup_bar *bar)
 {
 	int ret;
 
@@ -334,7 +333,7 @@ static void bar_unmap(struct vfio_user_pci *dev, struct vup_bar *bar)
 	bar->mapped = false;
 }
 
-static int bar_map(struct vfio_user_pci *dev, struct vup_bar *bar,
+static int bar_map(struct vfio_pci *dev, struct vup_bar *bar,
 		   uint64_t gpa)
 {
 	int ret;
@@ -354,7 +353,7 @@ static int bar_map(struct vfio_user_pci *dev, struct vup_bar *bar,
 
 /* Make the mapping follow the guest's BAR registers and command.
  * Caller holds dev->lock. */
-static void bar_update(struct vfio_user_pci *dev, unsigned i)
+static void bar_update(struct vfio_pci *dev, unsigned i)
 {
 	struct vup_bar *bar = &dev->bars[i];
 	uint64_t gpa = bar_addr(dev, i);
@@ -369,7 +368,7 @@ static void bar_update(struct vfio_user_pci *dev, unsigned i)
 		(void)bar_map(dev, bar, gpa);
 }
 
-static void bars_update(struct vfio_user_pci *dev)
+static void bars_update(struct vfio_pci *dev)
 {
 	unsigned i;
 
@@ -383,7 +382,7 @@ static void bar_mmio(void *opaque, uint64_t offset, void *data,
 		     unsigned size, bool is_write)
 {
 	struct vup_bar *bar = opaque;
-	struct vfio_user_pci *dev = bar->dev;
+	struct vfio_pci *dev = bar->dev;
 	int ret;
 
 	if (dev->msix) {
@@ -411,11 +410,11 @@ static void bar_mmio(void *opaque, uint64_t offset, void *data,
 		return;
 	}
 	if (is_write) {
-		ret = vfu_client_region_write(dev->client, bar->index, offset,
-					      data, size);
+		ret = vdev_region_write(dev->vdev, bar->index, offset,
+					data, size);
 	} else {
-		ret = vfu_client_region_read(dev->client, bar->index, offset,
-					     data, size);
+		ret = vdev_region_read(dev->vdev, bar->index, offset,
+				       data, size);
 		if (ret < 0)
 			memset(data, 0xff, size);
 	}
@@ -428,7 +427,7 @@ static void bar_mmio(void *opaque, uint64_t offset, void *data,
 /* ---- config space ------------------------------------------------- */
 
 /* The value of config byte off if the VMM owns it. */
-static bool cfg_virt_byte(struct vfio_user_pci *dev, uint32_t off,
+static bool cfg_virt_byte(struct vfio_pci *dev, uint32_t off,
 			  uint8_t *val)
 {
 	if (off >= PCI_COMMAND && off < PCI_COMMAND + 2) {
@@ -457,7 +456,7 @@ static bool cfg_virt_byte(struct vfio_user_pci *dev, uint32_t off,
 static uint32_t vup_read_config(struct pci_dev *d, uint32_t offset,
 				unsigned size)
 {
-	struct vfio_user_pci *dev = d->opaque;
+	struct vfio_pci *dev = d->opaque;
 	uint8_t buf[4], v;
 	bool need_dev = false;
 	uint32_t val = 0;
@@ -475,8 +474,8 @@ static uint32_t vup_read_config(struct pci_dev *d, uint32_t offset,
 	pthread_mutex_unlock(&dev->lock);
 
 	if (need_dev &&
-	    vfu_client_region_read(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
-				   offset, buf, size) < 0)
+	    vdev_region_read(dev->vdev, VFU_PCI_CONFIG_REGION_INDEX,
+			     offset, buf, size) < 0)
 		return 0xffffffffu >> (8 * (4 - size));
 
 	pthread_mutex_lock(&dev->lock);
@@ -488,15 +487,15 @@ static uint32_t vup_read_config(struct pci_dev *d, uint32_t offset,
 	return val;
 }
 
-static void cfg_forward(struct vfio_user_pci *dev, uint32_t offset,
+static void cfg_forward(struct vfio_pci *dev, uint32_t offset,
 			const void *data, unsigned size)
 {
 	int ret;
 
 	if (!atomic_load(&dev->connected))
 		return;
-	ret = vfu_client_region_write(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
-				      offset, data, size);
+	ret = vdev_region_write(dev->vdev, VFU_PCI_CONFIG_REGION_INDEX,
+				offset, data, size);
 	if (ret < 0 && ret != -ENOTCONN)
 		pr_warn("device %s: config write at %#x size %u failed: %s",
 			dev->id, offset, size, strerror(-ret));
@@ -522,7 +521,7 @@ static uint32_t merge_bytes(uint32_t reg, uint32_t reg_off, uint32_t offset,
 static void vup_write_config(struct pci_dev *d, uint32_t offset,
 			     uint32_t val, unsigned size)
 {
-	struct vfio_user_pci *dev = d->opaque;
+	struct vfio_pci *dev = d->opaque;
 	unsigned cap = dev->msix_cap;
 
 	if (!range_within(offset, size, dev->cfg_size))
@@ -580,49 +579,49 @@ static const struct pci_dev_ops vup_pci_ops = {
 	.write_config = vup_write_config,
 };
 
-/* ---- client callbacks ------------------------------------------- */
+/* ---- device events ----------------------------------------------- */
 
 static void vup_disconnected(void *opaque)
 {
-	struct vfio_user_pci *dev = opaque;
+	struct vfio_pci *dev = opaque;
 	struct json_object *ev;
 
 	atomic_store(&dev->connected, false);
 	if (atomic_load(&dev->closing))
 		return;
-	pr_err("device %s: vfio-user server %s disconnected", dev->id,
-	       dev->socket);
+	pr_err("device %s: %s server %s disconnected", dev->id,
+	       dev->vdev->ops->name, dev->vdev->location);
 	ev = json_object_new_object();
 	if (ev) {
 		json_object_object_add(ev, "device",
 				       json_object_new_string(dev->id));
 		json_object_object_add(ev, "socket",
-				       json_object_new_string(dev->socket));
+				       json_object_new_string(dev->vdev->location));
 	}
-	vm_qmp_event(dev->vm, "VFIO_USER_DISCONNECTED", ev);
+	vm_event(dev->vm, "VFIO_USER_DISCONNECTED", ev);
 	json_object_put(ev);
 }
 
 static void vup_dirty(void *opaque, uint64_t iova, uint64_t len)
 {
-	struct vfio_user_pci *dev = opaque;
+	struct vfio_pci *dev = opaque;
 
 	vm_mark_dirty(dev->vm, iova, len);
 }
 
 static int vup_set_irqs(void *opaque, const int *fds, unsigned n)
 {
-	struct vfio_user_pci *dev = opaque;
+	struct vfio_pci *dev = opaque;
 
 	if (!atomic_load(&dev->connected))
 		return -ENOTCONN;
-	return vfu_client_set_irqs(dev->client, VFU_PCI_MSIX_IRQ_INDEX, 0,
-				   MIN(n, dev->msix_irq_count), fds);
+	return vdev_set_irqs(dev->vdev, VFU_PCI_MSIX_IRQ_INDEX, 0,
+			     MIN(n, dev->msix_irq_count), fds);
 }
 
 /* ---- creation ----------------------------------------------------- */
 
-static int setup_bar(struct vfio_user_pci *dev, unsigned i, char *err,
+static int setup_bar(struct vfio_pci *dev, unsigned i, char *err,
 		     size_t errlen)
 {
 	struct vup_bar *bar = &dev->bars[i];
@@ -635,7 +634,7 @@ static int setup_bar(struct vfio_user_pci *dev, unsigned i, char *err,
 	bar->region.fd = -1;
 	if (i >= dev->info.num_regions)
 		return 0;
-	ret = vfu_client_region_info(dev->client, i, &bar->region);
+	ret = vdev_region_info(dev->vdev, i, &bar->region);
 	/* An absent BAR is either size 0 (as VFIO reports it) or refused
 	 * with EINVAL (as some servers do): the same for us. */
 	if (ret == -EINVAL)
@@ -699,7 +698,7 @@ static int setup_bar(struct vfio_user_pci *dev, unsigned i, char *err,
 
 /* Walk the capability list (untrusted: bounded, inside the header's
  * 256 bytes) for MSI-X. */
-static int find_msix(struct vfio_user_pci *dev, char *err, size_t errlen)
+static int find_msix(struct vfio_pci *dev, char *err, size_t errlen)
 {
 	unsigned pos, n, cap = 0;
 	uint32_t tbl, pba;
@@ -756,7 +755,7 @@ static int find_msix(struct vfio_user_pci *dev, char *err, size_t errlen)
 		return -EINVAL;
 	}
 
-	ret = vfu_client_irq_info(dev->client, VFU_PCI_MSIX_IRQ_INDEX, &irq);
+	ret = vdev_irq_info(dev->vdev, VFU_PCI_MSIX_IRQ_INDEX, &irq);
 	if (ret < 0) {
 		snprintf(err, errlen, "MSI-X irq info: %s", strerror(-ret));
 		return ret;
@@ -782,7 +781,7 @@ static int find_msix(struct vfio_user_pci *dev, char *err, size_t errlen)
 	return 0;
 }
 
-static int map_guest_ram(struct vfio_user_pci *dev, char *err, size_t errlen)
+static int map_guest_ram(struct vfio_pci *dev, char *err, size_t errlen)
 {
 	const struct vm_ram_range *r;
 	unsigned n, i;
@@ -791,10 +790,10 @@ static int map_guest_ram(struct vfio_user_pci *dev, char *err, size_t errlen)
 
 	n = vm_ram_ranges(dev->vm, &r);
 	for (i = 0; i < n; i++) {
-		ret = vfu_client_dma_map(dev->client, r[i].gpa, r[i].size, fd,
-					 r[i].fd_offset,
-					 VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE,
-					 r[i].hva);
+		ret = vdev_dma_map(dev->vdev, r[i].gpa, r[i].size, fd,
+				   r[i].fd_offset,
+				   VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE,
+				   r[i].hva);
 		if (ret < 0) {
 			snprintf(err, errlen, "DMA map of guest RAM [%#llx, +%#llx): %s",
 				 (unsigned long long)r[i].gpa,
@@ -807,7 +806,7 @@ static int map_guest_ram(struct vfio_user_pci *dev, char *err, size_t errlen)
 	return 0;
 }
 
-static void unmap_guest_ram(struct vfio_user_pci *dev)
+static void unmap_guest_ram(struct vfio_pci *dev)
 {
 	const struct vm_ram_range *r;
 	unsigned i, n;
@@ -817,7 +816,7 @@ static void unmap_guest_ram(struct vfio_user_pci *dev)
 	for (i = 0; i < dev->nr_dma && i < n; i++) {
 		if (!atomic_load(&dev->connected))
 			break;
-		ret = vfu_client_dma_unmap(dev->client, r[i].gpa, r[i].size);
+		ret = vdev_dma_unmap(dev->vdev, r[i].gpa, r[i].size);
 		if (ret < 0 && ret != -ENOTCONN)
 			pr_warn("device %s: DMA unmap [%#llx, +%#llx): %s",
 				dev->id, (unsigned long long)r[i].gpa,
@@ -828,7 +827,7 @@ static void unmap_guest_ram(struct vfio_user_pci *dev)
 
 /* The VMM is the firmware: place every BAR and turn decode on, so a
  * simple guest can use the device without enumerating resources. */
-static int place_bars(struct vfio_user_pci *dev, char *err, size_t errlen)
+static int place_bars(struct vfio_pci *dev, char *err, size_t errlen)
 {
 	uint16_t cmd;
 	uint64_t gpa;
@@ -866,10 +865,10 @@ static int place_bars(struct vfio_user_pci *dev, char *err, size_t errlen)
 	return 0;
 }
 
-static int read_config_space(struct vfio_user_pci *dev, char *err,
+static int read_config_space(struct vfio_pci *dev, char *err,
 			     size_t errlen)
 {
-	struct vfu_client_region r = { .fd = -1 };
+	struct vdev_region r = { .fd = -1 };
 	int ret;
 
 	if (dev->info.num_regions <= VFU_PCI_CONFIG_REGION_INDEX) {
@@ -877,21 +876,21 @@ static int read_config_space(struct vfio_user_pci *dev, char *err,
 			 dev->info.num_regions);
 		return -EINVAL;
 	}
-	ret = vfu_client_region_info(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
-				     &r);
+	ret = vdev_region_info(dev->vdev, VFU_PCI_CONFIG_REGION_INDEX,
+			       &r);
 	if (ret < 0) {
 		snprintf(err, errlen, "config region info: %s", strerror(-ret));
 		return ret;
 	}
 	dev->cfg_size = MIN(r.size, (uint64_t)PCI_CFG_MAX_SIZE);
-	vfu_client_region_release(&r);
+	vdev_region_release(&r);
 	if (dev->cfg_size < PCI_CFG_STD_SIZE) {
 		snprintf(err, errlen, "config space of %u bytes is too small",
 			 dev->cfg_size);
 		return -EINVAL;
 	}
-	ret = vfu_client_region_read(dev->client, VFU_PCI_CONFIG_REGION_INDEX,
-				     0, dev->cfg, dev->cfg_size);
+	ret = vdev_region_read(dev->vdev, VFU_PCI_CONFIG_REGION_INDEX,
+			       0, dev->cfg, dev->cfg_size);
 	if (ret < 0) {
 		snprintf(err, errlen, "reading config space: %s",
 			 strerror(-ret));
@@ -905,11 +904,15 @@ static int read_config_space(struct vfio_user_pci *dev, char *err,
 	return 0;
 }
 
-int vfio_user_pci_create(struct vm *vm, struct pci_bus *bus,
-			 const char *id, const char *socket_path,
-			 struct vfio_user_pci **out, char *err, size_t errlen)
+static const struct vdev_events vup_events = {
+	.disconnected = vup_disconnected,
+	.dma_dirty = vup_dirty,
+};
+
+int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
+		    struct vfio_pci **out, char *err, size_t errlen)
 {
-	struct vfio_user_pci *dev;
+	struct vfio_pci *dev;
 	char why[256] = "";
 	unsigned i;
 	int ret;
@@ -917,32 +920,20 @@ int vfio_user_pci_create(struct vm *vm, struct pci_bus *bus,
 	dev = calloc(1, sizeof(*dev));
 	if (!dev) {
 		snprintf(err, errlen, "out of memory");
+		vdev_close(vdev);
 		return -ENOMEM;
 	}
 	dev->vm = vm;
 	dev->bus = bus;
-	dev->id = strdup(id);
-	dev->socket = strdup(socket_path);
+	dev->vdev = vdev;
+	dev->id = vdev->id;
 	pthread_mutex_init(&dev->lock, NULL);
 	for (i = 0; i < VUP_NR_BARS; i++)
 		dev->bars[i].region.fd = -1;
-	if (!dev->id || !dev->socket) {
-		ret = -ENOMEM;
-		snprintf(why, sizeof(why), "out of memory");
-		goto err_destroy;
-	}
-
-	ret = vfu_client_connect(socket_path, NULL, &dev->client);
-	if (ret < 0) {
-		snprintf(why, sizeof(why), "cannot connect to the vfio-user server: %s",
-			 strerror(-ret));
-		goto err_destroy;
-	}
 	atomic_store(&dev->connected, true);
-	vfu_client_set_disconnect_cb(dev->client, vup_disconnected, dev);
-	vfu_client_set_dirty_cb(dev->client, vup_dirty, dev);
+	vdev_set_events(vdev, &vup_events, dev);
 
-	ret = vfu_client_device_info(dev->client, &dev->info);
+	ret = vdev_device_info(dev->vdev, &dev->info);
 	if (ret < 0) {
 		snprintf(why, sizeof(why), "device info: %s", strerror(-ret));
 		goto err_destroy;
@@ -982,20 +973,20 @@ int vfio_user_pci_create(struct vm *vm, struct pci_bus *bus,
 		goto err_destroy;
 	}
 	dev->on_bus = true;
-	pr_info("device %s: %04x:%04x from %s in slot %u", dev->id,
+	pr_info("device %s: %04x:%04x from %s %s in slot %u", dev->id,
 		cfg_u16(dev, PCI_VENDOR_ID), cfg_u16(dev, PCI_DEVICE_ID),
-		dev->socket, dev->pdev.slot);
+		vdev->ops->name, vdev->location, dev->pdev.slot);
 	*out = dev;
 	return 0;
 
 err_destroy:
 	/* The caller names the device and socket; this is the reason. */
 	snprintf(err, errlen, "%s", why);
-	vfio_user_pci_destroy(dev);
+	vfio_pci_destroy(dev);
 	return ret;
 }
 
-void vfio_user_pci_destroy(struct vfio_user_pci *dev)
+void vfio_pci_destroy(struct vfio_pci *dev)
 {
 	unsigned i;
 
@@ -1015,20 +1006,16 @@ void vfio_user_pci_destroy(struct vfio_user_pci *dev)
 		if (bar->map)
 			munmap(bar->map, bar->map_len);
 		bar->map = NULL;
-		vfu_client_region_release(&bar->region);
+		vdev_region_release(&bar->region);
 	}
 	pthread_mutex_unlock(&dev->lock);
-	if (dev->client) {
-		unmap_guest_ram(dev);
-		vfu_client_close(dev->client);
-	}
+	unmap_guest_ram(dev);
+	vdev_close(dev->vdev);
 	pthread_mutex_destroy(&dev->lock);
-	free(dev->socket);
-	free(dev->id);
 	free(dev);
 }
 
-int vfio_user_pci_set_saving_traps(struct vfio_user_pci *dev, bool trap)
+int vfio_pci_set_saving_traps(struct vfio_pci *dev, bool trap)
 {
 	unsigned i;
 
@@ -1050,7 +1037,7 @@ int vfio_user_pci_set_saving_traps(struct vfio_user_pci *dev, bool trap)
 	return 0;
 }
 
-struct json_object *vfio_user_pci_describe(struct vfio_user_pci *dev)
+struct json_object *vfio_pci_describe(struct vfio_pci *dev)
 {
 	struct json_object *o, *bars;
 	unsigned i;
@@ -1063,8 +1050,10 @@ struct json_object *vfio_user_pci_describe(struct vfio_user_pci *dev)
 		return NULL;
 	}
 	json_object_object_add(o, "id", json_object_new_string(dev->id));
+	json_object_object_add(o, "backend",
+			       json_object_new_string(dev->vdev->ops->name));
 	json_object_object_add(o, "socket",
-			       json_object_new_string(dev->socket));
+			       json_object_new_string(dev->vdev->location));
 	json_object_object_add(o, "vendor-id",
 			       json_object_new_int(cfg_u16(dev, PCI_VENDOR_ID)));
 	json_object_object_add(o, "device-id",
@@ -1111,19 +1100,19 @@ struct json_object *vfio_user_pci_describe(struct vfio_user_pci *dev)
 
 /* ---- migration ----------------------------------------------------- */
 
-struct vfu_client *vfio_user_pci_client(struct vfio_user_pci *dev)
+struct vdev *vfio_pci_vdev(struct vfio_pci *dev)
 {
-	return dev->client;
+	return dev->vdev;
 }
 
-const char *vfio_user_pci_id(struct vfio_user_pci *dev)
+const char *vfio_pci_id(struct vfio_pci *dev)
 {
 	return dev->id;
 }
 
 /* What must be equal on both ends of a migration: the device's identity
  * and every size the guest has seen (BARs, vectors). */
-struct json_object *vfio_user_pci_identity(struct vfio_user_pci *dev)
+struct json_object *vfio_pci_identity(struct vfio_pci *dev)
 {
 	struct json_object *o = json_object_new_object();
 	struct json_object *bars = json_object_new_array();
@@ -1156,8 +1145,7 @@ struct vup_state {
 	/* uint8_t msix[msix_len]; */
 } __attribute__((packed));
 
-int vfio_user_pci_save_state(struct vfio_user_pci *dev, void **blob,
-			     size_t *len)
+int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len)
 {
 	size_t mlen = dev->msix ? msix_state_size(dev->msix) : 0;
 	struct vup_state *s = calloc(1, sizeof(*s) + mlen);
@@ -1179,8 +1167,8 @@ int vfio_user_pci_save_state(struct vfio_user_pci *dev, void **blob,
 	return 0;
 }
 
-int vfio_user_pci_load_state(struct vfio_user_pci *dev, const void *blob,
-			     size_t len, char *err, size_t errlen)
+int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
+			char *err, size_t errlen)
 {
 	size_t mlen = dev->msix ? msix_state_size(dev->msix) : 0;
 	struct vup_state s;

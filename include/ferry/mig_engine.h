@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The migration engine: moves a running VM -- guest RAM, its passthrough
+ * devices (ferry/vdev.h) and the VMM's own state -- from a source to a
+ * destination over the ferry stream (docs/migration.md,
+ * docs/migration-stream.md). It knows nothing of KVM or of any one VMM:
+ * the VMM plugs in through struct mig_host_ops, and hears what happens
+ * through struct mig_event_ops.
+ *
+ * One engine per VM; an engine runs one migration at a time, either
+ * way (a VM that arrived can leave again), on a thread of its own. Two
+ * engines in one process are independent (no globals).
+ *
+ * Source (mig_save_start): connect, send the configuration, dirty
+ * tracking on (host RAM log, device DMA logs), trap device areas, devices
+ * to PRE_COPY, iterate RAM and device pre-copy data until the estimated
+ * rest fits the downtime limit (and, with switchover-ack, the destination
+ * acked), pause the vCPUs, devices to STOP_COPY (P2P first), last RAM,
+ * device data, VMM state sections, END; then wait for the destination's
+ * RESUMED on the return path. Until that confirmation the source owns
+ * the guest: cancel or any failure rolls back (devices RUNNING, logs
+ * off, traps off, vCPUs resumed if they were running). After RESUMED
+ * the devices go to STOP and host->handed_over() runs. A channel without
+ * a return path (a file) completes once END is written; the guest then
+ * stays paused (host->hold_paused()).
+ *
+ * Destination (mig_load_start): check the source's configuration
+ * against the host's before loading anything, devices to RESUMING, load
+ * RAM and device data while the source iterates, ack the switchover
+ * once every device has its initial data, and at END apply in the order
+ * hardware needs: devices RESUMING -> STOP (they validate their stream),
+ * host->state_apply() (irqchip, vCPUs, then device config), devices
+ * RUNNING, host->start(); then RESUMED. On any error: the reason on the
+ * return path, devices reset out of RESUMING, host->load_failed(); no
+ * guest instruction ran.
+ *
+ * Errors: functions return 0 or -errno with a message in err. Errors on
+ * the engine's threads are recorded once (the first is the cause) under
+ * the engine's lock and shown in mig_stats.error.
+ */
+#ifndef FERRY_MIG_ENGINE_H
+#define FERRY_MIG_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry/mig_channel.h"
+#include "ferry/mig_devs.h"
+#include "ferry/mig_ram.h"
+#include "ferry/vdev.h"
+
+struct json_object;
+struct mig_engine;
+
+/* QEMU's MigrationStatus names where the concept is the same. */
+enum mig_status {
+	MIG_STATUS_NONE,
+	MIG_STATUS_SETUP,
+	MIG_STATUS_ACTIVE,
+	MIG_STATUS_DEVICE,	/* vCPUs stopped, stop-copy */
+	MIG_STATUS_COMPLETED,
+	MIG_STATUS_FAILED,
+	MIG_STATUS_CANCELLING,
+	MIG_STATUS_CANCELLED,
+	MIG_STATUS_NR,
+};
+
+const char *mig_status_name(enum mig_status s);
+
+/* Emit one VMM state section (host->state_save()); type is the VMM's
+ * own (MIG_SEC_VCPU...), not one the engine uses. 0 or -errno. */
+typedef int (*mig_put_fn)(void *ctx, uint16_t type, uint32_t id,
+			  const void *data, size_t len);
+
+/*
+ * What the engine needs from its VMM. Called on the engine's thread
+ * unless said otherwise; 0 or -errno.
+ */
+struct mig_host_ops {
+	/* Guest RAM: ranges and host mappings. Page numbers (bitmap bits)
+	 * index the ranges concatenated in order. */
+	int (*ram_describe)(void *host, struct mig_ram *ram);
+	/* Dirty tracking of guest RAM by vCPUs and by the VMM itself:
+	 * sync ORs the pages written since the previous sync into bitmap
+	 * and clears them. */
+	int (*dirty_log_start)(void *host);
+	int (*dirty_log_sync)(void *host, uint64_t *bitmap);
+	void (*dirty_log_stop)(void *host);
+
+	/* vCPUs. pause() (nestable with the VMM's own pauses) returns when
+	 * no vCPU runs guest code; running() says whether the guest was
+	 * running (not paused by the user) before. */
+	bool (*running)(void *host);
+	void (*pause)(void *host);
+	void (*resume)(void *host);
+
+	/* Switch the device areas that must reach the device while it
+	 * saves between direct mapping and trapped access, synchronously:
+	 * on return no vCPU writes them behind the device's back. */
+	int (*set_saving_traps)(void *host, bool trap);
+
+	/* The VMM's part of the configuration both sides must share (the
+	 * engine adds RAM size and its own flags), and the check of the
+	 * source's against this VMM's (-EINVAL and a message naming both
+	 * values on a mismatch). */
+	struct json_object *(*config)(void *host);
+	int (*config_check)(void *host, struct json_object *src, char *err,
+			    size_t errlen);
+
+	/* VMM state (vCPUs, irqchip, clock, serial, PCI/MSI-X): the source
+	 * emits its sections after the devices' data; the destination takes
+	 * them as they arrive (-ENOENT: not a type it knows; -EBADMSG and a
+	 * message: bad id or length) and applies them all at the end, with
+	 * the devices in STOP and before they run. discard() frees what
+	 * was loaded, applied or not. */
+	int (*state_save)(void *host, mig_put_fn put, void *ctx, char *err,
+			  size_t errlen);
+	int (*state_load)(void *host, uint16_t type, uint32_t id,
+			  const void *data, size_t len, char *err,
+			  size_t errlen);
+	int (*state_apply)(void *host, char *err, size_t errlen);
+	void (*state_discard)(void *host);
+	/* Destination: start the vCPUs (run false: leave the guest paused,
+	 * as it was on the source). */
+	int (*start)(void *host, bool run);
+
+	/* Outcomes. Source: the guest runs at the destination now (stop
+	 * this copy for good); the guest must stay paused when the engine
+	 * drops its pause (a file was written: QEMU's postmigrate).
+	 * Destination: the load failed, the guest must never run here. */
+	void (*handed_over)(void *host);
+	void (*hold_paused)(void *host);
+	void (*load_failed)(void *host);
+};
+
+/* What the engine reports, from any of its threads. */
+struct mig_event_ops {
+	void (*status)(void *opaque, enum mig_status status);
+	void (*device_state)(void *opaque, const char *id,
+			     enum vfu_mig_state state);
+};
+
+struct mig_params {
+	uint64_t downtime_limit_ms;	/* default MIG_DEFAULT_DOWNTIME_MS */
+	uint64_t max_bandwidth;		/* bytes/s, 0 = unlimited */
+	bool switchover_ack;
+	bool no_device_dirty_log;	/* debug: the negative control */
+};
+
+struct mig_dev_stats {
+	const char *id;			/* the device's; lives as long */
+	enum vfu_mig_state state;
+	uint64_t precopy_bytes;
+	uint64_t stopcopy_bytes;
+	bool init_done;
+};
+
+struct mig_stats {
+	enum mig_status status;
+	bool incoming;			/* the last migration was a load */
+	uint64_t start_ns, setup_ns, total_ns, downtime_ns;
+	uint64_t transferred;		/* stream bytes, framing included */
+	uint64_t remaining;
+	uint64_t ram_bytes;
+	uint64_t ram_pages;		/* data pages sent */
+	uint64_t zero_pages;
+	uint64_t dirty_pages;		/* after the last sync */
+	uint64_t final_pages;		/* sent with the vCPUs stopped */
+	uint64_t dev_dirty_pages;	/* reported by device DMA logs */
+	uint64_t dev_only_pages;	/* ...that the RAM log did not have */
+	unsigned iterations;
+	double bandwidth;		/* bytes/s */
+	double dirty_rate;		/* bytes/s */
+	uint64_t expected_downtime_ms;	/* UINT64_MAX: unknown */
+	unsigned nr_devs;
+	struct mig_dev_stats dev[MIG_MAX_DEVICES];
+	char reason[256];		/* why not switched over yet */
+	char error[512];		/* the first error */
+};
+
+int mig_engine_create(const struct mig_host_ops *ops, void *host,
+		      struct mig_engine **out);
+/* Cancel what runs, wait for the engine's threads, free. */
+void mig_engine_destroy(struct mig_engine *e);
+void mig_engine_set_events(struct mig_engine *e,
+			   const struct mig_event_ops *ops, void *opaque);
+/* The devices that migrate with the VM, in the order both sides list
+ * them (the stream names devices by index). -EBUSY while migrating. */
+int mig_engine_set_devices(struct mig_engine *e, struct vdev *const *devs,
+			   unsigned n);
+
+void mig_engine_get_params(struct mig_engine *e, struct mig_params *p);
+/* Downtime limit and bandwidth apply at once, even to a running
+ * migration; the flags only between migrations (-EBUSY). Out-of-range
+ * values: -EINVAL. */
+int mig_engine_set_params(struct mig_engine *e, const struct mig_params *p,
+			  char *err, size_t errlen);
+
+/*
+ * Start a migration to uri (tcp:HOST:PORT, unix:PATH, file:PATH), or
+ * over an already connected channel (the engine takes it either way).
+ * Returns once the migration thread runs; -EBUSY if one runs, -EINVAL
+ * if the guest already left.
+ */
+int mig_save_start(struct mig_engine *e, const char *uri, char *err,
+		   size_t errlen);
+int mig_save_start_channel(struct mig_engine *e, struct mig_channel *ch,
+			   char *err, size_t errlen);
+/* Load a migration stream from ch (taken) on the engine's thread. */
+int mig_load_start(struct mig_engine *e, struct mig_channel *ch, char *err,
+		   size_t errlen);
+
+/* Cancel the outgoing migration: 0 (also when none runs), or -EBUSY once
+ * END was sent (the destination decides now). */
+int mig_engine_cancel(struct mig_engine *e);
+/* Wait until the engine's current migration, if any, has ended. */
+void mig_engine_wait(struct mig_engine *e);
+void mig_engine_stats(struct mig_engine *e, struct mig_stats *out);
+enum mig_status mig_engine_status(struct mig_engine *e);
+/* A status a migration passes through (setup, active, device,
+ * cancelling), as opposed to none or an end. */
+bool mig_status_is_active(enum mig_status s);
+
+#endif /* FERRY_MIG_ENGINE_H */

@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Passthrough devices behind one ops table: everything a VMM's PCI proxy
+ * and the migration engine need from a VFIO-style device, whatever
+ * reaches it (vfio-user today, lib/vdev_vfio_user.c; the Linux kernel's
+ * VFIO cdev/iommufd later, as another ops table). Values (region and IRQ
+ * indexes, flags, migration states) are VFIO's, as vfio-user spells them
+ * in ferry/vfio_user.h.
+ *
+ * Contract, for every backend:
+ *  - Every op returns 0 (or a count) or -errno; -ENOTCONN once the
+ *    device is gone (then every later call fails fast). The backend does
+ *    not trust the device: replies are length- and range-checked before
+ *    they reach the caller.
+ *  - region_info() fills *out; out->fd >= 0 only for an mmap'able region,
+ *    and is then owned by *out until vdev_region_release(). mmap[] lists
+ *    the areas that may be mapped (the whole region when the device gave
+ *    no sparse list), trap_while_saving[] the areas whose guest accesses
+ *    must reach the device while it is saving (ferry's extension).
+ *  - set_irqs() assigns eventfds to vectors [start, start + count) of an
+ *    IRQ index (fds NULL de-assigns them); the device signals an
+ *    interrupt by writing its eventfd.
+ *  - dma_map() makes [iova, iova + size) reachable by device DMA: from fd
+ *    at offset, and/or through vaddr in this process.
+ *  - Migration (mirrors the kernel's vfio_migration_ops): mig_set_state()
+ *    returns only when the device is in the state (through the arcs of
+ *    the v2 FSM) or failed on the way; mig_read() returns up to len bytes
+ *    of the saving stream, 0 when none is available now (for good in
+ *    STOP_COPY); mig_write() feeds the resuming stream in any split.
+ *    precopy_info() and data_size() may return -ENOTSUP.
+ *  - DMA logging (mirrors vfio_log_ops): log_report() reads and clears.
+ *  - reset() is the only way out of ERROR, and out of RESUMING without
+ *    loading a complete stream.
+ *
+ * Threads: ops may be called from any thread, concurrently (a vCPU's
+ * BAR access while the migration thread reads state). The events a
+ * backend raises (struct vdev_events) run on a backend thread and must
+ * not call back into the device.
+ */
+#ifndef FERRY_VDEV_H
+#define FERRY_VDEV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ferry/vfio_user.h"
+
+#define VDEV_MAX_AREAS		8
+
+struct vdev;
+
+struct vdev_region {
+	uint32_t index;
+	uint32_t flags;			/* VFU_REGION_FLAG_* */
+	uint64_t size;
+	int fd;				/* mmap'able: owned, see above */
+	uint64_t fd_offset;
+	struct vfu_sparse_area mmap[VDEV_MAX_AREAS];
+	uint32_t nr_mmap;
+	struct vfu_sparse_area trap_while_saving[VDEV_MAX_AREAS];
+	uint32_t nr_trap_while_saving;
+};
+
+/* What a backend reports about its device, asynchronously. */
+struct vdev_events {
+	/* The device went away (server closed, fatal protocol error). */
+	void (*disconnected)(void *opaque);
+	/* The VMM wrote guest memory on the device's behalf (vfio-user
+	 * DMA_WRITE served by the client): the pages are dirty. */
+	void (*dma_dirty)(void *opaque, uint64_t iova, uint64_t len);
+};
+
+struct vdev_ops {
+	const char *name;		/* "vfio-user" */
+	void (*close)(struct vdev *d);
+	void (*set_events)(struct vdev *d, const struct vdev_events *ev,
+			   void *opaque);
+
+	int (*device_info)(struct vdev *d, struct vfu_device_info *out);
+	int (*region_info)(struct vdev *d, uint32_t index,
+			   struct vdev_region *out);
+	int (*region_read)(struct vdev *d, uint32_t index, uint64_t offset,
+			   void *buf, size_t len);
+	int (*region_write)(struct vdev *d, uint32_t index, uint64_t offset,
+			    const void *buf, size_t len);
+	int (*irq_info)(struct vdev *d, uint32_t index,
+			struct vfu_irq_info *out);
+	int (*set_irqs)(struct vdev *d, uint32_t index, uint32_t start,
+			uint32_t count, const int *fds);
+	int (*dma_map)(struct vdev *d, uint64_t iova, uint64_t size, int fd,
+		       uint64_t offset, uint32_t prot, void *vaddr);
+	int (*dma_unmap)(struct vdev *d, uint64_t iova, uint64_t size);
+	int (*reset)(struct vdev *d);
+
+	/* migration v2 */
+	int (*mig_flags)(struct vdev *d, uint64_t *flags);
+	int (*mig_set_state)(struct vdev *d, enum vfu_mig_state state);
+	int (*mig_get_state)(struct vdev *d, enum vfu_mig_state *state);
+	ssize_t (*mig_read)(struct vdev *d, void *buf, size_t len);
+	int (*mig_write)(struct vdev *d, const void *buf, size_t len);
+	int (*precopy_info)(struct vdev *d, uint64_t *initial,
+			    uint64_t *dirty);
+	int (*data_size)(struct vdev *d, uint64_t *stop_copy_len);
+
+	/* DMA dirty logging */
+	int (*log_start)(struct vdev *d, uint64_t *page_size,
+			 const struct vfu_dma_log_range *ranges, uint32_t n);
+	int (*log_stop)(struct vdev *d);
+	int (*log_report)(struct vdev *d, uint64_t iova, uint64_t length,
+			  uint64_t page_size, uint64_t *bitmap);
+};
+
+/* The part every backend shares; a backend embeds it. */
+struct vdev {
+	const struct vdev_ops *ops;
+	char *id;			/* the VMM's name for it */
+	char *location;			/* socket path, sysfs path */
+	/* Last migration state the device reached (vdev_mig_set_state()
+	 * keeps it), RUNNING after open. */
+	enum vfu_mig_state mig_state;
+};
+
+/*
+ * Open a vfio-user device: connect to the server at socket_path and
+ * negotiate. id names it in messages. -errno with a reason in err.
+ */
+int vdev_vfio_user_open(const char *id, const char *socket_path,
+			struct vdev **out, char *err, size_t errlen);
+/* Close any device (NULL is fine). */
+void vdev_close(struct vdev *d);
+
+void vdev_region_release(struct vdev_region *r);
+
+/*
+ * Move the device to state and keep d->mig_state; on failure learn
+ * (get_state) where the device stopped on the way, ERROR if it cannot
+ * tell. 0 or -errno.
+ */
+int vdev_mig_set_state(struct vdev *d, enum vfu_mig_state state);
+/*
+ * Before a device resumes a new stream: a device left in RESUMING (an
+ * earlier destination failed or was cancelled) or in ERROR is reset,
+ * which brings it back to RUNNING. 0 or -errno.
+ */
+int vdev_mig_abort_resume(struct vdev *d);
+
+static inline int vdev_device_info(struct vdev *d,
+				   struct vfu_device_info *out)
+{
+	return d->ops->device_info(d, out);
+}
+
+static inline int vdev_region_info(struct vdev *d, uint32_t index,
+				   struct vdev_region *out)
+{
+	return d->ops->region_info(d, index, out);
+}
+
+static inline int vdev_region_read(struct vdev *d, uint32_t index,
+				   uint64_t offset, void *buf, size_t len)
+{
+	return d->ops->region_read(d, index, offset, buf, len);
+}
+
+static inline int vdev_region_write(struct vdev *d, uint32_t index,
+				    uint64_t offset, const void *buf,
+				    size_t len)
+{
+	return d->ops->region_write(d, index, offset, buf, len);
+}
+
+static inline int vdev_irq_info(struct vdev *d, uint32_t index,
+				struct vfu_irq_info *out)
+{
+	return d->ops->irq_info(d, index, out);
+}
+
+static inline int vdev_set_irqs(struct vdev *d, uint32_t index,
+				uint32_t start, uint32_t count,
+				const int *fds)
+{
+	return d->ops->set_irqs(d, index, start, count, fds);
+}
+
+static inline int vdev_dma_map(struct vdev *d, uint64_t iova, uint64_t size,
+			       int fd, uint64_t offset, uint32_t prot,
+			       void *vaddr)
+{
+	return d->ops->dma_map(d, iova, size, fd, offset, prot, vaddr);
+}
+
+static inline int vdev_dma_unmap(struct vdev *d, uint64_t iova,
+				 uint64_t size)
+{
+	return d->ops->dma_unmap(d, iova, size);
+}
+
+static inline void vdev_set_events(struct vdev *d,
+				   const struct vdev_events *ev, void *opaque)
+{
+	d->ops->set_events(d, ev, opaque);
+}
+
+#endif /* FERRY_VDEV_H */

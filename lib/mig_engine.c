@@ -1,0 +1,459 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The migration engine's object (ferry/mig_engine.h): lifecycle,
+ * parameters, status and its events, the one error path, statistics,
+ * cancel. The source's thread is in mig_save.c, the destination's in
+ * mig_load.c.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/log.h"
+#include "ferry/mig_converge.h"
+#include "ferry/trace.h"
+#include "ferry/util.h"
+#include "mig_engine_priv.h"
+
+static const char *const mig_status_names[MIG_STATUS_NR] = {
+	[MIG_STATUS_NONE] = "none",
+	[MIG_STATUS_SETUP] = "setup",
+	[MIG_STATUS_ACTIVE] = "active",
+	[MIG_STATUS_DEVICE] = "device",
+	[MIG_STATUS_COMPLETED] = "completed",
+	[MIG_STATUS_FAILED] = "failed",
+	[MIG_STATUS_CANCELLING] = "cancelling",
+	[MIG_STATUS_CANCELLED] = "cancelled",
+};
+
+const char *mig_status_name(enum mig_status s)
+{
+	return s < MIG_STATUS_NR ? mig_status_names[s] : "unknown";
+}
+
+bool mig_status_is_active(enum mig_status s)
+{
+	return s == MIG_STATUS_SETUP || s == MIG_STATUS_ACTIVE ||
+	       s == MIG_STATUS_DEVICE || s == MIG_STATUS_CANCELLING;
+}
+
+int mig_engine_create(const struct mig_host_ops *ops, void *host,
+		      struct mig_engine **out)
+{
+	struct mig_engine *e = calloc(1, sizeof(*e));
+
+	if (!e)
+		return -ENOMEM;
+	e->host_ops = ops;
+	e->host = host;
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->cond, NULL);
+	e->params.downtime_limit_ms = MIG_DEFAULT_DOWNTIME_MS;
+	e->pub.expected_downtime_ms = UINT64_MAX;
+	atomic_init(&e->cancel, false);
+	*out = e;
+	return 0;
+}
+
+void mig_engine_destroy(struct mig_engine *e)
+{
+	if (!e)
+		return;
+	mig_engine_cancel(e);
+	/* A destination blocked in a read: make it return. */
+	pthread_mutex_lock(&e->lock);
+	if (e->ch && e->pub.incoming)
+		mig_channel_shutdown(e->ch);
+	pthread_mutex_unlock(&e->lock);
+	mig_engine_wait(e);
+	pthread_cond_destroy(&e->cond);
+	pthread_mutex_destroy(&e->lock);
+	free(e);
+}
+
+void mig_engine_set_events(struct mig_engine *e,
+			   const struct mig_event_ops *ops, void *opaque)
+{
+	pthread_mutex_lock(&e->lock);
+	e->ev_ops = ops;
+	e->ev_opaque = opaque;
+	pthread_mutex_unlock(&e->lock);
+}
+
+int mig_engine_set_devices(struct mig_engine *e, struct vdev *const *devs,
+			   unsigned n)
+{
+	int ret = 0;
+
+	if (n > MIG_MAX_DEVICES)
+		return -E2BIG;
+	pthread_mutex_lock(&e->lock);
+	if (mig_status_is_active(e->status) || e->thread_started) {
+		ret = -EBUSY;
+	} else {
+		memcpy(e->vdevs, devs, n * sizeof(*devs));
+		e->nr_vdevs = n;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return ret;
+}
+
+void mig_engine_get_params(struct mig_engine *e, struct mig_params *p)
+{
+	pthread_mutex_lock(&e->lock);
+	*p = e->params;
+	pthread_mutex_unlock(&e->lock);
+}
+
+int mig_engine_set_params(struct mig_engine *e, const struct mig_params *p,
+			  char *err, size_t errlen)
+{
+	int ret = 0;
+
+	if (p->downtime_limit_ms > MIG_MAX_DOWNTIME_MS) {
+		snprintf(err, errlen, "Parameter 'downtime-limit' expects an "
+			 "integer in the range of 0 to %d milliseconds",
+			 MIG_MAX_DOWNTIME_MS);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&e->lock);
+	if ((e->status == MIG_STATUS_SETUP ||
+	     e->status == MIG_STATUS_ACTIVE ||
+	     e->status == MIG_STATUS_DEVICE) &&
+	    (p->switchover_ack != e->params.switchover_ack ||
+	     p->no_device_dirty_log != e->params.no_device_dirty_log)) {
+		snprintf(err, errlen, "There's a migration process in progress");
+		ret = -EBUSY;
+	} else {
+		/* The migration thread picks the limits up at its next
+		 * decision. */
+		e->params = *p;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return ret;
+}
+
+/* ---- status, events, errors ---- */
+
+void mig_set_status(struct mig_engine *e, enum mig_status s)
+{
+	const struct mig_event_ops *ev;
+	void *opaque;
+
+	pthread_mutex_lock(&e->lock);
+	/* Once cancelling, only the end (cancelled, or failed/completed if
+	 * it was too late) may follow; and only a running migration can be
+	 * cancelling (a cancel racing with the end must not turn a final
+	 * status back into one that never ends). */
+	if (e->status == s ||
+	    (e->status == MIG_STATUS_CANCELLING &&
+	     (s == MIG_STATUS_SETUP || s == MIG_STATUS_ACTIVE ||
+	      s == MIG_STATUS_DEVICE)) ||
+	    (s == MIG_STATUS_CANCELLING && e->status != MIG_STATUS_SETUP &&
+	     e->status != MIG_STATUS_ACTIVE &&
+	     e->status != MIG_STATUS_DEVICE)) {
+		pthread_mutex_unlock(&e->lock);
+		return;
+	}
+	e->status = s;
+	e->pub.status = s;
+	ev = e->ev_ops;
+	opaque = e->ev_opaque;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+	FERRY_TRACE(migration_status, (int)s);
+	if (ev && ev->status)
+		ev->status(opaque, s);
+}
+
+int mig_fail(struct mig_engine *e, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&e->lock);
+	/* The first error is the cause; later ones are consequences. */
+	if (!e->pub.error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(e->pub.error, sizeof(e->pub.error), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&e->lock);
+	return ret;
+}
+
+bool mig_has_error(struct mig_engine *e)
+{
+	bool has;
+
+	pthread_mutex_lock(&e->lock);
+	has = e->pub.error[0] != '\0';
+	pthread_mutex_unlock(&e->lock);
+	return has;
+}
+
+void mig_error_copy(struct mig_engine *e, char *buf, size_t len)
+{
+	pthread_mutex_lock(&e->lock);
+	snprintf(buf, len, "%s", e->pub.error);
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- the device set, reporting to the engine ---- */
+
+static void devs_state_changed(void *opaque, const struct vdev *d)
+{
+	struct mig_engine *e = opaque;
+	const struct mig_event_ops *ev;
+	void *ev_opaque;
+
+	mig_publish(e);
+	pthread_mutex_lock(&e->lock);
+	ev = e->ev_ops;
+	ev_opaque = e->ev_opaque;
+	pthread_mutex_unlock(&e->lock);
+	if (ev && ev->device_state)
+		ev->device_state(ev_opaque, d->id, d->mig_state);
+}
+
+static void devs_error(void *opaque, const char *msg)
+{
+	mig_fail(opaque, 0, "%s", msg);
+}
+
+static const struct mig_devs_ops mig_engine_devs_ops = {
+	.state_changed = devs_state_changed,
+	.error = devs_error,
+};
+
+int mig_engine_devs_init(struct mig_engine *e)
+{
+	return mig_devs_init(&e->devs, e->vdevs, e->nr_vdevs,
+			     &mig_engine_devs_ops, e);
+}
+
+/* ---- statistics ---- */
+
+void mig_publish(struct mig_engine *e)
+{
+	struct mig_stats *p = &e->pub;
+
+	pthread_mutex_lock(&e->lock);
+	p->start_ns = e->cnt.start_ns;
+	p->setup_ns = e->cnt.setup_ns;
+	p->total_ns = e->cnt.total_ns;
+	p->downtime_ns = e->cnt.downtime_ns;
+	p->transferred = e->cnt.transferred;
+	p->remaining = e->cnt.remaining;
+	p->ram_bytes = e->ram.pages * MIG_PAGE_SIZE;
+	p->ram_pages = e->cnt.ram_pages;
+	p->zero_pages = e->cnt.zero_pages;
+	p->dirty_pages = e->cnt.dirty_pages;
+	p->final_pages = e->cnt.final_pages;
+	p->dev_dirty_pages = e->devs.log_pages;
+	p->dev_only_pages = e->devs.log_only_pages;
+	p->iterations = e->conv.iterations;
+	p->bandwidth = e->conv.bandwidth;
+	p->dirty_rate = e->conv.dirty_rate;
+	p->expected_downtime_ms = e->conv.expected_downtime_ms;
+	p->nr_devs = e->devs.nr;
+	for (unsigned i = 0; i < e->devs.nr; i++) {
+		const struct mig_dev *m = &e->devs.dev[i];
+
+		p->dev[i] = (struct mig_dev_stats){
+			.id = m->vdev->id,
+			.state = m->vdev->mig_state,
+			.precopy_bytes = m->bytes_precopy,
+			.stopcopy_bytes = m->bytes_stopcopy,
+			.init_done = m->init_done,
+		};
+	}
+	pthread_mutex_unlock(&e->lock);
+}
+
+void mig_engine_stats(struct mig_engine *e, struct mig_stats *out)
+{
+	pthread_mutex_lock(&e->lock);
+	*out = e->pub;
+	out->status = e->status;
+	pthread_mutex_unlock(&e->lock);
+}
+
+enum mig_status mig_engine_status(struct mig_engine *e)
+{
+	enum mig_status s;
+
+	pthread_mutex_lock(&e->lock);
+	s = e->status;
+	pthread_mutex_unlock(&e->lock);
+	return s;
+}
+
+/* ---- starting, cancelling, waiting ---- */
+
+void mig_engine_wait(struct mig_engine *e)
+{
+	bool started;
+
+	pthread_mutex_lock(&e->lock);
+	started = e->thread_started;
+	e->thread_started = false;
+	pthread_mutex_unlock(&e->lock);
+	if (started)
+		pthread_join(e->thread, NULL);
+}
+
+/*
+ * Common to both directions: refuse while a migration runs, collect the
+ * previous thread, reset what a migration counts, start fn. Takes ch
+ * (NULL: the source connects to uri).
+ */
+static int engine_start(struct mig_engine *e, bool incoming,
+			struct mig_channel *ch, const struct mig_uri *uri,
+			const char *what, void *(*fn)(void *), char *err,
+			size_t errlen)
+{
+	int ret = -EINVAL;
+
+	pthread_mutex_lock(&e->lock);
+	if (mig_status_is_active(e->status)) {
+		pthread_mutex_unlock(&e->lock);
+		snprintf(err, errlen, "There's a migration process in progress");
+		mig_channel_close(ch);
+		return -EBUSY;
+	}
+	if (e->migrated_away) {
+		pthread_mutex_unlock(&e->lock);
+		snprintf(err, errlen, "The guest was already migrated away");
+		mig_channel_close(ch);
+		return -EINVAL;
+	}
+	pthread_mutex_unlock(&e->lock);
+	/* The previous migration's status is final, but its thread may
+	 * still be cleaning up: collect it before touching its state. */
+	mig_engine_wait(e);
+
+	pthread_mutex_lock(&e->lock);
+	memset(&e->pub, 0, sizeof(e->pub));
+	e->pub.incoming = incoming;
+	e->pub.expected_downtime_ms = UINT64_MAX;
+	e->run_params = e->params;
+	e->ch = ch;
+	e->end_sent = false;
+	e->switchover_acked = e->resumed = e->rp_error = e->rp_closed = false;
+	pthread_mutex_unlock(&e->lock);
+	e->connect = uri != NULL;
+	if (uri)
+		e->uri = *uri;
+	snprintf(e->uri_str, sizeof(e->uri_str), "%s", what);
+	memset(&e->cnt, 0, sizeof(e->cnt));
+	memset(&e->devs, 0, sizeof(e->devs));
+	memset(e->init_done, 0, sizeof(e->init_done));
+	e->cnt.start_ns = clock_ns();
+	e->paused = e->dirty_logging = e->was_running = false;
+	e->want_ack = e->acked = false;
+	atomic_store(&e->cancel, false);
+	mig_converge_init(&e->conv, e->run_params.downtime_limit_ms,
+			  e->run_params.max_bandwidth);
+
+	ret = e->host_ops->ram_describe(e->host, &e->ram);
+	if (ret) {
+		snprintf(err, errlen, "cannot describe guest RAM: %s",
+			 strerror(-ret));
+		goto err_close;
+	}
+	mig_set_status(e, MIG_STATUS_SETUP);
+	if (!incoming) {
+		ret = mig_engine_devs_init(e);
+		if (ret) {
+			mig_error_copy(e, err, errlen);
+			mig_set_status(e, MIG_STATUS_FAILED);
+			goto err_close;
+		}
+	}
+	mig_publish(e);
+	pthread_mutex_lock(&e->lock);
+	if (pthread_create(&e->thread, NULL, fn, e)) {
+		pthread_mutex_unlock(&e->lock);
+		snprintf(err, errlen, "cannot start the migration thread");
+		mig_set_status(e, MIG_STATUS_FAILED);
+		ret = -EAGAIN;
+		goto err_close;
+	}
+	e->thread_started = true;
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+
+err_close:
+	pthread_mutex_lock(&e->lock);
+	e->ch = NULL;
+	pthread_mutex_unlock(&e->lock);
+	mig_channel_close(ch);
+	return ret;
+}
+
+int mig_save_start(struct mig_engine *e, const char *uri, char *err,
+		   size_t errlen)
+{
+	struct mig_uri u;
+	int ret;
+
+	if (!uri) {
+		snprintf(err, errlen, "no migration URI");
+		return -EINVAL;
+	}
+	ret = mig_uri_parse(uri, &u, err, errlen);
+	if (ret)
+		return ret;
+	return engine_start(e, false, NULL, &u, uri, mig_save_thread, err,
+			    errlen);
+}
+
+int mig_save_start_channel(struct mig_engine *e, struct mig_channel *ch,
+			   char *err, size_t errlen)
+{
+	return engine_start(e, false, ch, NULL, ch->ops->name,
+			    mig_save_thread, err, errlen);
+}
+
+int mig_load_start(struct mig_engine *e, struct mig_channel *ch, char *err,
+		   size_t errlen)
+{
+	return engine_start(e, true, ch, NULL, ch->ops->name,
+			    mig_load_thread, err, errlen);
+}
+
+int mig_engine_cancel(struct mig_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	if (e->pub.incoming || (e->status != MIG_STATUS_SETUP &&
+				e->status != MIG_STATUS_ACTIVE &&
+				e->status != MIG_STATUS_DEVICE)) {
+		/* Like QEMU: cancelling nothing is not an error, and
+		 * cancel is the source's. */
+		pthread_mutex_unlock(&e->lock);
+		return 0;
+	}
+	if (e->end_sent) {
+		/* The whole state is on its way: whether the guest runs
+		 * there is the destination's call now (its confirmation, its
+		 * error, or its silence until the timeout). */
+		pthread_mutex_unlock(&e->lock);
+		pr_warn("migrate_cancel: too late, the destination has the "
+			"whole state; waiting for its confirmation");
+		return -EBUSY;
+	}
+	atomic_store(&e->cancel, true);
+	pthread_mutex_unlock(&e->lock);
+	/* A no-op if the migration ended in between (see mig_set_status). */
+	mig_set_status(e, MIG_STATUS_CANCELLING);
+	pthread_mutex_lock(&e->lock);
+	/* Wake a blocked send or receive. e->ch is only closed under the
+	 * lock: NULL here if the migration ended meanwhile. */
+	if (e->ch && !e->resumed)
+		mig_channel_shutdown(e->ch);
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Inside the migration engine: the state mig_engine.c (lifecycle,
+ * status, errors, statistics), mig_save.c (source) and mig_load.c
+ * (destination) share. See ferry/mig_engine.h for the contract.
+ *
+ * Locking: `lock` guards status, params, the published statistics
+ * (pub), the channel pointer (cancel shuts it down from another thread)
+ * and the return-path flags; `cond` signals changes of those flags and
+ * of status. Everything else belongs to the engine's thread while it
+ * runs: the counters, the device set, the RAM description and bitmap,
+ * the convergence state. mig_publish() copies them into pub.
+ */
+#ifndef FERRY_LIB_MIG_ENGINE_PRIV_H
+#define FERRY_LIB_MIG_ENGINE_PRIV_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ferry/mig_channel.h"
+#include "ferry/mig_converge.h"
+#include "ferry/mig_devs.h"
+#include "ferry/mig_engine.h"
+#include "ferry/mig_ram.h"
+
+/* Bound on one pass of RAM between looks at devices and the return path:
+ * keeps device pre-copy data flowing while a large RAM is first sent. */
+#define MIG_RAM_PASS_PAGES	(64ull << 20 >> MIG_PAGE_SHIFT)
+/* Per iteration, at most this much pre-copy data per device. */
+#define MIG_DEV_PASS_BYTES	(32ull << 20)
+/* The destination must confirm within this after END. */
+#define MIG_CONFIRM_TIMEOUT_MS	60000
+/* A write, or the connect, without progress for this long fails. */
+#define MIG_IO_TIMEOUT_MS	10000
+/* The source sends continuously while it iterates; the destination
+ * gives up after this long without a byte. */
+#define MIG_LOAD_READ_TIMEOUT_MS	60000
+
+/* What the engine's thread counts (published with mig_publish()). */
+struct mig_counters {
+	uint64_t start_ns, setup_ns, total_ns, downtime_ns;
+	uint64_t transferred;
+	uint64_t remaining;
+	uint64_t ram_pages;
+	uint64_t zero_pages;
+	uint64_t dirty_pages;
+	uint64_t final_pages;
+};
+
+struct mig_engine {
+	const struct mig_host_ops *host_ops;
+	void *host;
+	const struct mig_event_ops *ev_ops;
+	void *ev_opaque;
+	struct vdev *vdevs[MIG_MAX_DEVICES];
+	unsigned nr_vdevs;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	enum mig_status status;
+	struct mig_params params;
+	struct mig_stats pub;		/* published statistics */
+	struct mig_channel *ch;
+	bool migrated_away;		/* the guest runs elsewhere now */
+	bool end_sent;			/* too late to cancel */
+	/* return path (source) */
+	bool switchover_acked;
+	bool resumed;
+	bool rp_error;
+	bool rp_closed;
+
+	pthread_t thread;
+	bool thread_started;
+	atomic_bool cancel;
+
+	/* the engine thread's own */
+	struct mig_uri uri;
+	bool connect;			/* uri set: the thread connects */
+	char uri_str[300];
+	struct mig_params run_params;	/* this migration's flags */
+	struct mig_counters cnt;
+	struct mig_ram ram;
+	uint64_t *bm;
+	struct mig_devs devs;
+	struct mig_converge conv;
+	bool paused;
+	bool was_running;
+	bool dirty_logging;
+	/* destination */
+	bool init_done[MIG_MAX_DEVICES];
+	bool want_ack;
+	bool acked;
+};
+
+void mig_set_status(struct mig_engine *e, enum mig_status s);
+/* Record an error (the first one is kept); returns ret. */
+int mig_fail(struct mig_engine *e, int ret, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+bool mig_has_error(struct mig_engine *e);
+void mig_error_copy(struct mig_engine *e, char *buf, size_t len);
+void mig_publish(struct mig_engine *e);
+/* Take the devices for this migration, reporting to the engine. */
+int mig_engine_devs_init(struct mig_engine *e);
+
+void *mig_save_thread(void *arg);
+void *mig_load_thread(void *arg);
+
+#endif /* FERRY_LIB_MIG_ENGINE_PRIV_H */

@@ -1,0 +1,286 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The destination side of a migration (ferry/mig_engine.h): check that
+ * this VMM was configured like the source before loading anything, load
+ * RAM and device data while the source iterates (acking the switchover
+ * once every device holds its initial data), and run the guest only when
+ * the whole stream arrived intact and every device took its state.
+ */
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/log.h"
+#include "ferry/mig_stream.h"
+#include "ferry/util.h"
+#include "mig_engine_priv.h"
+
+/* The engine's share of the compatibility check: RAM and its own
+ * flags; the host checks the rest. */
+static int load_check_config(struct mig_engine *e, const char *json,
+			     size_t len)
+{
+	uint64_t ram = e->ram.pages * MIG_PAGE_SIZE;
+	struct json_object *src, *v;
+	char err[512] = "";
+	int ret;
+
+	if (!len || json[len - 1] != '\0')
+		return mig_fail(e, -EINVAL, "configuration section is not a "
+				"string");
+	src = json_tokener_parse(json);
+	if (!src || !json_object_is_type(src, json_type_object)) {
+		json_object_put(src);
+		return mig_fail(e, -EINVAL, "configuration section is not "
+				"valid JSON");
+	}
+	json_object_object_get_ex(src, "switchover_ack", &v);
+	e->want_ack = v && json_object_get_boolean(v);
+	if (!json_object_object_get_ex(src, "ram_size", &v) ||
+	    json_object_get_int64(v) != (int64_t)ram) {
+		ret = mig_fail(e, -EINVAL, "configuration mismatch: source RAM "
+			       "is %lld bytes, destination has %llu",
+			       v ? (long long)json_object_get_int64(v) : -1LL,
+			       (unsigned long long)ram);
+		goto out_put;
+	}
+	ret = e->host_ops->config_check(e->host, src, err, sizeof(err));
+	if (ret)
+		mig_fail(e, ret, "%s", err[0] ? err : "configuration mismatch");
+out_put:
+	json_object_put(src);
+	return ret;
+}
+
+static int load_ack_if_ready(struct mig_engine *e)
+{
+	int ret;
+
+	if (!e->want_ack || e->acked)
+		return 0;
+	for (unsigned i = 0; i < e->devs.nr; i++)
+		if (!e->init_done[i])
+			return 0;
+	e->acked = true;
+	pr_info("migration: every device loaded its initial data; "
+		"acknowledging switchover");
+	ret = mig_section_write(e->ch, MIG_RP_SWITCHOVER_ACK, 0, 0, NULL, 0,
+				NULL, 0);
+	if (ret)
+		return mig_fail(e, ret, "sending the switchover-ack: %s",
+				strerror(-ret));
+	return 0;
+}
+
+static int load_config(struct mig_engine *e, const void *p, size_t len)
+{
+	int ret = load_check_config(e, p, len);
+
+	if (ret)
+		return ret;
+	pr_info("migration: configuration matches; loading");
+	mig_set_status(e, MIG_STATUS_ACTIVE);
+	/* The device takes its state in RESUMING. */
+	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_RESUMING);
+	if (!ret)
+		ret = load_ack_if_ready(e);
+	return ret;
+}
+
+/* Apply everything in the order the hardware needs it, then run. */
+static int load_finish(struct mig_engine *e, const void *p, size_t len)
+{
+	uint64_t t0 = clock_ns();
+	char err[256] = "";
+	uint32_t run;
+	int ret;
+
+	if (len != sizeof(run))
+		return mig_fail(e, -EBADMSG, "END section is %zu bytes, want "
+				"%zu", len, sizeof(run));
+	memcpy(&run, p, sizeof(run));
+	/* Device state first: RESUMING -> STOP validates the stream. */
+	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_STOP);
+	if (ret)
+		return ret;
+	/* The VMM's state: irqchip and vCPUs (LAPIC) before any device may
+	 * interrupt, device config (MSI-X routes, eventfds) last. */
+	ret = e->host_ops->state_apply(e->host, err, sizeof(err));
+	if (ret)
+		return mig_fail(e, ret, "%s", err[0] ? err : strerror(-ret));
+	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_RUNNING);
+	if (ret)
+		return ret;
+	pr_debug("incoming: state applied in %.1f ms",
+		 (clock_ns() - t0) / 1e6);
+	ret = e->host_ops->start(e->host, run != 0);
+	if (ret)
+		return mig_fail(e, ret, "starting vCPUs: %s", strerror(-ret));
+	return 0;
+}
+
+/* Sections that name a device must name one this VMM has. */
+static bool load_section_names_device(uint16_t type)
+{
+	return type == MIG_SEC_DEV_DATA || type == MIG_SEC_DEV_INIT_DONE ||
+	       type == MIG_SEC_DEV_END;
+}
+
+/* One section: 0 to go on, 1 after END was applied, or -errno. */
+static int load_section(struct mig_engine *e, const struct mig_section *sec,
+			const void *p)
+{
+	char err[256] = "";
+	int ret;
+
+	if (load_section_names_device(sec->type) && sec->id >= e->devs.nr)
+		return mig_fail(e, -EBADMSG, "section %s for unknown index %u",
+				mig_section_name(sec->type), sec->id);
+	switch (sec->type) {
+	case MIG_SEC_CONFIG:
+		return mig_fail(e, -EBADMSG, "second configuration section");
+	case MIG_SEC_RAM:
+		ret = mig_ram_load(&e->ram, p, sec->length, err, sizeof(err));
+		if (ret)
+			return mig_fail(e, ret, "%s", err);
+		return 0;
+	case MIG_SEC_DEV_DATA:
+		return mig_devs_load(&e->devs, sec->id, p, sec->length);
+	case MIG_SEC_DEV_INIT_DONE:
+		e->init_done[sec->id] = true;
+		return load_ack_if_ready(e);
+	case MIG_SEC_DEV_END:
+	case MIG_SEC_ITER_END:
+		return 0;
+	case MIG_SEC_END:
+		ret = load_finish(e, p, sec->length);
+		return ret ? ret : 1;
+	default:
+		break;
+	}
+	ret = e->host_ops->state_load(e->host, sec->type, sec->id, p,
+				      sec->length, err, sizeof(err));
+	if (ret == -ENOENT) {
+		if (sec->flags & MIG_SEC_F_OPTIONAL)
+			return 0;
+		return mig_fail(e, -EBADMSG, "unknown required section type "
+				"%u", sec->type);
+	}
+	if (ret)
+		return mig_fail(e, ret, "%s", err[0] ? err : strerror(-ret));
+	return 0;
+}
+
+static int load_stream(struct mig_engine *e)
+{
+	char err[256];
+	int ret;
+
+	ret = mig_stream_read_header(e->ch, err, sizeof(err));
+	if (ret)
+		return mig_fail(e, ret, "%s", err);
+	ret = mig_engine_devs_init(e);
+	if (!ret)
+		ret = mig_devs_resume_prepare(&e->devs);
+	if (ret)
+		return ret;
+	mig_publish(e);
+	for (bool got_config = false;;) {
+		struct mig_section sec;
+		void *p;
+
+		ret = mig_section_read(e->ch, &sec, &p, err, sizeof(err));
+		if (ret)
+			return mig_fail(e, ret, "%s", err);
+		if (!got_config) {
+			ret = sec.type == MIG_SEC_CONFIG ?
+			      load_config(e, p, sec.length) :
+			      mig_fail(e, -EBADMSG, "stream does not start "
+				       "with its configuration");
+			got_config = true;
+		} else {
+			ret = load_section(e, &sec, p);
+		}
+		free(p);
+		if (ret)
+			return ret < 0 ? ret : 0;
+	}
+}
+
+/* RESUMED tells the source that the guest runs here. */
+static void load_confirm(struct mig_engine *e)
+{
+	int ret;
+
+	if (e->ch->has_return_path) {
+		ret = mig_section_write(e->ch, MIG_RP_RESUMED, 0, 0, NULL, 0,
+					NULL, 0);
+		if (ret) {
+			/*
+			 * The source never hears that the guest runs here, so
+			 * it keeps (resumes) the guest itself: this copy must
+			 * not run on, or the guest would live twice.
+			 */
+			e->host_ops->load_failed(e->host);
+			mig_fail(e, ret, "could not confirm to the source (%s)",
+				 strerror(-ret));
+			pr_err("incoming migration failed: could not confirm to "
+			       "the source (%s); the source keeps the guest, "
+			       "stopping it here", strerror(-ret));
+			mig_set_status(e, MIG_STATUS_FAILED);
+			return;
+		}
+	}
+	pr_info("migration: guest state loaded; the guest runs here now");
+	mig_set_status(e, MIG_STATUS_COMPLETED);
+}
+
+static void load_failed(struct mig_engine *e, int ret)
+{
+	char why[512];
+
+	if (!mig_has_error(e))
+		mig_fail(e, ret, "incoming migration failed (%s)",
+			 strerror(-ret));
+	mig_error_copy(e, why, sizeof(why));
+	pr_err("incoming migration failed: %s; no guest code ran here", why);
+	if (e->ch->has_return_path)
+		mig_section_write(e->ch, MIG_RP_ERROR, 0, 0, why,
+				  strlen(why) + 1, NULL, 0);
+	/* A device must not keep a half-loaded stream. */
+	mig_devs_abort_resume(&e->devs);
+	mig_set_status(e, MIG_STATUS_FAILED);
+	e->host_ops->load_failed(e->host);
+}
+
+void *mig_load_thread(void *arg)
+{
+	struct mig_engine *e = arg;
+	struct mig_channel *ch;
+	int ret = -ENOMEM;
+
+	e->ch->read_timeout_ms = MIG_LOAD_READ_TIMEOUT_MS;
+	/* This VM's RAM is fresh: all zero until a page is loaded. */
+	e->ram.loaded = calloc(bitmap_words(e->ram.pages), sizeof(uint64_t));
+	if (e->ram.loaded)
+		ret = load_stream(e);
+	e->cnt.total_ns = clock_ns() - e->cnt.start_ns;
+	e->cnt.transferred = e->ch->bytes_read;
+	mig_publish(e);
+	if (ret)
+		load_failed(e, ret);
+	else
+		load_confirm(e);
+	e->host_ops->state_discard(e->host);
+	free(e->ram.loaded);
+	e->ram.loaded = NULL;
+	pthread_mutex_lock(&e->lock);
+	ch = e->ch;
+	e->ch = NULL;
+	pthread_mutex_unlock(&e->lock);
+	mig_channel_close(ch);
+	mig_devs_fini(&e->devs);
+	return NULL;
+}

@@ -1,0 +1,569 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The source side of a migration (ferry/mig_engine.h): setup, pre-copy
+ * iterations of RAM and device data, convergence, switchover
+ * (stop-copy), the destination's confirmation on the return path, and
+ * rollback on any failure. The order of events is DESIGN.md "Migration,
+ * in order".
+ */
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ferry/log.h"
+#include "ferry/mig_stream.h"
+#include "ferry/trace.h"
+#include "ferry/util.h"
+#include "mig_engine_priv.h"
+
+/* ---- return path --------------------------------------------------- */
+
+static void *rp_thread_fn(void *arg)
+{
+	struct mig_engine *e = arg;
+
+	for (;;) {
+		struct mig_section sec;
+		char err[256];
+		void *p;
+		int ret = mig_section_read(e->ch, &sec, &p, err, sizeof(err));
+
+		pthread_mutex_lock(&e->lock);
+		if (ret) {
+			bool lost = !e->resumed && !atomic_load(&e->cancel);
+
+			e->rp_closed = true;
+			pthread_cond_broadcast(&e->cond);
+			pthread_mutex_unlock(&e->lock);
+			if (lost)
+				mig_fail(e, ret, "destination connection lost: "
+					 "%s", err);
+			return NULL;
+		}
+		switch (sec.type) {
+		case MIG_RP_SWITCHOVER_ACK:
+			e->switchover_acked = true;
+			break;
+		case MIG_RP_RESUMED:
+			e->resumed = true;
+			break;
+		case MIG_RP_ERROR:
+			pthread_mutex_unlock(&e->lock);
+			/* The payload is the destination's NUL-terminated
+			 * reason; bound it by what arrived anyway. */
+			mig_fail(e, 0, "destination failed: %.*s",
+				 (int)MIN(sec.length, (uint64_t)256),
+				 p ? (char *)p : "");
+			pthread_mutex_lock(&e->lock);
+			e->rp_error = true;
+			break;
+		default:
+			pr_warn("migration: unexpected %s on the return path",
+				mig_section_name(sec.type));
+			break;
+		}
+		pthread_cond_broadcast(&e->cond);
+		pthread_mutex_unlock(&e->lock);
+		free(p);
+	}
+}
+
+static bool save_should_stop(struct mig_engine *e)
+{
+	bool stop;
+
+	pthread_mutex_lock(&e->lock);
+	stop = e->rp_error || e->rp_closed || atomic_load(&e->cancel);
+	pthread_mutex_unlock(&e->lock);
+	return stop;
+}
+
+/*
+ * Sleep ns to honour max-bandwidth, but wake on cancel or a return-path
+ * event: at a low limit the wait can be hours, and cancel must not wait
+ * for it (nor the VMM's shutdown, which joins this thread).
+ */
+static void save_throttle_wait(struct mig_engine *e, uint64_t ns)
+{
+	struct timespec ts;
+	int ret = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ns += (uint64_t)ts.tv_nsec;
+	ts.tv_sec += (time_t)(ns / 1000000000ull);
+	ts.tv_nsec = (long)(ns % 1000000000ull);
+	pthread_mutex_lock(&e->lock);
+	while (!e->rp_error && !e->rp_closed && !atomic_load(&e->cancel) &&
+	       ret != ETIMEDOUT)
+		ret = pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- what goes on the wire ------------------------------------------ */
+
+static int save_section(struct mig_engine *e, uint16_t type, uint32_t id,
+			const void *data, size_t len)
+{
+	int ret = mig_section_write(e->ch, type, 0, id, data, len, NULL, 0);
+
+	if (!ret)
+		e->cnt.transferred += len + MIG_SECTION_HDR_SIZE;
+	return ret;
+}
+
+static int save_emit_dev(void *opaque, unsigned idx, enum mig_dev_rec rec,
+			 const void *buf, size_t len)
+{
+	static const struct { uint16_t type; const char *what; } recs[] = {
+		[MIG_DEV_REC_DATA] = { MIG_SEC_DEV_DATA, "data" },
+		[MIG_DEV_REC_INIT_DONE] = { MIG_SEC_DEV_INIT_DONE, "init-done" },
+		[MIG_DEV_REC_END] = { MIG_SEC_DEV_END, "end" },
+	};
+	struct mig_engine *e = opaque;
+	int ret = save_section(e, recs[rec].type, idx, buf, len);
+
+	if (ret)
+		return mig_fail(e, ret, "sending device %s %s: %s",
+				e->devs.dev[idx].vdev->id, recs[rec].what,
+				strerror(-ret));
+	return 0;
+}
+
+/* Engine-owned section types; the VMM's state must use others. */
+static bool section_is_engines(uint16_t type)
+{
+	switch (type) {
+	case MIG_SEC_CONFIG:
+	case MIG_SEC_RAM:
+	case MIG_SEC_DEV_DATA:
+	case MIG_SEC_DEV_INIT_DONE:
+	case MIG_SEC_DEV_END:
+	case MIG_SEC_ITER_END:
+	case MIG_SEC_END:
+		return true;
+	default:
+		return type >= MIG_RP_SWITCHOVER_ACK;
+	}
+}
+
+static int save_put_state(void *ctx, uint16_t type, uint32_t id,
+			  const void *data, size_t len)
+{
+	struct mig_engine *e = ctx;
+	int ret;
+
+	if (section_is_engines(type))
+		return mig_fail(e, -EINVAL, "VMM state in section type %u, "
+				"which the engine owns", type);
+	ret = save_section(e, type, id, data, len);
+	if (ret)
+		return mig_fail(e, ret, "sending %s state: %s",
+				mig_section_name(type), strerror(-ret));
+	return 0;
+}
+
+static int save_ram(struct mig_engine *e, uint64_t max_pages, bool *more)
+{
+	struct mig_ram_stats st = { 0 };
+	int ret = mig_ram_send_dirty(e->ch, &e->ram, e->bm, max_pages, more,
+				     &st);
+
+	e->cnt.ram_pages += st.pages_sent;
+	e->cnt.zero_pages += st.zero_pages;
+	e->cnt.transferred += st.bytes;
+	if (ret)
+		return mig_fail(e, ret, "sending RAM: %s", strerror(-ret));
+	return 0;
+}
+
+/* Refresh the bitmap: the host's log (vCPUs, the VMM), then every
+ * device's DMA log. */
+static int save_sync_dirty(struct mig_engine *e)
+{
+	int ret = e->host_ops->dirty_log_sync(e->host, e->bm);
+
+	if (ret)
+		return mig_fail(e, ret, "dirty log: %s", strerror(-ret));
+	return mig_devs_log_sync(&e->devs, &e->ram, e->bm);
+}
+
+/* ---- setup ------------------------------------------------------------ */
+
+static int save_send_config(struct mig_engine *e)
+{
+	struct json_object *cfg = e->host_ops->config(e->host);
+	const char *s;
+	int ret;
+
+	if (!cfg)
+		return mig_fail(e, -ENOMEM, "out of memory");
+	json_object_object_add(cfg, "ram_size",
+			       json_object_new_int64((int64_t)(e->ram.pages *
+							       MIG_PAGE_SIZE)));
+	json_object_object_add(cfg, "switchover_ack",
+			       json_object_new_boolean(e->run_params.switchover_ack));
+	s = json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PLAIN);
+	ret = mig_stream_write_header(e->ch);
+	if (!ret)
+		ret = save_section(e, MIG_SEC_CONFIG, 0, s, strlen(s) + 1);
+	json_object_put(cfg);
+	if (ret)
+		return mig_fail(e, ret, "sending the configuration: %s",
+				strerror(-ret));
+	return 0;
+}
+
+static int save_log_start(struct mig_engine *e)
+{
+	struct vfu_dma_log_range ranges[MIG_RAM_MAX_RANGES];
+	int ret;
+
+	/* Dirty tracking on before the first pass, so nothing written
+	 * while it runs is missed. */
+	ret = e->host_ops->dirty_log_start(e->host);
+	if (ret)
+		return mig_fail(e, ret, "dirty logging: %s", strerror(-ret));
+	e->dirty_logging = true;
+	if (e->run_params.no_device_dirty_log) {
+		pr_warn("migration: device dirty logging is OFF (debug "
+			"capability x-ignore-device-dirty-log): pages devices "
+			"write during pre-copy will be stale on the destination");
+		return 0;
+	}
+	for (unsigned i = 0; i < e->ram.nr; i++) {
+		ranges[i].iova = e->ram.r[i].gpa;
+		ranges[i].length = e->ram.r[i].size;
+	}
+	return mig_devs_log_start(&e->devs, ranges, e->ram.nr);
+}
+
+static int save_setup(struct mig_engine *e, bool *rp_started,
+		      pthread_t *rp_thread)
+{
+	struct mig_channel *ch = NULL;
+	int ret;
+
+	e->bm = calloc(bitmap_words(e->ram.pages), sizeof(uint64_t));
+	if (!e->bm)
+		return mig_fail(e, -ENOMEM, "out of memory");
+	if (e->connect) {
+		ret = mig_channel_connect(&e->uri, MIG_IO_TIMEOUT_MS, &ch);
+		pthread_mutex_lock(&e->lock);
+		e->ch = ch;
+		pthread_mutex_unlock(&e->lock);
+		if (ret)
+			return mig_fail(e, ret, "cannot reach the destination "
+					"%s: %s", e->uri_str, strerror(-ret));
+	}
+	if (!e->ch->has_return_path && e->run_params.switchover_ack)
+		return mig_fail(e, -EINVAL, "switchover-ack needs a return "
+				"path (tcp: or unix:)");
+	if (e->ch->has_return_path) {
+		if (pthread_create(rp_thread, NULL, rp_thread_fn, e))
+			return mig_fail(e, -EAGAIN, "cannot start the "
+					"return-path thread");
+		*rp_started = true;
+	}
+	ret = save_send_config(e);
+	if (!ret)
+		ret = save_log_start(e);
+	if (ret)
+		return ret;
+	/* Trap the device-memory areas the device must see while saving,
+	 * synchronously, before it enters PRE_COPY. */
+	ret = e->host_ops->set_saving_traps(e->host, true);
+	if (ret)
+		return mig_fail(e, ret, "trapping device BAR areas: %s",
+				strerror(-ret));
+	ret = mig_devs_precopy_start(&e->devs);
+	if (ret)
+		return ret;
+	for (uint64_t p = 0; p < e->ram.pages; p++)
+		bitmap_set(e->bm, p);
+	e->cnt.setup_ns = clock_ns() - e->cnt.start_ns;
+	mig_publish(e);
+	mig_set_status(e, MIG_STATUS_ACTIVE);
+	return 0;
+}
+
+/* ---- iterations ------------------------------------------------------- */
+
+/* All dirty RAM, in slices with device pre-copy data in between. */
+static int save_pass(struct mig_engine *e, uint64_t t_iter, uint64_t sent0)
+{
+	for (bool more = true; more;) {
+		uint64_t wait_ns;
+		int ret;
+
+		if (save_should_stop(e))
+			return -ECANCELED;
+		ret = save_ram(e, MIG_RAM_PASS_PAGES, &more);
+		if (!ret)
+			ret = mig_devs_precopy(&e->devs, MIG_DEV_PASS_BYTES,
+					       save_emit_dev, e);
+		if (ret)
+			return ret;
+		e->cnt.remaining = bitmap_count(e->bm, e->ram.pages) *
+				   MIG_PAGE_SIZE;
+		mig_publish(e);
+		pthread_mutex_lock(&e->lock);
+		e->conv.max_bandwidth = e->params.max_bandwidth;
+		pthread_mutex_unlock(&e->lock);
+		wait_ns = mig_converge_throttle_ns(&e->conv,
+						   e->cnt.transferred - sent0,
+						   clock_ns() - t_iter);
+		if (wait_ns)
+			save_throttle_wait(e, wait_ns);
+	}
+	return 0;
+}
+
+/* After a pass: may the guest stop now? */
+static bool save_decide(struct mig_engine *e, uint64_t t_iter,
+			uint64_t sent0)
+{
+	uint64_t remaining;
+	bool ready, acked = true;
+
+	e->cnt.dirty_pages = bitmap_count(e->bm, e->ram.pages);
+	mig_converge_sample(&e->conv, e->cnt.transferred - sent0,
+			    clock_ns() - t_iter,
+			    e->cnt.dirty_pages * MIG_PAGE_SIZE);
+	remaining = e->cnt.dirty_pages * MIG_PAGE_SIZE +
+		    mig_devs_pending(&e->devs) + mig_channel_unsent(e->ch);
+	e->cnt.remaining = remaining;
+	mig_publish(e);
+	pthread_mutex_lock(&e->lock);
+	e->conv.downtime_limit_ms = e->params.downtime_limit_ms;
+	e->conv.max_bandwidth = e->params.max_bandwidth;
+	ready = mig_converge_ready(&e->conv, remaining);
+	e->pub.expected_downtime_ms = e->conv.expected_downtime_ms;
+	if (e->run_params.switchover_ack)
+		acked = e->switchover_acked;
+	mig_converge_reason(&e->conv, e->pub.reason, sizeof(e->pub.reason));
+	if (ready && !acked)
+		snprintf(e->pub.reason, sizeof(e->pub.reason), "converged; "
+			 "waiting for the destination's switchover-ack");
+	pthread_mutex_unlock(&e->lock);
+	FERRY_TRACE(migration_iteration, e->conv.iterations,
+		    e->cnt.dirty_pages, remaining);
+	return ready && acked;
+}
+
+static int save_iterate(struct mig_engine *e)
+{
+	for (;;) {
+		uint64_t t_iter = clock_ns(), sent0 = e->cnt.transferred;
+		int ret = save_pass(e, t_iter, sent0);
+
+		if (ret)
+			return ret;
+		ret = save_section(e, MIG_SEC_ITER_END, 0, NULL, 0);
+		if (ret)
+			return mig_fail(e, ret, "destination gone: %s",
+					strerror(-ret));
+		ret = save_sync_dirty(e);
+		if (ret)
+			return ret;
+		if (save_decide(e, t_iter, sent0))
+			return 0;
+	}
+}
+
+/* ---- switchover ------------------------------------------------------- */
+
+/* The destination owns the guest once it says it runs it. */
+static int save_wait_confirm(struct mig_engine *e)
+{
+	struct timespec ts;
+	int wret = 0, ret;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += MIG_CONFIRM_TIMEOUT_MS / 1000;
+	pthread_mutex_lock(&e->lock);
+	while (!e->resumed && !e->rp_error && !e->rp_closed &&
+	       wret != ETIMEDOUT)
+		wret = pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+	ret = e->resumed ? 0 : -EPIPE;
+	pthread_mutex_unlock(&e->lock);
+	if (ret)
+		return mig_fail(e, ret, wret == ETIMEDOUT ? "destination did "
+				"not confirm it runs the guest" :
+				"destination closed before confirming");
+	return 0;
+}
+
+/* Everything after the vCPUs stopped. */
+static int save_switchover(struct mig_engine *e)
+{
+	uint64_t t0 = clock_ns(), t_sync, t_ram;
+	char err[256] = "";
+	uint32_t run;
+	bool more;
+	int ret;
+
+	mig_set_status(e, MIG_STATUS_DEVICE);
+	e->was_running = e->host_ops->running(e->host);
+	e->host_ops->pause(e->host);
+	e->paused = true;
+
+	ret = mig_devs_stop_copy(&e->devs);
+	if (ret)
+		return ret;
+	/* Devices are quiet now: the last dirty sync is complete. */
+	t_sync = clock_ns();
+	ret = save_sync_dirty(e);
+	if (ret)
+		return ret;
+	e->cnt.final_pages = bitmap_count(e->bm, e->ram.pages);
+	t_ram = clock_ns();
+	ret = save_ram(e, 0, &more);
+	pr_debug("switchover: devices stopped in %.1f ms, dirty sync %.1f ms, "
+		 "%llu pages in %.1f ms", (t_sync - t0) / 1e6,
+		 (t_ram - t_sync) / 1e6,
+		 (unsigned long long)e->cnt.final_pages,
+		 (clock_ns() - t_ram) / 1e6);
+	if (!ret)
+		ret = mig_devs_drain(&e->devs, save_emit_dev, e);
+	if (ret)
+		return ret;
+	/* VMM state, the devices' PCI config last: the destination applies
+	 * it after the device state, as vfio-pci does. */
+	ret = e->host_ops->state_save(e->host, save_put_state, e, err,
+				      sizeof(err));
+	if (ret)
+		return mig_fail(e, ret, "saving VMM state: %s",
+				err[0] ? err : strerror(-ret));
+	run = e->was_running;
+	/*
+	 * From here on the destination may run the guest at any moment: a
+	 * cancel can no longer take it back without risking a guest that
+	 * runs twice, so cancel waits for the outcome instead (see
+	 * mig_engine_cancel()). Only the destination's word decides.
+	 */
+	pthread_mutex_lock(&e->lock);
+	e->end_sent = true;
+	pthread_mutex_unlock(&e->lock);
+	ret = save_section(e, MIG_SEC_END, 0, &run, sizeof(run));
+	pr_debug("switchover: END written %.1f ms after the vCPUs stopped",
+		 (clock_ns() - t0) / 1e6);
+	if (ret)
+		return mig_fail(e, ret, "sending END: %s", strerror(-ret));
+	/* A file has no return path: the stream is complete once written
+	 * (the guest stays paused here, as QEMU does). */
+	if (e->ch->has_return_path) {
+		ret = save_wait_confirm(e);
+		if (ret)
+			return ret;
+	}
+	e->cnt.downtime_ns = clock_ns() - t0;
+	return 0;
+}
+
+/* ---- the end ---------------------------------------------------------- */
+
+/* Give the guest back to this VMM as it was before the migration. */
+static void save_rollback(struct mig_engine *e)
+{
+	mig_devs_finish(&e->devs, VFU_MIG_STATE_RUNNING);
+	if (e->host_ops->set_saving_traps(e->host, false))
+		pr_warn("migration: could not map device areas directly "
+			"again; they stay trapped");
+	if (e->dirty_logging) {
+		e->host_ops->dirty_log_stop(e->host);
+		e->dirty_logging = false;
+	}
+	if (e->paused) {
+		e->host_ops->resume(e->host);
+		e->paused = false;
+	}
+}
+
+static void save_completed(struct mig_engine *e)
+{
+	bool handed_over = e->ch->has_return_path;
+
+	e->cnt.total_ns = clock_ns() - e->cnt.start_ns;
+	if (handed_over) {
+		/* The guest lives on the destination now; devices here stay
+		 * stopped. */
+		mig_devs_finish(&e->devs, VFU_MIG_STATE_STOP);
+		pthread_mutex_lock(&e->lock);
+		e->migrated_away = true;
+		pthread_mutex_unlock(&e->lock);
+	}
+	mig_publish(e);
+	mig_set_status(e, MIG_STATUS_COMPLETED);
+	pr_info("migration completed: %.3f s total, %.1f ms downtime, "
+		"%llu bytes, %u iterations, %llu pages in the last pass, "
+		"%llu pages reported by device DMA logs (%llu only by them)",
+		e->cnt.total_ns / 1e9, e->cnt.downtime_ns / 1e6,
+		(unsigned long long)e->cnt.transferred, e->conv.iterations,
+		(unsigned long long)e->cnt.final_pages,
+		(unsigned long long)e->devs.log_pages,
+		(unsigned long long)e->devs.log_only_pages);
+	if (handed_over) {
+		e->host_ops->handed_over(e->host);
+		return;
+	}
+	/* Saved to a file: the guest stays here, paused (QEMU's
+	 * postmigrate); devices run again so that `cont` resumes a
+	 * consistent VM. The user's pause comes before the engine drops
+	 * its own: no vCPU may run in between. */
+	if (e->was_running)
+		e->host_ops->hold_paused(e->host);
+	save_rollback(e);
+	pr_info("migration to %s complete; the guest is paused here "
+		"(cont resumes it)", e->uri_str);
+}
+
+static void save_failed(struct mig_engine *e)
+{
+	char why[512];
+
+	save_rollback(e);
+	e->cnt.total_ns = clock_ns() - e->cnt.start_ns;
+	mig_publish(e);
+	if (atomic_load(&e->cancel)) {
+		mig_set_status(e, MIG_STATUS_CANCELLED);
+		pr_info("migration cancelled; the guest keeps running here");
+		return;
+	}
+	if (!mig_has_error(e))
+		mig_fail(e, 0, "migration failed");
+	mig_error_copy(e, why, sizeof(why));
+	mig_set_status(e, MIG_STATUS_FAILED);
+	pr_err("migration failed: %s; the guest keeps running here", why);
+}
+
+void *mig_save_thread(void *arg)
+{
+	struct mig_engine *e = arg;
+	struct mig_channel *ch;
+	pthread_t rp_thread;
+	bool rp_started = false;
+
+	if (!save_setup(e, &rp_started, &rp_thread) && !save_iterate(e) &&
+	    !save_switchover(e))
+		save_completed(e);
+	else
+		save_failed(e);
+
+	if (e->ch)
+		mig_channel_shutdown(e->ch);
+	if (rp_started)
+		pthread_join(rp_thread, NULL);
+	/* mig_engine_cancel() uses e->ch under the lock. */
+	pthread_mutex_lock(&e->lock);
+	ch = e->ch;
+	e->ch = NULL;
+	pthread_mutex_unlock(&e->lock);
+	mig_channel_close(ch);
+	mig_devs_fini(&e->devs);
+	free(e->bm);
+	e->bm = NULL;
+	return NULL;
+}

@@ -1,0 +1,264 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The vfio-user device backend: struct vdev over a vfu_client
+ * (ferry/vdev.h for the contract, ferry/vfu_client.h for the protocol).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/util.h"
+#include "ferry/vdev.h"
+#include "ferry/vfu_client.h"
+
+struct vdev_vu {
+	struct vdev dev;
+	struct vfu_client *c;
+	struct vdev_events ev;
+	void *opaque;
+};
+
+_Static_assert(VDEV_MAX_AREAS >= VFU_CLIENT_MAX_SPARSE, "areas");
+
+static struct vfu_client *to_client(struct vdev *d)
+{
+	return container_of(d, struct vdev_vu, dev)->c;
+}
+
+static void vu_close(struct vdev *d)
+{
+	struct vdev_vu *v = container_of(d, struct vdev_vu, dev);
+
+	if (v->c)
+		vfu_client_close(v->c);
+	free(d->id);
+	free(d->location);
+	free(v);
+}
+
+/* Client callbacks: forward to whatever the VMM installed. */
+static void vu_disconnected(void *opaque)
+{
+	struct vdev_vu *v = opaque;
+
+	if (v->ev.disconnected)
+		v->ev.disconnected(v->opaque);
+}
+
+static void vu_dirty(void *opaque, uint64_t iova, uint64_t len)
+{
+	struct vdev_vu *v = opaque;
+
+	if (v->ev.dma_dirty)
+		v->ev.dma_dirty(v->opaque, iova, len);
+}
+
+static void vu_set_events(struct vdev *d, const struct vdev_events *ev,
+			  void *opaque)
+{
+	struct vdev_vu *v = container_of(d, struct vdev_vu, dev);
+
+	/* The client's setters take its locks: the receive thread sees
+	 * either no callback or the new one with its opaque. */
+	vfu_client_set_disconnect_cb(v->c, NULL, NULL);
+	vfu_client_set_dirty_cb(v->c, NULL, NULL);
+	v->ev = ev ? *ev : (struct vdev_events){ 0 };
+	v->opaque = opaque;
+	if (v->ev.disconnected)
+		vfu_client_set_disconnect_cb(v->c, vu_disconnected, v);
+	if (v->ev.dma_dirty)
+		vfu_client_set_dirty_cb(v->c, vu_dirty, v);
+}
+
+static int vu_device_info(struct vdev *d, struct vfu_device_info *out)
+{
+	return vfu_client_device_info(to_client(d), out);
+}
+
+static int vu_region_info(struct vdev *d, uint32_t index,
+			  struct vdev_region *out)
+{
+	struct vfu_client_region r = { .fd = -1 };
+	int ret = vfu_client_region_info(to_client(d), index, &r);
+
+	memset(out, 0, sizeof(*out));
+	out->fd = -1;
+	if (ret)
+		return ret;
+	out->index = r.index;
+	out->flags = r.flags;
+	out->size = r.size;
+	out->fd = r.fd;		/* ownership moves to *out */
+	out->fd_offset = r.fd_offset;
+	out->nr_mmap = r.nr_sparse;
+	memcpy(out->mmap, r.sparse, r.nr_sparse * sizeof(r.sparse[0]));
+	out->nr_trap_while_saving = r.nr_trap_while_saving;
+	memcpy(out->trap_while_saving, r.trap_while_saving,
+	       r.nr_trap_while_saving * sizeof(r.trap_while_saving[0]));
+	return 0;
+}
+
+static int vu_region_read(struct vdev *d, uint32_t index, uint64_t offset,
+			  void *buf, size_t len)
+{
+	return vfu_client_region_read(to_client(d), index, offset, buf, len);
+}
+
+static int vu_region_write(struct vdev *d, uint32_t index, uint64_t offset,
+			   const void *buf, size_t len)
+{
+	return vfu_client_region_write(to_client(d), index, offset, buf, len);
+}
+
+static int vu_irq_info(struct vdev *d, uint32_t index,
+		       struct vfu_irq_info *out)
+{
+	return vfu_client_irq_info(to_client(d), index, out);
+}
+
+static int vu_set_irqs(struct vdev *d, uint32_t index, uint32_t start,
+		       uint32_t count, const int *fds)
+{
+	return vfu_client_set_irqs(to_client(d), index, start, count, fds);
+}
+
+static int vu_dma_map(struct vdev *d, uint64_t iova, uint64_t size, int fd,
+		      uint64_t offset, uint32_t prot, void *vaddr)
+{
+	return vfu_client_dma_map(to_client(d), iova, size, fd, offset, prot,
+				  vaddr);
+}
+
+static int vu_dma_unmap(struct vdev *d, uint64_t iova, uint64_t size)
+{
+	return vfu_client_dma_unmap(to_client(d), iova, size);
+}
+
+static int vu_reset(struct vdev *d)
+{
+	return vfu_client_reset(to_client(d));
+}
+
+static int vu_mig_flags(struct vdev *d, uint64_t *flags)
+{
+	return vfu_client_mig_flags(to_client(d), flags);
+}
+
+static int vu_mig_set_state(struct vdev *d, enum vfu_mig_state state)
+{
+	return vfu_client_mig_set_state(to_client(d), state);
+}
+
+static int vu_mig_get_state(struct vdev *d, enum vfu_mig_state *state)
+{
+	return vfu_client_mig_get_state(to_client(d), state);
+}
+
+static ssize_t vu_mig_read(struct vdev *d, void *buf, size_t len)
+{
+	const struct vfu_caps *caps = vfu_client_caps(to_client(d));
+
+	/* One message carries at most what the server accepts. */
+	len = MIN(len, (size_t)caps->max_data_xfer_size);
+	return vfu_client_mig_read(to_client(d), buf, len);
+}
+
+static int vu_mig_write(struct vdev *d, const void *buf, size_t len)
+{
+	return vfu_client_mig_write(to_client(d), buf, len);
+}
+
+static int vu_precopy_info(struct vdev *d, uint64_t *initial,
+			   uint64_t *dirty)
+{
+	struct vfu_feature_precopy_info info;
+	int ret = vfu_client_precopy_info(to_client(d), &info);
+
+	if (ret)
+		return ret;
+	*initial = info.initial_bytes;
+	*dirty = info.dirty_bytes;
+	return 0;
+}
+
+static int vu_data_size(struct vdev *d, uint64_t *len)
+{
+	return vfu_client_mig_data_size(to_client(d), len);
+}
+
+static int vu_log_start(struct vdev *d, uint64_t *page_size,
+			const struct vfu_dma_log_range *ranges, uint32_t n)
+{
+	return vfu_client_dma_log_start(to_client(d), page_size, ranges, n);
+}
+
+static int vu_log_stop(struct vdev *d)
+{
+	return vfu_client_dma_log_stop(to_client(d));
+}
+
+static int vu_log_report(struct vdev *d, uint64_t iova, uint64_t length,
+			 uint64_t page_size, uint64_t *bitmap)
+{
+	return vfu_client_dma_log_report(to_client(d), iova, length, page_size,
+					 bitmap);
+}
+
+static const struct vdev_ops vdev_vfio_user_ops = {
+	.name = "vfio-user",
+	.close = vu_close,
+	.set_events = vu_set_events,
+	.device_info = vu_device_info,
+	.region_info = vu_region_info,
+	.region_read = vu_region_read,
+	.region_write = vu_region_write,
+	.irq_info = vu_irq_info,
+	.set_irqs = vu_set_irqs,
+	.dma_map = vu_dma_map,
+	.dma_unmap = vu_dma_unmap,
+	.reset = vu_reset,
+	.mig_flags = vu_mig_flags,
+	.mig_set_state = vu_mig_set_state,
+	.mig_get_state = vu_mig_get_state,
+	.mig_read = vu_mig_read,
+	.mig_write = vu_mig_write,
+	.precopy_info = vu_precopy_info,
+	.data_size = vu_data_size,
+	.log_start = vu_log_start,
+	.log_stop = vu_log_stop,
+	.log_report = vu_log_report,
+};
+
+int vdev_vfio_user_open(const char *id, const char *socket_path,
+			struct vdev **out, char *err, size_t errlen)
+{
+	struct vdev_vu *v = calloc(1, sizeof(*v));
+	int ret;
+
+	if (!v) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	v->dev.ops = &vdev_vfio_user_ops;
+	v->dev.mig_state = VFU_MIG_STATE_RUNNING;
+	v->dev.id = strdup(id);
+	v->dev.location = strdup(socket_path);
+	if (!v->dev.id || !v->dev.location) {
+		snprintf(err, errlen, "out of memory");
+		ret = -ENOMEM;
+		goto err_free;
+	}
+	ret = vfu_client_connect(socket_path, NULL, &v->c);
+	if (ret) {
+		snprintf(err, errlen, "cannot connect to the vfio-user server: "
+			 "%s", strerror(-ret));
+		goto err_free;
+	}
+	*out = &v->dev;
+	return 0;
+
+err_free:
+	vu_close(&v->dev);
+	return ret;
+}

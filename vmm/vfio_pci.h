@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * vfio-pci-like proxy: turns a passthrough device (struct vdev, any
+ * backend: vfio-user today) into a PCI function on the VM's bus. Config
+ * space is read from the device and virtualised where a VMM must (BARs,
+ * command register, MSI-X capability), trapped BAR accesses are
+ * forwarded as region reads/writes, mmap'able areas are mapped into the
+ * guest as memory slots, the MSI-X table and PBA are emulated and the
+ * vectors routed to KVM through irqfds on the eventfds handed to the
+ * device, and guest RAM (memfd) is DMA-mapped to the device. The proxy
+ * calls the device only through its ops table (ferry/vdev.h).
+ */
+#ifndef FERRY_VMM_VFIO_PCI_H
+#define FERRY_VMM_VFIO_PCI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct vm;
+struct pci_bus;
+struct vfio_pci;
+struct vdev;
+struct json_object;
+
+/* Plug an open device into bus; the proxy owns vdev from here on (it is
+ * closed on failure too). On failure returns -errno and writes a
+ * human-readable reason to err (errlen bytes); the reason does not
+ * repeat the id or location, the caller prints those. */
+int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
+		    struct vfio_pci **out, char *err, size_t errlen);
+void vfio_pci_destroy(struct vfio_pci *dev);
+/* Describe the device for QMP (id, backend, socket, BARs, vectors). */
+struct json_object *vfio_pci_describe(struct vfio_pci *dev);
+/*
+ * Switch the device's "trap while saving" areas (ferry extension
+ * capability) between direct guest mappings (trap false) and trapped
+ * region access (trap true). Synchronous: when it returns, every later
+ * guest access to those areas reaches the device. Call with trap true
+ * before entering a saving state (PRE_COPY) and with false when saving
+ * ends. 0 or -errno.
+ */
+int vfio_pci_set_saving_traps(struct vfio_pci *dev, bool trap);
+
+/* Migration (vmm/mig_host.c). */
+struct vdev *vfio_pci_vdev(struct vfio_pci *dev);
+const char *vfio_pci_id(struct vfio_pci *dev);
+/* What must be equal on source and destination: vendor/device ids, BAR
+ * sizes, MSI-X vectors (the stream's CONFIG check compares it). */
+struct json_object *vfio_pci_identity(struct vfio_pci *dev);
+/* The guest-visible PCI state the VMM owns: command register, BAR
+ * registers, MSI-X control, table and PBA (signals still sitting in an
+ * unrouted vector's eventfd are folded into the PBA first). Load remaps
+ * the BARs and hands the vector eventfds to the (resumed) device. */
+int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len);
+int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
+			char *err, size_t errlen);
+
+#endif /* FERRY_VMM_VFIO_PCI_H */
