@@ -292,6 +292,19 @@ enum mig_status mig_engine_status(struct mig_engine *e)
 
 /* ---- starting, cancelling, waiting ---- */
 
+void mig_thread_end(struct mig_engine *e)
+{
+	struct mig_channel *ch;
+
+	/* mig_engine_cancel() uses e->ch under the lock. */
+	pthread_mutex_lock(&e->lock);
+	ch = e->ch;
+	e->ch = NULL;
+	pthread_mutex_unlock(&e->lock);
+	mig_channel_close(ch);
+	mig_devs_fini(&e->devs);
+}
+
 void mig_engine_wait(struct mig_engine *e)
 {
 	bool started;

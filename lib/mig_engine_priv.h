@@ -101,6 +101,9 @@ int mig_fail(struct mig_engine *e, int ret, const char *fmt, ...)
 bool mig_has_error(struct mig_engine *e);
 void mig_error_copy(struct mig_engine *e, char *buf, size_t len);
 void mig_publish(struct mig_engine *e);
+/* The last thing a migration thread does: close the channel, free the
+ * device set. */
+void mig_thread_end(struct mig_engine *e);
 /* Take the devices for this migration, reporting to the engine. */
 int mig_engine_devs_init(struct mig_engine *e);
 

@@ -258,7 +258,6 @@ static void load_failed(struct mig_engine *e, int ret)
 void *mig_load_thread(void *arg)
 {
 	struct mig_engine *e = arg;
-	struct mig_channel *ch;
 	int ret = -ENOMEM;
 
 	e->ch->read_timeout_ms = MIG_LOAD_READ_TIMEOUT_MS;
@@ -276,11 +275,6 @@ void *mig_load_thread(void *arg)
 	e->host_ops->state_discard(e->host);
 	free(e->ram.loaded);
 	e->ram.loaded = NULL;
-	pthread_mutex_lock(&e->lock);
-	ch = e->ch;
-	e->ch = NULL;
-	pthread_mutex_unlock(&e->lock);
-	mig_channel_close(ch);
-	mig_devs_fini(&e->devs);
+	mig_thread_end(e);
 	return NULL;
 }

@@ -542,7 +542,6 @@ static void save_failed(struct mig_engine *e)
 void *mig_save_thread(void *arg)
 {
 	struct mig_engine *e = arg;
-	struct mig_channel *ch;
 	pthread_t rp_thread;
 	bool rp_started = false;
 
@@ -556,14 +555,8 @@ void *mig_save_thread(void *arg)
 		mig_channel_shutdown(e->ch);
 	if (rp_started)
 		pthread_join(rp_thread, NULL);
-	/* mig_engine_cancel() uses e->ch under the lock. */
-	pthread_mutex_lock(&e->lock);
-	ch = e->ch;
-	e->ch = NULL;
-	pthread_mutex_unlock(&e->lock);
-	mig_channel_close(ch);
-	mig_devs_fini(&e->devs);
 	free(e->bm);
 	e->bm = NULL;
+	mig_thread_end(e);
 	return NULL;
 }

@@ -12,7 +12,8 @@
 
 #include "ferry/log.h"
 #include "ferry/mig_channel.h"
-#include "migration_priv.h"
+#include "incoming.h"
+#include "vm_mig.h"
 
 bool incoming_pending(struct vm *vm)
 {

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
  * The KVM VM: /dev/kvm, the VM fd, in-kernel irqchip and PIT, memory
- * slots, and the GSI routing table behind vm_msi_route_set/free.
+ * slots, and the GSI routing table behind vm_msi_route_set/free. The
+ * lowest layer of the VMM: guest RAM (memory.c) and its dirty log
+ * (dirty.c) are built on its slots, and machine.c puts them together.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,14 +47,13 @@ static int kvm_check_caps(struct vm *vm, char *err, size_t errlen)
 	return 0;
 }
 
-int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
-	      char *err, size_t errlen)
+int kvm_vm_create(struct vm *vm, unsigned nr_cpus, char *err, size_t errlen)
 {
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
 	uint64_t idmap = VM_IDENTITY_MAP_ADDR;
 	int ret, api;
 
-	vm->kvm_fd = vm->vm_fd = vm->wake_fd = vm->ram_fd = -1;
+	vm->kvm_fd = vm->vm_fd = vm->wake_fd = -1;
 	pthread_mutex_init(&vm->slot_lock, NULL);
 	pthread_mutex_init(&vm->irq_lock, NULL);
 	pthread_mutex_init(&vm->run_lock, NULL);
@@ -119,26 +120,13 @@ int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
 		snprintf(err, errlen, "GSI routing: %s", strerror(-ret));
 		return ret;
 	}
-	ret = vm_ram_init(vm, ram_size);
-	if (ret) {
-		snprintf(err, errlen, "guest RAM of %llu bytes: %s",
-			 (unsigned long long)ram_size, strerror(-ret));
-		return ret;
-	}
 	return 0;
 }
 
 /* Safe on a partially created VM (every fd starts at -1). */
-void vm_destroy(struct vm *vm)
+void kvm_vm_destroy(struct vm *vm)
 {
-	/* A setup that failed before vm_create() leaves fds at 0 (stdin)
-	 * and locks uninitialised: nothing to undo then. */
-	if (!vm->initialised)
-		return;
-	vm->initialised = false;
-	vm_dirty_fini(vm);
 	close_safely(&vm->vm_fd);	/* drops every slot and irqfd */
-	vm_ram_fini(vm);
 	close_safely(&vm->kvm_fd);
 	close_safely(&vm->wake_fd);
 	free(vm->routing);

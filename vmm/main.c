@@ -18,6 +18,7 @@
 #include <json-c/json.h>
 
 #include "debug_exit.h"
+#include "incoming.h"
 #include "migration.h"
 #include "ferry/log.h"
 #include "ferry/util.h"

@@ -17,7 +17,7 @@
 #include "ferry/log.h"
 #include "ferry/mig_stream.h"
 #include "ferry/util.h"
-#include "migration_priv.h"
+#include "vm_mig.h"
 #include "serial.h"
 #include "vfio_pci.h"
 

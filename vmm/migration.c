@@ -13,7 +13,9 @@
 #include "ferry/log.h"
 #include "ferry/mig_converge.h"
 #include "ferry/util.h"
-#include "migration_priv.h"
+#include "incoming.h"
+#include "migration.h"
+#include "vm_mig.h"
 #include "vfio_pci.h"
 
 static void json_add_u64(struct json_object *o, const char *k, uint64_t v)

@@ -41,8 +41,4 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 struct json_object *migration_query_parameters(struct vm *vm);
 struct json_object *migration_query_capabilities(struct vm *vm);
 
-/* Destination (incoming.c): uri "defer" waits for migrate-incoming. */
-int incoming_start(struct vm *vm, const char *uri, char *err, size_t errlen);
-bool incoming_pending(struct vm *vm);
-
 #endif /* FERRY_VMM_MIGRATION_H */

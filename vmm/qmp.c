@@ -26,6 +26,7 @@
 
 #include "ferry/log.h"
 #include "ferry/util.h"
+#include "incoming.h"
 #include "migration.h"
 #include "qmp.h"
 #include "vfio_pci.h"

@@ -146,10 +146,16 @@ struct vm {
 	void *event_opaque;
 };
 
-/* kvm.c */
+/* machine.c: the whole VM, KVM and guest RAM; destroy is safe on a
+ * partly created one. */
 int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
 	      char *err, size_t errlen);
 void vm_destroy(struct vm *vm);
+
+/* kvm.c */
+int kvm_vm_create(struct vm *vm, unsigned nr_cpus, char *err,
+		  size_t errlen);
+void kvm_vm_destroy(struct vm *vm);
 int vm_irq_init(struct vm *vm);
 int vm_add_ram_slot(struct vm *vm, uint64_t gpa, uint64_t size, void *hva,
 		    int *slot);

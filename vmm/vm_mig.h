@@ -1,18 +1,18 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
- * What ferry-vmm's migration files share: migration.c (QMP face, engine
- * events), incoming.c (the listener) and mig_host.c (the host ops the
- * engine calls). One per VM, at vm->mig.
+ * A VM's migration state, shared by ferry-vmm's migration files:
+ * migration.c (QMP face, engine events) creates it, incoming.c (the
+ * listener) and mig_host.c (the host ops the engine calls) work on it.
+ * One per VM, at vm->mig.
  */
-#ifndef FERRY_VMM_MIGRATION_PRIV_H
-#define FERRY_VMM_MIGRATION_PRIV_H
+#ifndef FERRY_VMM_VM_MIG_H
+#define FERRY_VMM_VM_MIG_H
 
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "ferry/mig_engine.h"
-#include "migration.h"
 #include "vmm.h"
 
 /* VMM state taken from the stream, applied when it is complete. */
@@ -40,7 +40,7 @@ struct vm_mig {
 	struct vm_mig_loaded loaded;	/* mig_host.c */
 };
 
+/* mig_host.c: the engine's view of the VM (host = struct vm_mig *). */
 extern const struct mig_host_ops vm_mig_host_ops;
-void incoming_fini(struct vm *vm);
 
-#endif /* FERRY_VMM_MIGRATION_PRIV_H */
+#endif /* FERRY_VMM_VM_MIG_H */
