@@ -48,7 +48,7 @@ int vdev_mig_abort_resume(struct vdev *d)
 	d->mig_state = st;
 	if (st != VFU_MIG_STATE_RESUMING && st != VFU_MIG_STATE_ERROR)
 		return 0;
-	pr_info("device %s: in %s from an earlier incoming migration; "
+	pr_info("device %s: in %s, not ready for a new stream; "
 		"resetting it", d->id, vfu_mig_state_name(st));
 	ret = d->ops->reset(d);
 	if (ret)

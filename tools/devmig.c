@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * Device-migration driver (see devmig.h): source A, destination B.
+ * Device-migration driver (see devmig.h): source A, destination B, both
+ * struct vdev, moved by two device sets (ferry/mig_devs.h) exactly as the
+ * migration engine moves passthrough devices; only the stream between
+ * them stays in this process.
  *
- *   connect A and B, map a memfd as guest memory into both, eventfds
+ *   open A and B, map a memfd as guest memory into both, eventfds
  *   program A's ring and start jobs; DMA logging on A; A -> PRE_COPY
- *   rounds: submit jobs, PRECOPY_INFO, MIG_DATA_READ until 0, log report
+ *   rounds: submit jobs, PRECOPY_INFO, a pre-copy pass, DMA log sync
  *   mask vector 0 (IRQ_MASK) and complete one IRQ job: pending on A
- *   queue a large job, A -> STOP_COPY, drain, final report, A -> STOP
- *   B -> RESUMING, MIG_DATA_WRITE, -> STOP (compare) -> RUNNING
+ *   queue a large job, A -> STOP_COPY, last log sync, drain, A -> STOP
+ *   B -> RESUMING, load the stream, -> STOP (compare) -> RUNNING
  *   unmask on B: exactly one signal; B finishes and continues the jobs
  */
 #include <errno.h>
@@ -25,8 +28,10 @@
 #include "devmig.h"
 #include "ferry/crc32c.h"
 #include "ferry/ferry_dma_hw.h"
+#include "ferry/mig_devs.h"
+#include "ferry/mig_ram.h"
 #include "ferry/util.h"
-#include "ferry/vfu_client.h"
+#include "ferry/vdev.h"
 
 #define GUEST_IOVA	0x40000000ull
 #define GUEST_SIZE	(64ull << 20)
@@ -43,6 +48,12 @@
 #define MIG_BUF		(1u << 20)
 #define WAIT_MS		20000u
 #define IRQ_WAIT_MS	5000
+/* A pre-copy pass reads until the device has nothing more for now, as a
+ * VMM without a bandwidth limit would. */
+#define PASS_ALL	UINT64_MAX
+
+/* The device set's bitmap over guest memory is r->reported itself. */
+_Static_assert(PAGE == MIG_PAGE_SIZE, "bit i of the page bitmaps is page i");
 
 struct job {
 	struct ferry_dma_desc desc;
@@ -51,10 +62,15 @@ struct job {
 
 struct side {
 	const char *name;
-	struct vfu_client *c;
+	struct vdev *dev;
 	int irq_fd[FERRY_DMA_MAX_VECTORS];
 	uint32_t nvec;
 	uint64_t devmem_size;
+};
+
+struct ring_state {
+	uint32_t head, tail, crc, status, irq_status, irq_mask;
+	uint64_t completed, bytes;
 };
 
 struct devmig {
@@ -62,7 +78,13 @@ struct devmig {
 	struct devmig_result *r;
 	int mem_fd;
 	uint8_t *mem;
+	struct mig_ram ram;		/* guest memory, as the DMA logs see it */
 	struct side a, b;
+	struct mig_devs src;		/* A, saving */
+	struct mig_devs dst;		/* B, loading */
+	uint8_t *stream;		/* A's device data, B's to load */
+	size_t stream_len;
+	size_t stream_cap;
 	struct side *cur;		/* the side running the jobs */
 	struct job jobs[RING];
 	uint64_t submitted;
@@ -103,16 +125,31 @@ static void say(struct devmig *m, const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+/* The device sets report each failure once, with the device named: that
+ * is r->why (the first failure wins, as for the driver's own). */
+static void devs_error(void *opaque, const char *msg)
+{
+	fail(opaque, 0, "%s", msg);
+}
+
+static void devs_state_changed(void *opaque, const struct vdev *d)
+{
+	say(opaque, "%s: now %s", d->id, vfu_mig_state_name(d->mig_state));
+}
+
+static const struct mig_devs_ops devs_ops = {
+	.state_changed = devs_state_changed,
+	.error = devs_error,
+};
+
 static int reg_read(struct side *s, uint32_t off, uint32_t *v)
 {
-	return vfu_client_region_read(s->c, VFU_PCI_BAR0_REGION_INDEX, off,
-				      v, 4);
+	return vdev_region_read(s->dev, VFU_PCI_BAR0_REGION_INDEX, off, v, 4);
 }
 
 static int reg_write(struct side *s, uint32_t off, uint32_t v)
 {
-	return vfu_client_region_write(s->c, VFU_PCI_BAR0_REGION_INDEX, off,
-				       &v, 4);
+	return vdev_region_write(s->dev, VFU_PCI_BAR0_REGION_INDEX, off, &v, 4);
 }
 
 static int reg_read64(struct side *s, uint32_t lo, uint64_t *v)
@@ -147,24 +184,26 @@ static uint32_t next_rand(struct devmig *m)
 static int side_open(struct devmig *m, struct side *s, const char *name,
 		     const char *path)
 {
-	struct vfu_client_region reg;
+	struct vdev_region reg;
 	struct vfu_irq_info irq;
+	char err[160];
 	uint32_t i;
 	int ret;
 
 	s->name = name;
 	for (i = 0; i < FERRY_DMA_MAX_VECTORS; i++)
 		s->irq_fd[i] = -1;
-	ret = vfu_client_connect(path, NULL, &s->c);
+	/* The device's id is the side's name: the device sets' messages
+	 * then say which side failed. */
+	ret = vdev_vfio_user_open(name, path, &s->dev, err, sizeof(err));
 	if (ret)
-		return fail(m, ret, "%s: connect %s: %s", name, path,
-			    strerror(-ret));
-	ret = vfu_client_region_info(s->c, VFU_PCI_BAR2_REGION_INDEX, &reg);
+		return fail(m, ret, "%s: %s: %s", name, path, err);
+	ret = vdev_region_info(s->dev, VFU_PCI_BAR2_REGION_INDEX, &reg);
 	if (ret)
 		return fail(m, ret, "%s: BAR2 info: %s", name, strerror(-ret));
 	s->devmem_size = reg.size;
-	vfu_client_region_release(&reg);
-	ret = vfu_client_irq_info(s->c, VFU_PCI_MSIX_IRQ_INDEX, &irq);
+	vdev_region_release(&reg);
+	ret = vdev_irq_info(s->dev, VFU_PCI_MSIX_IRQ_INDEX, &irq);
 	if (ret)
 		return fail(m, ret, "%s: MSI-X info: %s", name, strerror(-ret));
 	s->nvec = MIN(irq.count, FERRY_DMA_MAX_VECTORS);
@@ -173,12 +212,12 @@ static int side_open(struct devmig *m, struct side *s, const char *name,
 		if (s->irq_fd[i] < 0)
 			return fail(m, -errno, "eventfd: %s", strerror(errno));
 	}
-	ret = vfu_client_set_irqs(s->c, VFU_PCI_MSIX_IRQ_INDEX, 0, s->nvec,
-				  s->irq_fd);
+	ret = vdev_set_irqs(s->dev, VFU_PCI_MSIX_IRQ_INDEX, 0, s->nvec,
+			    s->irq_fd);
 	if (ret)
 		return fail(m, ret, "%s: SET_IRQS: %s", name, strerror(-ret));
-	ret = vfu_client_dma_map(s->c, GUEST_IOVA, GUEST_SIZE, m->mem_fd, 0,
-				 VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE, NULL);
+	ret = vdev_dma_map(s->dev, GUEST_IOVA, GUEST_SIZE, m->mem_fd, 0,
+			   VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE, NULL);
 	if (ret)
 		return fail(m, ret, "%s: DMA_MAP: %s", name, strerror(-ret));
 	return 0;
@@ -188,9 +227,8 @@ static void side_close(struct side *s)
 {
 	uint32_t i;
 
-	if (s->c)
-		vfu_client_close(s->c);
-	s->c = NULL;
+	vdev_close(s->dev);
+	s->dev = NULL;
 	for (i = 0; i < FERRY_DMA_MAX_VECTORS; i++)
 		close_safely(&s->irq_fd[i]);
 }
@@ -224,6 +262,8 @@ static uint32_t job_crc(struct devmig *m, const struct ferry_dma_desc *d,
 	}
 }
 
+/* The ground truth is marked here, not with mig_ram_mark(): the coverage
+ * check must not share the code that built the reported bitmap. */
 static void mark_truth(struct devmig *m, uint64_t iova, uint64_t len)
 {
 	uint64_t p;
@@ -365,12 +405,12 @@ static int devmem_crc(struct devmig *m, struct side *s, uint32_t *out)
 	int ret = 0;
 
 	if (!buf)
-		return -ENOMEM;
+		return fail(m, -ENOMEM, "out of memory");
 	for (off = 0; off < s->devmem_size; off += MIG_BUF) {
 		size_t n = (size_t)MIN((uint64_t)MIG_BUF, s->devmem_size - off);
 
-		ret = vfu_client_region_read(s->c, VFU_PCI_BAR2_REGION_INDEX,
-					     off, buf, n);
+		ret = vdev_region_read(s->dev, VFU_PCI_BAR2_REGION_INDEX, off,
+				       buf, n);
 		if (ret)
 			break;
 		crc = crc32c_update(crc, buf, n);
@@ -383,12 +423,7 @@ static int devmem_crc(struct devmig *m, struct side *s, uint32_t *out)
 	return 0;
 }
 
-struct ring_state {
-	uint32_t head, tail, crc, status, irq_status, irq_mask;
-	uint64_t completed, bytes;
-};
-
-static int ring_state(struct side *s, struct ring_state *st)
+static int ring_state(struct devmig *m, struct side *s, struct ring_state *st)
 {
 	int ret = 0;
 
@@ -400,62 +435,37 @@ static int ring_state(struct side *s, struct ring_state *st)
 	ret |= reg_read(s, FERRY_DMA_REG_IRQ_MASK, &st->irq_mask);
 	ret |= reg_read64(s, FERRY_DMA_REG_COMPLETED_LO, &st->completed);
 	ret |= reg_read64(s, FERRY_DMA_REG_BYTES_LO, &st->bytes);
-	return ret ? -EIO : 0;
+	return ret ? fail(m, -EIO, "%s: reading the ring state failed",
+			  s->name) : 0;
 }
 
-static ssize_t drain(struct devmig *m, struct side *s, uint8_t **stream,
-		     size_t *len, size_t *cap)
+/*
+ * A's records (one device, index 0). DATA is kept in memory rather than
+ * fed to B as it comes: both devices DMA into the same guest memory, so
+ * B may only start RESUMING once A stopped. A load takes the data in any
+ * split, so record boundaries need not be kept.
+ */
+static int stream_emit(void *opaque, unsigned idx, enum mig_dev_rec rec,
+		       const void *buf, size_t len)
 {
-	size_t before = *len;
+	struct devmig *m = opaque;
 
-	for (;;) {
-		ssize_t n;
+	if (rec == MIG_DEV_REC_INIT_DONE)
+		say(m, "%s: initial pre-copy data all sent", m->a.name);
+	if (rec != MIG_DEV_REC_DATA)
+		return 0;
+	if (m->stream_cap - m->stream_len < len) {
+		size_t cap = m->stream_cap * 2 + len + 4 * MIG_BUF;
+		uint8_t *p = realloc(m->stream, cap);
 
-		if (*cap - *len < MIG_BUF) {
-			uint8_t *p = realloc(*stream, *cap * 2 + 4 * MIG_BUF);
-
-			if (!p)
-				return fail(m, -ENOMEM, "out of memory");
-			*stream = p;
-			*cap = *cap * 2 + 4 * MIG_BUF;
-		}
-		n = vfu_client_mig_read(s->c, *stream + *len, MIG_BUF);
-		if (n < 0)
-			return fail(m, (int)n, "%s: MIG_DATA_READ: %s", s->name,
-				    strerror((int)-n));
-		if (n == 0)
-			break;
-		*len += (size_t)n;
+		if (!p)
+			return fail(m, -ENOMEM, "out of memory");
+		m->stream = p;
+		m->stream_cap = cap;
 	}
-	return (ssize_t)(*len - before);
-}
-
-static int log_report(struct devmig *m)
-{
-	uint64_t words = DIV_ROUND_UP(m->r->nr_pages, 64), i;
-	uint64_t *bm = calloc(words, sizeof(*bm));
-	int ret;
-
-	if (!bm)
-		return -ENOMEM;
-	ret = vfu_client_dma_log_report(m->a.c, GUEST_IOVA, GUEST_SIZE, PAGE,
-					bm);
-	if (!ret)
-		for (i = 0; i < words; i++)
-			m->r->reported[i] |= bm[i];
-	free(bm);
-	if (ret)
-		return fail(m, ret, "DMA log report: %s", strerror(-ret));
+	memcpy(m->stream + m->stream_len, buf, len);
+	m->stream_len += len;
 	return 0;
-}
-
-static uint64_t popcount_bm(const uint64_t *bm, uint64_t nr_pages)
-{
-	uint64_t i, n = 0;
-
-	for (i = 0; i < DIV_ROUND_UP(nr_pages, 64); i++)
-		n += (uint64_t)__builtin_popcountll(bm[i]);
-	return n;
 }
 
 uint64_t devmig_coverage_missing(const uint64_t *truth,
@@ -482,10 +492,16 @@ static int setup(struct devmig *m)
 		m->mem = NULL;
 		return fail(m, -errno, "mmap guest: %s", strerror(errno));
 	}
+	/* One range at GUEST_IOVA: page i of the device logs is bit i of
+	 * r->reported. */
+	m->ram.r[0] = (struct mig_ram_range){
+		.gpa = GUEST_IOVA, .size = GUEST_SIZE, .hva = m->mem };
+	m->ram.nr = 1;
+	m->ram.pages = GUEST_SIZE / PAGE;
 	r->page_size = PAGE;
 	r->nr_pages = GUEST_SIZE / PAGE;
-	r->reported = calloc(DIV_ROUND_UP(r->nr_pages, 64), sizeof(uint64_t));
-	r->truth = calloc(DIV_ROUND_UP(r->nr_pages, 64), sizeof(uint64_t));
+	r->reported = calloc(bitmap_words(r->nr_pages), sizeof(uint64_t));
+	r->truth = calloc(bitmap_words(r->nr_pages), sizeof(uint64_t));
 	if (!r->reported || !r->truth)
 		return fail(m, -ENOMEM, "out of memory");
 	m->seed = 12345;
@@ -495,6 +511,10 @@ static int setup(struct devmig *m)
 	ret = side_open(m, &m->a, "source", m->o->src_path);
 	if (!ret)
 		ret = side_open(m, &m->b, "destination", m->o->dst_path);
+	if (!ret)
+		ret = mig_devs_init(&m->src, &m->a.dev, 1, &devs_ops, m);
+	if (!ret)
+		ret = mig_devs_init(&m->dst, &m->b.dev, 1, &devs_ops, m);
 	if (ret)
 		return ret;
 	if (m->a.devmem_size != m->b.devmem_size)
@@ -519,83 +539,81 @@ static int program_ring(struct devmig *m)
 			  s->name) : 0;
 }
 
-static int run(struct devmig *m)
+/* Pre-copy rounds on A while jobs run, each read to the end. */
+static int save_precopy(struct devmig *m, uint32_t rounds, uint32_t per_round)
 {
-	const struct devmig_opts *o = m->o;
+	const struct vfu_dma_log_range guest = {
+		.iova = GUEST_IOVA, .length = GUEST_SIZE };
+	const struct mig_dev *md = &m->src.dev[0];
 	struct devmig_result *r = m->r;
-	uint32_t rounds = o->precopy_rounds ? o->precopy_rounds : 3;
-	uint32_t per_round = o->jobs_per_round ? o->jobs_per_round : 40;
-	struct vfu_feature_precopy_info info;
-	struct ring_state sa, sb;
-	uint8_t *stream = NULL;
-	size_t len = 0, cap = 0;
-	uint64_t page = PAGE, irq_job;
+	struct vdev *a = m->a.dev;
 	uint32_t round, i;
-	ssize_t n;
 	int ret;
 
-	m->shadow = CRC32C_INIT;
-	m->cur = &m->a;
-	ret = program_ring(m);
-	for (i = 0; !ret && i < per_round; i++)
-		ret = submit_random(m);
+	ret = mig_devs_log_start(&m->src, &guest, 1);
 	if (ret)
-		goto out_free;
-
-	ret = vfu_client_dma_log_start(m->a.c, &page, NULL, 0);
-	if (ret || page != PAGE) {
-		ret = fail(m, ret ? ret : -EINVAL, "DMA logging start: %s "
-			   "(page %" PRIu64 ")", strerror(-ret), page);
-		goto out_free;
-	}
+		return ret;
 	m->logging = true;
-	ret = vfu_client_mig_set_state(m->a.c, VFU_MIG_STATE_PRE_COPY);
-	if (ret) {
-		fail(m, ret, "source -> PRE_COPY: %s", strerror(-ret));
-		goto out_free;
-	}
+	ret = mig_devs_precopy_start(&m->src);
+	if (ret)
+		return ret;
 	for (round = 0; round < rounds; round++) {
+		uint64_t before = md->bytes_precopy, initial, dirty;
+
 		for (i = 0; !ret && i < per_round; i++)
 			ret = submit_random(m);
+		if (ret)
+			return ret;
 		/* A guest store through the trapped BAR2 while saving. */
-		if (!ret)
-			ret = vfu_client_region_write(m->a.c,
-					VFU_PCI_BAR2_REGION_INDEX,
+		ret = vdev_region_write(a, VFU_PCI_BAR2_REGION_INDEX,
 					(uint64_t)round * 4096, &round, 4);
 		if (ret)
-			goto out_free;
-		ret = vfu_client_precopy_info(m->a.c, &info);
-		if (ret) {
-			fail(m, ret, "PRECOPY_INFO: %s", strerror(-ret));
-			goto out_free;
-		}
-		r->last_initial_bytes = info.initial_bytes;
-		r->last_dirty_bytes = info.dirty_bytes;
-		n = drain(m, &m->a, &stream, &len, &cap);
-		if (n < 0) {
-			ret = (int)n;
-			goto out_free;
-		}
-		r->precopy_bytes += (uint64_t)n;
+			return fail(m, ret, "%s: BAR2 store while saving: %s",
+				    m->a.name, strerror(-ret));
+		/* What the device says is left before the pass: the figure a
+		 * VMM's convergence check would go by. */
+		ret = a->ops->precopy_info(a, &initial, &dirty);
+		if (ret)
+			return fail(m, ret, "PRECOPY_INFO: %s", strerror(-ret));
+		r->last_initial_bytes = initial;
+		r->last_dirty_bytes = dirty;
+		ret = mig_devs_precopy(&m->src, PASS_ALL, stream_emit, m);
+		if (ret)
+			return ret;
 		r->rounds++;
 		say(m, "pre-copy round %u: initial %" PRIu64 " dirty %" PRIu64
-		    " read %zd", round, info.initial_bytes, info.dirty_bytes,
-		    n);
-		ret = log_report(m);
+		    " read %" PRIu64, round, initial, dirty,
+		    md->bytes_precopy - before);
+		ret = mig_devs_log_sync(&m->src, &m->ram, r->reported);
 		if (ret)
-			goto out_free;
+			return ret;
 	}
+	r->precopy_bytes = md->bytes_precopy;
+	return 0;
+}
+
+/*
+ * The switchover on A with an interrupt pending and a job in flight:
+ * STOP_COPY, the last log sync, the rest of its data, then STOP. *sa is
+ * A's ring state once stopped, for B to match.
+ */
+static int save_stop(struct devmig *m, struct ring_state *sa)
+{
+	struct devmig_result *r = m->r;
+	uint64_t irq_job;
+	int ret;
 
 	/* An interrupt pending at the switchover: vector 0 masked by the
 	 * driver, then a job that asks for it completes on the source. */
 	ret = reg_write(&m->a, FERRY_DMA_REG_IRQ_MASK, FERRY_DMA_IRQ_COMPLETION);
+	if (ret)
+		return fail(m, ret, "%s: IRQ_MASK: %s", m->a.name,
+			    strerror(-ret));
 	irq_take(&m->a, 0, 0);
-	if (!ret)
-		ret = submit(m, (struct ferry_dma_desc){
-			.op = FERRY_DMA_OP_FILL, .flags = FERRY_DMA_DESC_F_IRQ,
-			.dst = GUEST_IOVA + DST_OFF +
-			       (m->submitted % RING) * JOB_MAX,
-			.len = 4096, .pattern = 0x5a5a5a5a5a5a5a5aull });
+	ret = submit(m, (struct ferry_dma_desc){
+		.op = FERRY_DMA_OP_FILL, .flags = FERRY_DMA_DESC_F_IRQ,
+		.dst = GUEST_IOVA + DST_OFF + (m->submitted % RING) * JOB_MAX,
+		.len = 4096, .pattern = 0x5a5a5a5a5a5a5a5aull });
 	irq_job = m->submitted;
 	if (!ret)
 		ret = reap(m, irq_job);
@@ -605,102 +623,139 @@ static int run(struct devmig *m)
 			.op = FERRY_DMA_OP_COPY, .src = GUEST_IOVA + SRC_OFF,
 			.dst = GUEST_IOVA + BIG_DST_OFF, .len = BIG_LEN });
 	if (ret)
-		goto out_free;
+		return ret;
 
-	ret = vfu_client_mig_set_state(m->a.c, VFU_MIG_STATE_STOP_COPY);
-	if (ret) {
-		fail(m, ret, "source -> STOP_COPY: %s", strerror(-ret));
-		goto out_free;
-	}
-	n = drain(m, &m->a, &stream, &len, &cap);
-	if (n < 0) {
-		ret = (int)n;
-		goto out_free;
-	}
-	r->stopcopy_bytes = (uint64_t)n;
-	ret = ring_state(&m->a, &sa);
+	ret = mig_devs_stop_copy(&m->src);
+	/* A no longer DMAs: this report completes the log. */
+	if (!ret)
+		ret = mig_devs_log_sync(&m->src, &m->ram, r->reported);
+	if (!ret)
+		ret = mig_devs_drain(&m->src, stream_emit, m);
+	if (ret)
+		return ret;
+	r->stopcopy_bytes = m->src.dev[0].bytes_stopcopy;
+	ret = ring_state(m, &m->a, sa);
 	if (!ret)
 		ret = devmem_crc(m, &m->a, &r->devmem_crc_src);
 	if (ret)
-		goto out_free;
-	r->inflight_at_stop = sa.status & FERRY_DMA_STATUS_BUSY;
-	r->jobs_on_src = sa.completed;
+		return ret;
+	r->inflight_at_stop = sa->status & FERRY_DMA_STATUS_BUSY;
+	r->jobs_on_src = sa->completed;
 	/* Everything the source device wrote: reap what it completed so the
-	 * ground truth covers it, then the final report. */
-	ret = reap(m, m->reaped + (uint32_t)(sa.tail - (uint32_t)m->reaped));
-	if (!ret)
-		ret = log_report(m);
+	 * ground truth covers it. */
+	ret = reap(m, m->reaped + (uint32_t)(sa->tail - (uint32_t)m->reaped));
 	if (ret)
-		goto out_free;
+		return ret;
+	say(m, "%s: DMA logs reported %" PRIu64 " pages", m->a.name,
+	    m->src.log_pages);
 	m->logging = false;
-	vfu_client_dma_log_stop(m->a.c);
-	ret = vfu_client_mig_set_state(m->a.c, VFU_MIG_STATE_STOP);
-	if (ret) {
-		fail(m, ret, "source -> STOP: %s", strerror(-ret));
-		goto out_free;
-	}
+	mig_devs_log_stop(&m->src);
+	/* Not mig_devs_finish(): a source that fails to stop must fail the
+	 * run, and only mig_devs_set_all() reports it. */
+	ret = mig_devs_set_all(&m->src, VFU_MIG_STATE_STOP);
+	if (ret)
+		return ret;
 	r->irq_src_after_stop = irq_take(&m->a, 0, 0);
+	return 0;
+}
 
-	/* Destination. */
-	ret = vfu_client_mig_set_state(m->b.c, VFU_MIG_STATE_RESUMING);
-	if (ret) {
-		fail(m, ret, "destination -> RESUMING: %s", strerror(-ret));
-		goto out_free;
-	}
-	ret = vfu_client_mig_write(m->b.c, stream, len);
-	if (ret) {
-		fail(m, ret, "destination MIG_DATA_WRITE: %s", strerror(-ret));
-		goto out_free;
-	}
-	ret = vfu_client_mig_set_state(m->b.c, VFU_MIG_STATE_STOP);
-	if (ret) {
-		fail(m, ret, "destination RESUMING -> STOP: %s",
-		     strerror(-ret));
-		goto out_free;
-	}
-	ret = ring_state(&m->b, &sb);
+/* B takes A's stream; its ring state must be A's before it runs. */
+static int load(struct devmig *m, const struct ring_state *sa)
+{
+	struct devmig_result *r = m->r;
+	struct ring_state sb;
+	int ret;
+
+	ret = mig_devs_resume_prepare(&m->dst);
+	if (!ret)
+		ret = mig_devs_set_all(&m->dst, VFU_MIG_STATE_RESUMING);
+	if (!ret)
+		ret = mig_devs_load(&m->dst, 0, m->stream, m->stream_len);
+	/* RESUMING -> STOP is where B checks the stream. */
+	if (!ret)
+		ret = mig_devs_set_all(&m->dst, VFU_MIG_STATE_STOP);
+	if (ret)
+		return ret;
+	ret = ring_state(m, &m->b, &sb);
 	if (!ret)
 		ret = devmem_crc(m, &m->b, &r->devmem_crc_dst);
 	if (ret)
-		goto out_free;
-	r->ring_state_equal = !memcmp(&sa, &sb, sizeof(sa));
-	ret = vfu_client_mig_set_state(m->b.c, VFU_MIG_STATE_RUNNING);
-	if (ret) {
-		fail(m, ret, "destination -> RUNNING: %s", strerror(-ret));
-		goto out_free;
-	}
+		return ret;
+	r->ring_state_equal = !memcmp(sa, &sb, sizeof(sb));
+	return mig_devs_set_all(&m->dst, VFU_MIG_STATE_RUNNING);
+}
 
-	/* The pending interrupt is B's to deliver, once. */
+/* B delivers the pending interrupt, finishes what was in flight and
+ * continues the job stream. */
+static int continue_on_b(struct devmig *m, uint32_t per_round)
+{
+	struct devmig_result *r = m->r;
+	uint32_t i;
+	int ret;
+
 	m->cur = &m->b;
 	ret = reg_write(&m->b, FERRY_DMA_REG_IRQ_MASK, 0);
 	if (ret)
-		goto out_free;
+		return fail(m, ret, "%s: IRQ_MASK: %s", m->b.name,
+			    strerror(-ret));
 	r->irq_dst_after_unmask = irq_take(&m->b, 0, IRQ_WAIT_MS);
 	r->irq_dst_after_unmask += irq_take(&m->b, 0, 0);
 
-	/* B finishes what was in flight and continues the stream. */
 	for (i = 0; !ret && i < per_round; i++)
 		ret = submit_random(m);
 	if (!ret)
 		ret = reap(m, m->submitted);
 	if (ret)
-		goto out_free;
+		return ret;
 	ret = reg_read(&m->b, FERRY_DMA_REG_RUNNING_CRC, &r->running_crc_dev);
+	if (ret)
+		return fail(m, ret, "%s: read RUNNING_CRC: %s", m->b.name,
+			    strerror(-ret));
 	r->running_crc_shadow = crc32c_final(m->shadow);
-	if (!ret && memcmp(gp(m, BIG_DST_OFF), gp(m, SRC_OFF), BIG_LEN) != 0)
+	if (memcmp(gp(m, BIG_DST_OFF), gp(m, SRC_OFF), BIG_LEN) != 0)
 		fail(m, 0, "large job's data incomplete after migration");
+	return 0;
+}
 
-out_free:
-	free(stream);
-	return ret;
+static int run(struct devmig *m)
+{
+	const struct devmig_opts *o = m->o;
+	uint32_t rounds = o->precopy_rounds ? o->precopy_rounds : 3;
+	uint32_t per_round = o->jobs_per_round ? o->jobs_per_round : 40;
+	struct ring_state sa;
+	uint32_t i;
+	int ret;
+
+	m->shadow = CRC32C_INIT;
+	m->cur = &m->a;
+	ret = program_ring(m);
+	for (i = 0; !ret && i < per_round; i++)
+		ret = submit_random(m);
+	if (!ret)
+		ret = save_precopy(m, rounds, per_round);
+	if (!ret)
+		ret = save_stop(m, &sa);
+	if (ret) {
+		/* Nothing was handed over: A runs on, logging off, as the
+		 * engine gives a guest back. */
+		mig_devs_finish(&m->src, VFU_MIG_STATE_RUNNING);
+		return ret;
+	}
+	ret = load(m, &sa);
+	if (ret) {
+		/* Leave no half-loaded stream behind on B. */
+		mig_devs_abort_resume(&m->dst);
+		return ret;
+	}
+	return continue_on_b(m, per_round);
 }
 
 static void verdict(struct devmig *m)
 {
 	struct devmig_result *r = m->r;
 
-	r->pages_reported = popcount_bm(r->reported, r->nr_pages);
-	r->pages_truth = popcount_bm(r->truth, r->nr_pages);
+	r->pages_reported = bitmap_count(r->reported, r->nr_pages);
+	r->pages_truth = bitmap_count(r->truth, r->nr_pages);
 	r->pages_missing = devmig_coverage_missing(r->truth, r->reported,
 						   r->nr_pages);
 	if (!r->ok)
@@ -742,6 +797,10 @@ int devmig_run(const struct devmig_opts *o, struct devmig_result *r)
 		ret = run(&m);
 	if (!ret)
 		verdict(&m);
+	/* The sets before the devices they hold. */
+	mig_devs_fini(&m.src);
+	mig_devs_fini(&m.dst);
+	free(m.stream);
 	side_close(&m.a);
 	side_close(&m.b);
 	if (m.mem)

@@ -21,10 +21,12 @@
  *
  * Records a saving device set emits (enum mig_dev_rec) go to an emit
  * callback with the device's index in the set; a loading set takes DATA
- * records with mig_devs_load(). Every failure is reported once through
- * ops->error with the device named, then returned as -errno. Device
- * state changes are reported through ops->state_changed. A device set
- * is used by one thread at a time.
+ * records with mig_devs_load(). Every failure of a device is reported
+ * once through ops->error with the device named, then returned as
+ * -errno; an error the emit callback returns is passed up as it is
+ * (the callback reports its own). Device state changes are reported
+ * through ops->state_changed. A device set is used by one thread at a
+ * time.
  */
 #ifndef FERRY_MIG_DEVS_H
 #define FERRY_MIG_DEVS_H
@@ -96,8 +98,10 @@ int mig_devs_log_sync(struct mig_devs *s, const struct mig_ram *ram,
 
 /* Devices with PRE_COPY enter it; the others count as init done. */
 int mig_devs_precopy_start(struct mig_devs *s);
-/* One pass: up to max_bytes of pre-copy data per device, then
- * INIT_DONE for a device whose initial data is all out. */
+/* One pass over every device in PRE_COPY: read until it has nothing
+ * more for now, or max_bytes worth of MIG_DEV_CHUNK reads (a read counts
+ * whole, even when the backend returned less; UINT64_MAX: no bound),
+ * then INIT_DONE for a device whose initial data is all out. */
 int mig_devs_precopy(struct mig_devs *s, uint64_t max_bytes,
 		     mig_devs_emit_fn emit, void *opaque);
 /* Whether every device has sent its initial data. */
