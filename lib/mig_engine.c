@@ -168,19 +168,47 @@ void mig_set_status(struct mig_engine *e, enum mig_status s)
 		ev->status(opaque, s);
 }
 
+enum fail_kind { FAIL_LOCAL, FAIL_IO, FAIL_PEER };
+
+/* The one path every thread's errors take (see mig_engine_priv.h). */
+static void fail_record(struct mig_engine *e, enum fail_kind kind,
+			const char *fmt, va_list ap)
+{
+	pthread_mutex_lock(&e->lock);
+	if (!e->pub.error[0] || (kind == FAIL_PEER && e->error_is_io)) {
+		vsnprintf(e->pub.error, sizeof(e->pub.error), fmt, ap);
+		e->error_is_io = kind == FAIL_IO;
+	}
+	pthread_mutex_unlock(&e->lock);
+}
+
 int mig_fail(struct mig_engine *e, int ret, const char *fmt, ...)
 {
 	va_list ap;
 
-	pthread_mutex_lock(&e->lock);
-	/* The first error is the cause; later ones are consequences. */
-	if (!e->pub.error[0]) {
-		va_start(ap, fmt);
-		vsnprintf(e->pub.error, sizeof(e->pub.error), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&e->lock);
+	va_start(ap, fmt);
+	fail_record(e, FAIL_LOCAL, fmt, ap);
+	va_end(ap);
 	return ret;
+}
+
+int mig_fail_io(struct mig_engine *e, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fail_record(e, FAIL_IO, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+void mig_fail_peer(struct mig_engine *e, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fail_record(e, FAIL_PEER, fmt, ap);
+	va_end(ap);
 }
 
 bool mig_has_error(struct mig_engine *e)
@@ -353,6 +381,7 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	e->pub.expected_downtime_ms = UINT64_MAX;
 	e->run_params = e->params;
 	e->ch = ch;
+	e->error_is_io = false;
 	e->end_sent = false;
 	e->switchover_acked = e->resumed = e->rp_error = e->rp_closed = false;
 	pthread_mutex_unlock(&e->lock);
@@ -362,6 +391,7 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	snprintf(e->uri_str, sizeof(e->uri_str), "%s", what);
 	memset(&e->cnt, 0, sizeof(e->cnt));
 	memset(&e->devs, 0, sizeof(e->devs));
+	e->rp_running = false;
 	memset(e->init_done, 0, sizeof(e->init_done));
 	e->cnt.start_ns = clock_ns();
 	e->paused = e->dirty_logging = e->was_running = false;

@@ -37,6 +37,9 @@
 /* The source sends continuously while it iterates; the destination
  * gives up after this long without a byte. */
 #define MIG_LOAD_READ_TIMEOUT_MS	60000
+/* After a failed send, how long the source waits for the destination's
+ * reason (it sends it, then closes) before it settles for its own. */
+#define MIG_RP_GRACE_MS		2000
 
 /* What the engine's thread counts (published with mig_publish()). */
 struct mig_counters {
@@ -63,6 +66,7 @@ struct mig_engine {
 	struct mig_params params;
 	struct mig_stats pub;		/* published statistics */
 	struct mig_channel *ch;
+	bool error_is_io;		/* pub.error is a failed send */
 	bool migrated_away;		/* the guest runs elsewhere now */
 	bool end_sent;			/* too late to cancel */
 	/* return path (source) */
@@ -80,6 +84,7 @@ struct mig_engine {
 	bool connect;			/* uri set: the thread connects */
 	char uri_str[300];
 	struct mig_params run_params;	/* this migration's flags */
+	bool rp_running;		/* the return-path reader runs */
 	struct mig_counters cnt;
 	struct mig_ram ram;
 	uint64_t *bm;
@@ -95,9 +100,18 @@ struct mig_engine {
 };
 
 void mig_set_status(struct mig_engine *e, enum mig_status s);
-/* Record an error (the first one is kept); returns ret. */
+/*
+ * Record an error; returns ret. The first error is the cause, and later
+ * ones are its consequences -- except that a failed send (mig_fail_io:
+ * the peer closed or stalled) gives way to the reason the peer itself
+ * gives (mig_fail_peer), which explains it.
+ */
 int mig_fail(struct mig_engine *e, int ret, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+int mig_fail_io(struct mig_engine *e, int ret, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void mig_fail_peer(struct mig_engine *e, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 bool mig_has_error(struct mig_engine *e);
 void mig_error_copy(struct mig_engine *e, char *buf, size_t len);
 void mig_publish(struct mig_engine *e);

@@ -39,8 +39,8 @@ static void *rp_thread_fn(void *arg)
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
 			if (lost)
-				mig_fail(e, ret, "destination connection lost: "
-					 "%s", err);
+				mig_fail_io(e, ret, "destination connection "
+					    "lost: %s", err);
 			return NULL;
 		}
 		switch (sec.type) {
@@ -54,9 +54,9 @@ static void *rp_thread_fn(void *arg)
 			pthread_mutex_unlock(&e->lock);
 			/* The payload is the destination's NUL-terminated
 			 * reason; bound it by what arrived anyway. */
-			mig_fail(e, 0, "destination failed: %.*s",
-				 (int)MIN(sec.length, (uint64_t)256),
-				 p ? (char *)p : "");
+			mig_fail_peer(e, "destination failed: %.*s",
+				      (int)MIN(sec.length, (uint64_t)256),
+				      p ? (char *)p : "");
 			pthread_mutex_lock(&e->lock);
 			e->rp_error = true;
 			break;
@@ -126,8 +126,8 @@ static int save_emit_dev(void *opaque, unsigned idx, enum mig_dev_rec rec,
 	int ret = save_section(e, recs[rec].type, idx, buf, len);
 
 	if (ret)
-		return mig_fail(e, ret, "sending device %s %s: %s",
-				e->devs.dev[idx].vdev->id, recs[rec].what,
+		return mig_fail_io(e, ret, "sending device %s %s: %s",
+				   e->devs.dev[idx].vdev->id, recs[rec].what,
 				strerror(-ret));
 	return 0;
 }
@@ -160,8 +160,8 @@ static int save_put_state(void *ctx, uint16_t type, uint32_t id,
 				"which the engine owns", type);
 	ret = save_section(e, type, id, data, len);
 	if (ret)
-		return mig_fail(e, ret, "sending %s state: %s",
-				mig_section_name(type), strerror(-ret));
+		return mig_fail_io(e, ret, "sending %s state: %s",
+				   mig_section_name(type), strerror(-ret));
 	return 0;
 }
 
@@ -175,7 +175,7 @@ static int save_ram(struct mig_engine *e, uint64_t max_pages, bool *more)
 	e->cnt.zero_pages += st.zero_pages;
 	e->cnt.transferred += st.bytes;
 	if (ret)
-		return mig_fail(e, ret, "sending RAM: %s", strerror(-ret));
+		return mig_fail_io(e, ret, "sending RAM: %s", strerror(-ret));
 	return 0;
 }
 
@@ -211,8 +211,8 @@ static int save_send_config(struct mig_engine *e)
 		ret = save_section(e, MIG_SEC_CONFIG, 0, s, strlen(s) + 1);
 	json_object_put(cfg);
 	if (ret)
-		return mig_fail(e, ret, "sending the configuration: %s",
-				strerror(-ret));
+		return mig_fail_io(e, ret, "sending the configuration: %s",
+				   strerror(-ret));
 	return 0;
 }
 
@@ -240,8 +240,7 @@ static int save_log_start(struct mig_engine *e)
 	return mig_devs_log_start(&e->devs, ranges, e->ram.nr);
 }
 
-static int save_setup(struct mig_engine *e, bool *rp_started,
-		      pthread_t *rp_thread)
+static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 {
 	struct mig_channel *ch = NULL;
 	int ret;
@@ -265,7 +264,7 @@ static int save_setup(struct mig_engine *e, bool *rp_started,
 		if (pthread_create(rp_thread, NULL, rp_thread_fn, e))
 			return mig_fail(e, -EAGAIN, "cannot start the "
 					"return-path thread");
-		*rp_started = true;
+		e->rp_running = true;
 	}
 	ret = save_send_config(e);
 	if (!ret)
@@ -363,8 +362,8 @@ static int save_iterate(struct mig_engine *e)
 			return ret;
 		ret = save_section(e, MIG_SEC_ITER_END, 0, NULL, 0);
 		if (ret)
-			return mig_fail(e, ret, "destination gone: %s",
-					strerror(-ret));
+			return mig_fail_io(e, ret, "destination gone: %s",
+					   strerror(-ret));
 		ret = save_sync_dirty(e);
 		if (ret)
 			return ret;
@@ -451,7 +450,7 @@ static int save_switchover(struct mig_engine *e)
 	pr_debug("switchover: END written %.1f ms after the vCPUs stopped",
 		 (clock_ns() - t0) / 1e6);
 	if (ret)
-		return mig_fail(e, ret, "sending END: %s", strerror(-ret));
+		return mig_fail_io(e, ret, "sending END: %s", strerror(-ret));
 	/* A file has no return path: the stream is complete once written
 	 * (the guest stays paused here, as QEMU does). */
 	if (e->ch->has_return_path) {
@@ -465,10 +464,10 @@ static int save_switchover(struct mig_engine *e)
 
 /* ---- the end ---------------------------------------------------------- */
 
-/* Give the guest back to this VMM as it was before the migration. */
-static void save_rollback(struct mig_engine *e)
+/* Devices to state, and every kind of tracking off. */
+static void save_end_devices(struct mig_engine *e, enum vfu_mig_state state)
 {
-	mig_devs_finish(&e->devs, VFU_MIG_STATE_RUNNING);
+	mig_devs_finish(&e->devs, state);
 	if (e->host_ops->set_saving_traps(e->host, false))
 		pr_warn("migration: could not map device areas directly "
 			"again; they stay trapped");
@@ -476,6 +475,12 @@ static void save_rollback(struct mig_engine *e)
 		e->host_ops->dirty_log_stop(e->host);
 		e->dirty_logging = false;
 	}
+}
+
+/* Give the guest back to this VMM as it was before the migration. */
+static void save_rollback(struct mig_engine *e)
+{
+	save_end_devices(e, VFU_MIG_STATE_RUNNING);
 	if (e->paused) {
 		e->host_ops->resume(e->host);
 		e->paused = false;
@@ -489,8 +494,8 @@ static void save_completed(struct mig_engine *e)
 	e->cnt.total_ns = clock_ns() - e->cnt.start_ns;
 	if (handed_over) {
 		/* The guest lives on the destination now; devices here stay
-		 * stopped. */
-		mig_devs_finish(&e->devs, VFU_MIG_STATE_STOP);
+		 * stopped, the vCPUs paused. */
+		save_end_devices(e, VFU_MIG_STATE_STOP);
 		pthread_mutex_lock(&e->lock);
 		e->migrated_away = true;
 		pthread_mutex_unlock(&e->lock);
@@ -520,11 +525,35 @@ static void save_completed(struct mig_engine *e)
 		"(cont resumes it)", e->uri_str);
 }
 
+/*
+ * A send failed: the destination may have refused the stream and closed,
+ * its reason on the return path right before the close. Give the reader
+ * a moment to take it, so that the reason, not our broken pipe, is what
+ * the user sees.
+ */
+static void save_wait_peer_reason(struct mig_engine *e)
+{
+	struct timespec ts;
+	int ret = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += MIG_RP_GRACE_MS % 1000 * 1000000L;
+	ts.tv_sec += MIG_RP_GRACE_MS / 1000 + ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&e->lock);
+	while (e->error_is_io && !e->rp_closed && ret != ETIMEDOUT)
+		ret = pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+	pthread_mutex_unlock(&e->lock);
+}
+
 static void save_failed(struct mig_engine *e)
 {
 	char why[512];
 
+	/* The guest runs again first; finding out why can wait. */
 	save_rollback(e);
+	if (e->rp_running && !atomic_load(&e->cancel))
+		save_wait_peer_reason(e);
 	e->cnt.total_ns = clock_ns() - e->cnt.start_ns;
 	mig_publish(e);
 	if (atomic_load(&e->cancel)) {
@@ -543,9 +572,8 @@ void *mig_save_thread(void *arg)
 {
 	struct mig_engine *e = arg;
 	pthread_t rp_thread;
-	bool rp_started = false;
 
-	if (!save_setup(e, &rp_started, &rp_thread) && !save_iterate(e) &&
+	if (!save_setup(e, &rp_thread) && !save_iterate(e) &&
 	    !save_switchover(e))
 		save_completed(e);
 	else
@@ -553,8 +581,9 @@ void *mig_save_thread(void *arg)
 
 	if (e->ch)
 		mig_channel_shutdown(e->ch);
-	if (rp_started)
+	if (e->rp_running)
 		pthread_join(rp_thread, NULL);
+	e->rp_running = false;
 	free(e->bm);
 	e->bm = NULL;
 	mig_thread_end(e);
