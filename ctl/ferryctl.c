@@ -55,6 +55,9 @@ static void usage(FILE *f)
 "  migrate-status  show the current or last migration\n"
 "  migrate-cancel  cancel the running migration\n"
 "  migrate-incoming URI  give a '--incoming defer' VMM its URI\n"
+"  migrate-outcome here|destination\n"
+"                after a hand-over the destination never confirmed:\n"
+"                say where the guest runs (here: resume it here)\n"
 "\n"
 "Options:\n"
 "  -q, --qmp PATH       the VMM's QMP socket (unix:PATH also accepted)\n"
@@ -423,7 +426,11 @@ static void print_mig_summary(struct json_object *info)
 	printf("Migration %s after %.3f s%s%s\n", st,
 	       jget_u64(info, "total-time") / 1000.0, why ? ": " : "",
 	       why ? why : "");
-	if (!strcmp(st, "failed") || !strcmp(st, "cancelled"))
+	if (json_object_object_get_ex(info, "x-outcome-unknown", NULL))
+		puts("The guest may run on the destination: it stays paused "
+		     "here. Check the destination, then say where it runs: "
+		     "ferryctl migrate-outcome here|destination");
+	else if (!strcmp(st, "failed") || !strcmp(st, "cancelled"))
 		puts("The guest keeps running on the source.");
 }
 
@@ -576,6 +583,18 @@ static int run_migrate(struct ctl *c, const char *verb, const char *uri,
 			printf("Waiting for the migration on %s\n", uri);
 		return status;
 	}
+	if (!strcmp(verb, "migrate-outcome")) {
+		args = json_object_new_object();
+		json_object_object_add(args, "guest-runs",
+				       json_object_new_string(uri));
+		status = ctl_simple(c, "x-migrate-outcome", args);
+		if (!status && !json)
+			printf("%s\n", !strcmp(uri, "here") ?
+			       "The guest runs here again" :
+			       "The guest runs on the destination; this VMM "
+			       "exits");
+		return status;
+	}
 	if (!strcmp(verb, "migrate-status")) {
 		cmd = json_object_new_object();
 		json_object_object_add(cmd, "execute",
@@ -708,6 +727,13 @@ int main(int argc, char **argv)
 	if (!strcmp(verb, "migrate") || !strcmp(verb, "migrate-incoming")) {
 		if (optind != argc - 1)
 			return fail(EXIT_USAGE, "%s takes exactly one URI", verb);
+		mig_uri = argv[optind];
+		is_mig = true;
+	} else if (!strcmp(verb, "migrate-outcome")) {
+		if (optind != argc - 1 || (strcmp(argv[optind], "here") &&
+					   strcmp(argv[optind], "destination")))
+			return fail(EXIT_USAGE, "migrate-outcome takes 'here' or "
+				    "'destination'");
 		mig_uri = argv[optind];
 		is_mig = true;
 	} else if (!strcmp(verb, "migrate-status") ||

@@ -75,6 +75,10 @@ static void usage(FILE *f)
 "      --msix-vectors N      MSI-X vectors, 1..%u (default %u)\n"
 "      --dirty-rate BYTES    device dirties its own memory, bytes/s (0)\n"
 "      --load-latency MS     delay after the resume header is loaded (0)\n"
+"      --socket-mode MODE    file mode of the socket (octal, default 0600\n"
+"                            whatever the umask)\n"
+"      --allow-uid UID       a user besides this one and root who may\n"
+"                            connect (others are refused by SO_PEERCRED)\n"
 "  -v, --verbose             debug logging\n"
 "  -h, --help                this text\n",
 		FERRY_DMA_MAX_VECTORS, FERRY_DMA_DEFAULT_VECTORS);
@@ -98,6 +102,8 @@ enum {
 	OPT_VECTORS,
 	OPT_DIRTY,
 	OPT_LATENCY,
+	OPT_SOCK_MODE,
+	OPT_ALLOW_UID,
 };
 
 int main(int argc, char **argv)
@@ -110,10 +116,13 @@ int main(int argc, char **argv)
 		{ "msix-vectors", required_argument, NULL, OPT_VECTORS },
 		{ "dirty-rate", required_argument, NULL, OPT_DIRTY },
 		{ "load-latency", required_argument, NULL, OPT_LATENCY },
+		{ "socket-mode", required_argument, NULL, OPT_SOCK_MODE },
+		{ "allow-uid", required_argument, NULL, OPT_ALLOW_UID },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	struct sock_access acc = SOCK_ACCESS_PRIVATE;
 	struct ferry_dma_config cfg = { 0 };
 	struct vfu_device_desc desc;
 	struct dev_host host = { 0 };
@@ -175,6 +184,21 @@ int main(int argc, char **argv)
 			}
 			cfg.load_latency_ms = (uint32_t)v;
 			break;
+		case OPT_SOCK_MODE:
+			if (parse_sock_mode(optarg, &acc.mode)) {
+				fprintf(stderr, "ferry-dev: --socket-mode: '%s' "
+					"is not an octal mode with owner rw\n",
+					optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case OPT_ALLOW_UID:
+			if (parse_uid(optarg, &acc.allow_uid)) {
+				fprintf(stderr, "ferry-dev: --allow-uid: '%s' is "
+					"not a numeric uid\n", optarg);
+				return EXIT_USAGE;
+			}
+			break;
 		case 'v':
 			log_set_level(LOG_LVL_DEBUG);
 			break;
@@ -222,7 +246,7 @@ int main(int argc, char **argv)
 		ret = -ENOMEM;
 		goto err_destroy_dma;
 	}
-	ret = vfu_server_listen(host.srv, socket_path);
+	ret = vfu_server_listen(host.srv, socket_path, &acc);
 	if (ret) {
 		fprintf(stderr, "ferry-dev: %s: cannot listen on %s: %s\n",
 			name, socket_path, strerror(-ret));

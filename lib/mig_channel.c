@@ -2,6 +2,8 @@
 /*
  * Migration channel transports: TCP and UNIX stream sockets, and files.
  */
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -19,6 +21,32 @@
 
 #include "ferry/mig_channel.h"
 #include "ferry/util.h"
+
+/* An IPv4/IPv6 address, or a host name of RFC 1123 labels. */
+static bool host_valid(const char *h)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	size_t label = 0, n = strlen(h);
+
+	if (inet_pton(AF_INET, h, addr) == 1 ||
+	    inet_pton(AF_INET6, h, addr) == 1)
+		return true;
+	if (!n || n > 253 || strspn(h, "0123456789.") == n)
+		return false;	/* empty, too long, or a bad dotted quad */
+	for (const char *p = h; *p; p++) {
+		if (*p == '.') {
+			if (!label || p[-1] == '-')
+				return false;
+			label = 0;
+			continue;
+		}
+		if (!isalnum((unsigned char)*p) && *p != '-')
+			return false;
+		if ((label == 0 && *p == '-') || ++label > 63)
+			return false;
+	}
+	return label && h[n - 1] != '-';
+}
 
 int mig_uri_parse(const char *uri, struct mig_uri *out, char *err,
 		  size_t errlen)
@@ -51,6 +79,16 @@ int mig_uri_parse(const char *uri, struct mig_uri *out, char *err,
 		for (const char *p = out->port; *p; p++)
 			if (*p < '0' || *p > '9')
 				goto err_syntax;
+		if (strlen(out->port) > 5 || atoi(out->port) > 65535) {
+			snprintf(err, errlen, "migration URI '%s': port %s is "
+				 "not 0..65535", uri, out->port);
+			return -EINVAL;
+		}
+		if (!host_valid(out->host)) {
+			snprintf(err, errlen, "migration URI '%s': '%s' is not "
+				 "an address or a host name", uri, out->host);
+			return -EINVAL;
+		}
 		return 0;
 	}
 	if (!strncmp(uri, "unix:", 5) || !strncmp(uri, "file:", 5)) {
@@ -72,13 +110,23 @@ err_long:
 	return -ENAMETOOLONG;
 }
 
-/* Wait until fd is ready for events, or the channel timeout expires. */
+/* Wait until fd is ready for events, or the channel's timeout (or its
+ * deadline) expires. */
 static int chan_wait(struct mig_channel *ch, short events)
 {
 	unsigned ms = events == POLLIN ? ch->read_timeout_ms : ch->timeout_ms;
 	struct pollfd p = { .fd = ch->fd, .events = events };
 	int n;
 
+	if (ch->deadline_ns) {
+		uint64_t now = clock_ns(), left_ms;
+
+		if (now >= ch->deadline_ns)
+			return -ETIMEDOUT;
+		left_ms = DIV_ROUND_UP(ch->deadline_ns - now, 1000000ull);
+		if (!ms || left_ms < ms)
+			ms = (unsigned)MIN(left_ms, (uint64_t)INT32_MAX);
+	}
 	if (!ms)
 		return 0;
 	do {
@@ -112,6 +160,7 @@ static int fd_chan_read(struct mig_channel *ch, void *buf, size_t len)
 		p += n;
 		len -= (size_t)n;
 		ch->bytes_read += (uint64_t)n;
+		__atomic_store_n(&ch->last_io_ns, clock_ns(), __ATOMIC_RELAXED);
 	}
 	return 0;
 }
@@ -132,8 +181,8 @@ static int fd_chan_write(struct mig_channel *ch, const void *buf, size_t len)
 		 * without limit, so a stalled destination would hang the
 		 * migration although poll() said "writable".
 		 */
-		n = send(ch->fd, p, len,
-			 MSG_NOSIGNAL | (ch->timeout_ms ? MSG_DONTWAIT : 0));
+		n = send(ch->fd, p, len, MSG_NOSIGNAL |
+			 (ch->timeout_ms || ch->deadline_ns ? MSG_DONTWAIT : 0));
 		if (n < 0 && errno == ENOTSOCK)
 			n = write(ch->fd, p, len);
 		if (n < 0) {
@@ -144,6 +193,7 @@ static int fd_chan_write(struct mig_channel *ch, const void *buf, size_t len)
 		p += n;
 		len -= (size_t)n;
 		ch->bytes_written += (uint64_t)n;
+		__atomic_store_n(&ch->last_io_ns, clock_ns(), __ATOMIC_RELAXED);
 	}
 	return 0;
 }
@@ -295,9 +345,11 @@ int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
 struct mig_listener {
 	struct mig_uri uri;
 	int fd;
+	struct sock_access acc;
 };
 
-int mig_listener_open(const struct mig_uri *uri, struct mig_listener **out)
+int mig_listener_open(const struct mig_uri *uri,
+		      const struct sock_access *acc, struct mig_listener **out)
 {
 	struct mig_listener *l = calloc(1, sizeof(*l));
 	struct addrinfo *res = NULL;
@@ -307,13 +359,14 @@ int mig_listener_open(const struct mig_uri *uri, struct mig_listener **out)
 		return -ENOMEM;
 	l->uri = *uri;
 	l->fd = -1;
+	l->acc = acc ? *acc : SOCK_ACCESS_PRIVATE;
 	switch (uri->kind) {
 	case MIG_URI_FILE:
 		/* Opened at accept time: the file may be written later. */
 		*out = l;
 		return 0;
 	case MIG_URI_UNIX:
-		l->fd = unix_socket_listen(uri->path, 1);
+		l->fd = unix_socket_listen(uri->path, 1, acc);
 		if (l->fd < 0) {
 			ret = l->fd;
 			goto err_free;
@@ -374,7 +427,21 @@ int mig_listener_accept(struct mig_listener *l, unsigned timeout_ms,
 	fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	if (sock_peer_allowed(fd, &l->acc, NULL)) {
+		close(fd);
+		return -EACCES;
+	}
 	return mig_channel_from_fd(fd, true, 0, out);
+}
+
+const struct sock_access *mig_listener_access(struct mig_listener *l)
+{
+	return &l->acc;
+}
+
+const struct mig_uri *mig_listener_uri(struct mig_listener *l)
+{
+	return &l->uri;
 }
 
 int mig_listener_fd(struct mig_listener *l)

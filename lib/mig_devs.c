@@ -397,14 +397,21 @@ int mig_devs_load(struct mig_devs *s, unsigned idx, const void *buf,
 
 void mig_devs_abort_resume(struct mig_devs *s)
 {
-	/* Only a reset aborts RESUMING (and leaves ERROR). */
 	for (unsigned i = 0; i < s->nr; i++) {
-		struct mig_dev *m = &s->dev[i];
+		struct vdev *d = s->dev[i].vdev;
 
-		if (vdev_mig_abort_resume(m->vdev))
+		/* Only a reset aborts RESUMING and leaves ERROR; and a
+		 * device stopped with a whole stream loaded must not keep
+		 * state that no guest will run with. */
+		if (d->mig_state == VFU_MIG_STATE_RUNNING)
+			continue;
+		if (d->ops->reset(d))
 			pr_warn("device %s: could not reset after the failed "
-				"migration", m->vdev->id);
+				"migration (in %s)", d->id,
+				vfu_mig_state_name(d->mig_state));
+		else
+			d->mig_state = VFU_MIG_STATE_RUNNING;
 		if (s->ops && s->ops->state_changed)
-			s->ops->state_changed(s->opaque, m->vdev);
+			s->ops->state_changed(s->opaque, d);
 	}
 }

@@ -90,7 +90,8 @@ int mig_engine_set_devices(struct mig_engine *e, struct vdev *const *devs,
 	if (n > MIG_MAX_DEVICES)
 		return -E2BIG;
 	pthread_mutex_lock(&e->lock);
-	if (mig_status_is_active(e->status) || e->thread_started) {
+	if (mig_status_is_active(e->status) || e->thread_started ||
+	    e->starting) {
 		ret = -EBUSY;
 	} else {
 		memcpy(e->vdevs, devs, n * sizeof(*devs));
@@ -116,6 +117,12 @@ int mig_engine_set_params(struct mig_engine *e, const struct mig_params *p,
 		snprintf(err, errlen, "Parameter 'downtime-limit' expects an "
 			 "integer in the range of 0 to %d milliseconds",
 			 MIG_MAX_DOWNTIME_MS);
+		return -EINVAL;
+	}
+	if (p->io_timeout_ms > MIG_MAX_IO_TIMEOUT_MS) {
+		snprintf(err, errlen, "Parameter 'x-io-timeout' expects an "
+			 "integer in the range of 0 to %d milliseconds",
+			 MIG_MAX_IO_TIMEOUT_MS);
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&e->lock);
@@ -168,14 +175,14 @@ void mig_set_status(struct mig_engine *e, enum mig_status s)
 		ev->status(opaque, s);
 }
 
-enum fail_kind { FAIL_LOCAL, FAIL_IO, FAIL_PEER };
+enum fail_kind { FAIL_LOCAL, FAIL_IO, FAIL_CAUSE };
 
 /* The one path every thread's errors take (see mig_engine_priv.h). */
 static void fail_record(struct mig_engine *e, enum fail_kind kind,
 			const char *fmt, va_list ap)
 {
 	pthread_mutex_lock(&e->lock);
-	if (!e->pub.error[0] || (kind == FAIL_PEER && e->error_is_io)) {
+	if (!e->pub.error[0] || (kind == FAIL_CAUSE && e->error_is_io)) {
 		vsnprintf(e->pub.error, sizeof(e->pub.error), fmt, ap);
 		e->error_is_io = kind == FAIL_IO;
 	}
@@ -202,12 +209,12 @@ int mig_fail_io(struct mig_engine *e, int ret, const char *fmt, ...)
 	return ret;
 }
 
-void mig_fail_peer(struct mig_engine *e, const char *fmt, ...)
+void mig_fail_cause(struct mig_engine *e, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	fail_record(e, FAIL_PEER, fmt, ap);
+	fail_record(e, FAIL_CAUSE, fmt, ap);
 	va_end(ap);
 }
 
@@ -302,10 +309,24 @@ void mig_publish(struct mig_engine *e)
 
 void mig_engine_stats(struct mig_engine *e, struct mig_stats *out)
 {
+	uint64_t last;
+
 	pthread_mutex_lock(&e->lock);
 	*out = e->pub;
 	out->status = e->status;
+	out->outcome_unknown = e->outcome_unknown;
+	if (e->ch && mig_status_is_active(e->status)) {
+		last = __atomic_load_n(&e->ch->last_io_ns, __ATOMIC_RELAXED);
+		out->io_idle_ms = (clock_ns() - (last ? last :
+						 e->pub.start_ns)) / 1000000;
+	}
 	pthread_mutex_unlock(&e->lock);
+}
+
+unsigned mig_io_timeout(const struct mig_engine *e, unsigned dflt)
+{
+	return e->run_params.io_timeout_ms ?
+	       (unsigned)e->run_params.io_timeout_ms : dflt;
 }
 
 enum mig_status mig_engine_status(struct mig_engine *e)
@@ -348,17 +369,18 @@ void mig_engine_wait(struct mig_engine *e)
 /*
  * Common to both directions: refuse while a migration runs, collect the
  * previous thread, reset what a migration counts, start fn. Takes ch
- * (NULL: the source connects to uri).
+ * (NULL: the source connects to uri). hello_minor >= 0: the stream
+ * header was read already, with this minor version.
  */
 static int engine_start(struct mig_engine *e, bool incoming,
 			struct mig_channel *ch, const struct mig_uri *uri,
-			const char *what, void *(*fn)(void *), char *err,
-			size_t errlen)
+			const char *what, int hello_minor,
+			void *(*fn)(void *), char *err, size_t errlen)
 {
 	int ret = -EINVAL;
 
 	pthread_mutex_lock(&e->lock);
-	if (mig_status_is_active(e->status)) {
+	if (mig_status_is_active(e->status) || e->starting) {
 		pthread_mutex_unlock(&e->lock);
 		snprintf(err, errlen, "There's a migration process in progress");
 		mig_channel_close(ch);
@@ -370,6 +392,17 @@ static int engine_start(struct mig_engine *e, bool incoming,
 		mig_channel_close(ch);
 		return -EINVAL;
 	}
+	if (e->outcome_unknown) {
+		pthread_mutex_unlock(&e->lock);
+		snprintf(err, errlen, "The last migration's outcome is unknown "
+			 "(the guest may run on its destination): say where it "
+			 "runs first (x-migrate-outcome)");
+		mig_channel_close(ch);
+		return -EINVAL;
+	}
+	/* Ours until the thread runs or the start failed: a second start
+	 * meanwhile is refused, not mixed in. */
+	e->starting = true;
 	pthread_mutex_unlock(&e->lock);
 	/* The previous migration's status is final, but its thread may
 	 * still be cleaning up: collect it before touching its state. */
@@ -382,8 +415,9 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	e->run_params = e->params;
 	e->ch = ch;
 	e->error_is_io = false;
-	e->end_sent = false;
-	e->switchover_acked = e->resumed = e->rp_error = e->rp_closed = false;
+	e->committed = false;
+	e->switchover_acked = e->ready = e->resumed = false;
+	e->rp_error = e->rp_closed = false;
 	pthread_mutex_unlock(&e->lock);
 	e->connect = uri != NULL;
 	if (uri)
@@ -396,6 +430,9 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	e->cnt.start_ns = clock_ns();
 	e->paused = e->dirty_logging = e->was_running = false;
 	e->want_ack = e->acked = false;
+	e->header_read = hello_minor >= 0;
+	e->peer_minor = hello_minor >= 0 ? (uint16_t)hello_minor : 0;
+	e->guest_may_run = false;
 	atomic_store(&e->cancel, false);
 	mig_converge_init(&e->conv, e->run_params.downtime_limit_ms,
 			  e->run_params.max_bandwidth);
@@ -425,12 +462,14 @@ static int engine_start(struct mig_engine *e, bool incoming,
 		goto err_close;
 	}
 	e->thread_started = true;
+	e->starting = false;
 	pthread_mutex_unlock(&e->lock);
 	return 0;
 
 err_close:
 	pthread_mutex_lock(&e->lock);
 	e->ch = NULL;
+	e->starting = false;
 	pthread_mutex_unlock(&e->lock);
 	mig_channel_close(ch);
 	return ret;
@@ -449,22 +488,70 @@ int mig_save_start(struct mig_engine *e, const char *uri, char *err,
 	ret = mig_uri_parse(uri, &u, err, errlen);
 	if (ret)
 		return ret;
-	return engine_start(e, false, NULL, &u, uri, mig_save_thread, err,
+	if (u.kind == MIG_URI_TCP && !atoi(u.port)) {
+		snprintf(err, errlen, "migration URI '%s': port 0 is no "
+			 "destination", uri);
+		return -EINVAL;
+	}
+	return engine_start(e, false, NULL, &u, uri, -1, mig_save_thread, err,
 			    errlen);
 }
 
 int mig_save_start_channel(struct mig_engine *e, struct mig_channel *ch,
 			   char *err, size_t errlen)
 {
-	return engine_start(e, false, ch, NULL, ch->ops->name,
+	return engine_start(e, false, ch, NULL, ch->ops->name, -1,
 			    mig_save_thread, err, errlen);
 }
 
 int mig_load_start(struct mig_engine *e, struct mig_channel *ch, char *err,
 		   size_t errlen)
 {
-	return engine_start(e, true, ch, NULL, ch->ops->name,
+	return engine_start(e, true, ch, NULL, ch->ops->name, -1,
 			    mig_load_thread, err, errlen);
+}
+
+int mig_load_start_accepted(struct mig_engine *e, struct mig_channel *ch,
+			    uint16_t minor, char *err, size_t errlen)
+{
+	return engine_start(e, true, ch, NULL, ch->ops->name, minor,
+			    mig_load_thread, err, errlen);
+}
+
+int mig_engine_resolve(struct mig_engine *e, bool here, char *err,
+		       size_t errlen)
+{
+	pthread_mutex_lock(&e->lock);
+	if (!e->outcome_unknown) {
+		pthread_mutex_unlock(&e->lock);
+		snprintf(err, errlen, "No migration outcome to resolve");
+		return -EINVAL;
+	}
+	pthread_mutex_unlock(&e->lock);
+	/* The migration thread has ended (its status is final). */
+	mig_engine_wait(e);
+	if (here) {
+		pr_warn("migration: told that the guest never ran on the "
+			"destination: it runs here again");
+		mig_devs_finish(&e->devs, VFU_MIG_STATE_RUNNING);
+		if (e->paused) {
+			e->host_ops->resume(e->host);
+			e->paused = false;
+		}
+	} else {
+		pr_info("migration: told that the guest runs on the "
+			"destination");
+		pthread_mutex_lock(&e->lock);
+		e->migrated_away = true;
+		pthread_mutex_unlock(&e->lock);
+	}
+	pthread_mutex_lock(&e->lock);
+	e->outcome_unknown = false;
+	pthread_mutex_unlock(&e->lock);
+	mig_publish(e);
+	if (!here)
+		e->host_ops->handed_over(e->host);
+	return 0;
 }
 
 int mig_engine_cancel(struct mig_engine *e)
@@ -478,13 +565,12 @@ int mig_engine_cancel(struct mig_engine *e)
 		pthread_mutex_unlock(&e->lock);
 		return 0;
 	}
-	if (e->end_sent) {
-		/* The whole state is on its way: whether the guest runs
-		 * there is the destination's call now (its confirmation, its
-		 * error, or its silence until the timeout). */
+	if (e->committed) {
+		/* The guest was handed over: whether it runs there is the
+		 * destination's call now. */
 		pthread_mutex_unlock(&e->lock);
-		pr_warn("migrate_cancel: too late, the destination has the "
-			"whole state; waiting for its confirmation");
+		pr_warn("migrate_cancel: too late, the guest was handed over "
+			"to the destination; waiting for its confirmation");
 		return -EBUSY;
 	}
 	atomic_store(&e->cancel, true);

@@ -30,13 +30,20 @@
 #define MIG_RAM_PASS_PAGES	(64ull << 20 >> MIG_PAGE_SHIFT)
 /* Per iteration, at most this much pre-copy data per device. */
 #define MIG_DEV_PASS_BYTES	(32ull << 20)
-/* The destination must confirm within this after END. */
+/* After COMMIT the destination must confirm within this (or within
+ * io_timeout_ms when set), or the outcome is unknown. */
 #define MIG_CONFIRM_TIMEOUT_MS	60000
-/* A write, or the connect, without progress for this long fails. */
-#define MIG_IO_TIMEOUT_MS	10000
-/* The source sends continuously while it iterates; the destination
- * gives up after this long without a byte. */
-#define MIG_LOAD_READ_TIMEOUT_MS	60000
+/* From the vCPUs' stop to COMMIT the source may take downtime-limit
+ * times this, at least MIG_SWITCHOVER_MIN_MS; past it, it gives up and
+ * the guest runs here again. */
+#define MIG_SWITCHOVER_FACTOR	10
+#define MIG_SWITCHOVER_MIN_MS	5000
+/* Defaults of io_timeout_ms (struct mig_params): a write, or the
+ * connect, without progress for this long fails; the source sends
+ * continuously while it iterates, so the destination gives up after
+ * this long without a byte. */
+#define MIG_WRITE_TIMEOUT_MS	10000
+#define MIG_READ_TIMEOUT_MS	60000
 /* After a failed send, how long the source waits for the destination's
  * reason (it sends it, then closes) before it settles for its own. */
 #define MIG_RP_GRACE_MS		2000
@@ -44,6 +51,7 @@
 /* What the engine's thread counts (published with mig_publish()). */
 struct mig_counters {
 	uint64_t start_ns, setup_ns, total_ns, downtime_ns;
+	uint64_t downtime_start_ns;
 	uint64_t transferred;
 	uint64_t remaining;
 	uint64_t ram_pages;
@@ -68,15 +76,18 @@ struct mig_engine {
 	struct mig_channel *ch;
 	bool error_is_io;		/* pub.error is a failed send */
 	bool migrated_away;		/* the guest runs elsewhere now */
-	bool end_sent;			/* too late to cancel */
+	bool committed;			/* COMMIT sent: too late to cancel */
+	bool outcome_unknown;		/* committed, never confirmed */
 	/* return path (source) */
 	bool switchover_acked;
+	bool ready;
 	bool resumed;
 	bool rp_error;
 	bool rp_closed;
 
 	pthread_t thread;
 	bool thread_started;
+	bool starting;			/* a start is setting up */
 	atomic_bool cancel;
 
 	/* the engine thread's own */
@@ -94,6 +105,9 @@ struct mig_engine {
 	bool was_running;
 	bool dirty_logging;
 	/* destination */
+	bool header_read;		/* mig_accept_source() read it */
+	uint16_t peer_minor;		/* the source's stream version */
+	bool guest_may_run;		/* vCPUs were started */
 	bool init_done[MIG_MAX_DEVICES];
 	bool want_ack;
 	bool acked;
@@ -103,14 +117,15 @@ void mig_set_status(struct mig_engine *e, enum mig_status s);
 /*
  * Record an error; returns ret. The first error is the cause, and later
  * ones are its consequences -- except that a failed send (mig_fail_io:
- * the peer closed or stalled) gives way to the reason the peer itself
- * gives (mig_fail_peer), which explains it.
+ * the peer closed or stalled) gives way to what explains it
+ * (mig_fail_cause): the reason the peer itself gives, or a deadline that
+ * cut the send short.
  */
 int mig_fail(struct mig_engine *e, int ret, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 int mig_fail_io(struct mig_engine *e, int ret, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-void mig_fail_peer(struct mig_engine *e, const char *fmt, ...)
+void mig_fail_cause(struct mig_engine *e, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 bool mig_has_error(struct mig_engine *e);
 void mig_error_copy(struct mig_engine *e, char *buf, size_t len);
@@ -120,6 +135,9 @@ void mig_publish(struct mig_engine *e);
 void mig_thread_end(struct mig_engine *e);
 /* Take the devices for this migration, reporting to the engine. */
 int mig_engine_devs_init(struct mig_engine *e);
+
+/* io_timeout_ms of this migration, or dflt. */
+unsigned mig_io_timeout(const struct mig_engine *e, unsigned dflt);
 
 void *mig_save_thread(void *arg);
 void *mig_load_thread(void *arg);

@@ -89,6 +89,32 @@ static int load_config(struct mig_engine *e, const void *p, size_t len)
 	return ret;
 }
 
+/*
+ * The hand-over: tell the source that everything is loaded and checked
+ * (READY) and run the guest only on its COMMIT. A source that never
+ * commits -- it rolled back, or the path is cut -- keeps the guest.
+ */
+static int load_wait_commit(struct mig_engine *e)
+{
+	struct mig_section sec;
+	char err[256];
+	void *p = NULL;
+	int ret;
+
+	ret = mig_section_write(e->ch, MIG_RP_READY, 0, 0, NULL, 0, NULL, 0);
+	if (ret)
+		return mig_fail(e, ret, "sending READY: %s", strerror(-ret));
+	ret = mig_section_read(e->ch, &sec, &p, err, sizeof(err));
+	free(p);
+	if (ret)
+		return mig_fail(e, ret, "the source did not hand the guest "
+				"over: %s", err);
+	if (sec.type != MIG_SEC_COMMIT)
+		return mig_fail(e, -EBADMSG, "%s after READY, expected COMMIT",
+				mig_section_name(sec.type));
+	return 0;
+}
+
 /* Apply everything in the order the hardware needs it, then run. */
 static int load_finish(struct mig_engine *e, const void *p, size_t len)
 {
@@ -110,11 +136,18 @@ static int load_finish(struct mig_engine *e, const void *p, size_t len)
 	ret = e->host_ops->state_apply(e->host, err, sizeof(err));
 	if (ret)
 		return mig_fail(e, ret, "%s", err[0] ? err : strerror(-ret));
+	pr_debug("incoming: state applied in %.1f ms",
+		 (clock_ns() - t0) / 1e6);
+	/* Sources before stream 1.1 run the guest as soon as it is here. */
+	if (e->peer_minor >= 1 && e->ch->has_return_path) {
+		ret = load_wait_commit(e);
+		if (ret)
+			return ret;
+	}
 	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_RUNNING);
 	if (ret)
 		return ret;
-	pr_debug("incoming: state applied in %.1f ms",
-		 (clock_ns() - t0) / 1e6);
+	e->guest_may_run = true;
 	ret = e->host_ops->start(e->host, run != 0);
 	if (ret)
 		return mig_fail(e, ret, "starting vCPUs: %s", strerror(-ret));
@@ -178,9 +211,12 @@ static int load_stream(struct mig_engine *e)
 	char err[256];
 	int ret;
 
-	ret = mig_stream_read_header(e->ch, err, sizeof(err));
-	if (ret)
-		return mig_fail(e, ret, "%s", err);
+	if (!e->header_read) {
+		ret = mig_stream_read_header(e->ch, &e->peer_minor, err,
+					     sizeof(err));
+		if (ret)
+			return mig_fail(e, ret, "%s", err);
+	}
 	ret = mig_engine_devs_init(e);
 	if (!ret)
 		ret = mig_devs_resume_prepare(&e->devs);
@@ -245,10 +281,18 @@ static void load_failed(struct mig_engine *e, int ret)
 		mig_fail(e, ret, "incoming migration failed (%s)",
 			 strerror(-ret));
 	mig_error_copy(e, why, sizeof(why));
-	pr_err("incoming migration failed: %s; no guest code ran here", why);
-	if (e->ch->has_return_path)
-		mig_section_write(e->ch, MIG_RP_ERROR, 0, 0, why,
-				  strlen(why) + 1, NULL, 0);
+	/* ERROR tells a source that may have committed that the guest is
+	 * its own again: only true if no vCPU was ever started here. */
+	if (e->guest_may_run) {
+		pr_err("incoming migration failed: %s; the vCPUs may have run: "
+		       "not telling the source it keeps the guest", why);
+	} else {
+		pr_err("incoming migration failed: %s; no guest code ran "
+		       "here", why);
+		if (e->ch->has_return_path)
+			mig_section_write(e->ch, MIG_RP_ERROR, 0, 0, why,
+					  strlen(why) + 1, NULL, 0);
+	}
 	/* A device must not keep a half-loaded stream. */
 	mig_devs_abort_resume(&e->devs);
 	mig_set_status(e, MIG_STATUS_FAILED);
@@ -260,7 +304,7 @@ void *mig_load_thread(void *arg)
 	struct mig_engine *e = arg;
 	int ret = -ENOMEM;
 
-	e->ch->read_timeout_ms = MIG_LOAD_READ_TIMEOUT_MS;
+	e->ch->read_timeout_ms = mig_io_timeout(e, MIG_READ_TIMEOUT_MS);
 	/* This VM's RAM is fresh: all zero until a page is loaded. */
 	e->ram.loaded = calloc(bitmap_words(e->ram.pages), sizeof(uint64_t));
 	if (e->ram.loaded)

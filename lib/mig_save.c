@@ -47,6 +47,9 @@ static void *rp_thread_fn(void *arg)
 		case MIG_RP_SWITCHOVER_ACK:
 			e->switchover_acked = true;
 			break;
+		case MIG_RP_READY:
+			e->ready = true;
+			break;
 		case MIG_RP_RESUMED:
 			e->resumed = true;
 			break;
@@ -54,7 +57,7 @@ static void *rp_thread_fn(void *arg)
 			pthread_mutex_unlock(&e->lock);
 			/* The payload is the destination's NUL-terminated
 			 * reason; bound it by what arrived anyway. */
-			mig_fail_peer(e, "destination failed: %.*s",
+			mig_fail_cause(e, "destination failed: %.*s",
 				      (int)MIN(sec.length, (uint64_t)256),
 				      p ? (char *)p : "");
 			pthread_mutex_lock(&e->lock);
@@ -249,7 +252,9 @@ static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 	if (!e->bm)
 		return mig_fail(e, -ENOMEM, "out of memory");
 	if (e->connect) {
-		ret = mig_channel_connect(&e->uri, MIG_IO_TIMEOUT_MS, &ch);
+		ret = mig_channel_connect(&e->uri,
+					  mig_io_timeout(e, MIG_WRITE_TIMEOUT_MS),
+					  &ch);
 		pthread_mutex_lock(&e->lock);
 		e->ch = ch;
 		pthread_mutex_unlock(&e->lock);
@@ -257,6 +262,8 @@ static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 			return mig_fail(e, ret, "cannot reach the destination "
 					"%s: %s", e->uri_str, strerror(-ret));
 	}
+	if (e->run_params.io_timeout_ms && e->ch->has_return_path)
+		e->ch->timeout_ms = (unsigned)e->run_params.io_timeout_ms;
 	if (!e->ch->has_return_path && e->run_params.switchover_ack)
 		return mig_fail(e, -EINVAL, "switchover-ack needs a return "
 				"path (tcp: or unix:)");
@@ -374,40 +381,95 @@ static int save_iterate(struct mig_engine *e)
 
 /* ---- switchover ------------------------------------------------------- */
 
-/* The destination owns the guest once it says it runs it. */
-static int save_wait_confirm(struct mig_engine *e)
+/*
+ * Wait, at most until deadline_ns (CLOCK_MONOTONIC), for the return path
+ * to set *flag, report an error, or close. 0 when *flag was set, else
+ * -ETIMEDOUT (the deadline passed) or -EPIPE.
+ */
+static int save_wait_rp(struct mig_engine *e, const bool *flag,
+			uint64_t deadline_ns)
 {
-	struct timespec ts;
-	int wret = 0, ret;
+	int ret = 0;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += MIG_CONFIRM_TIMEOUT_MS / 1000;
 	pthread_mutex_lock(&e->lock);
-	while (!e->resumed && !e->rp_error && !e->rp_closed &&
-	       wret != ETIMEDOUT)
-		wret = pthread_cond_timedwait(&e->cond, &e->lock, &ts);
-	ret = e->resumed ? 0 : -EPIPE;
+	while (!*flag && !e->rp_error && !e->rp_closed &&
+	       !atomic_load(&e->cancel) && ret != ETIMEDOUT) {
+		uint64_t now = clock_ns(), ns = deadline_ns > now ?
+				deadline_ns - now : 0;
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ns += (uint64_t)ts.tv_nsec;
+		ts.tv_sec += (time_t)(ns / 1000000000ull);
+		ts.tv_nsec = (long)(ns % 1000000000ull);
+		ret = pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+	}
+	ret = *flag ? 0 : ret == ETIMEDOUT ? -ETIMEDOUT : -EPIPE;
 	pthread_mutex_unlock(&e->lock);
-	if (ret)
-		return mig_fail(e, ret, wret == ETIMEDOUT ? "destination did "
-				"not confirm it runs the guest" :
-				"destination closed before confirming");
-	return 0;
+	return ret;
 }
 
-/* Everything after the vCPUs stopped. */
-static int save_switchover(struct mig_engine *e)
+/*
+ * The hand-over (docs/migration-stream.md): END is out; the destination
+ * says READY once it has loaded and checked everything, we answer
+ * COMMIT, it runs the guest and says RESUMED. Until COMMIT is written
+ * the guest is ours and every failure rolls back. Once it is written the
+ * destination may run the guest, so we never resume it on our own
+ * again: without RESUMED the outcome is unknown (-EHOSTUNREACH).
+ */
+static int save_handover(struct mig_engine *e)
 {
-	uint64_t t0 = clock_ns(), t_sync, t_ram;
+	int ret = save_wait_rp(e, &e->ready, e->ch->deadline_ns);
+	unsigned wait_ms;
+	bool rp_error;
+
+	if (ret == -ETIMEDOUT)
+		return ret;	/* the switchover's budget: the caller says */
+	if (ret && atomic_load(&e->cancel))
+		return -ECANCELED;
+	if (ret)
+		return mig_fail_io(e, ret, "destination closed before it was "
+				   "ready");
+	pthread_mutex_lock(&e->lock);
+	e->committed = true;	/* cancel is refused from here on */
+	pthread_mutex_unlock(&e->lock);
+	ret = save_section(e, MIG_SEC_COMMIT, 0, NULL, 0);
+	if (ret) {
+		/* Not all of COMMIT went out: the destination cannot have
+		 * taken it, so the guest is still ours. */
+		return mig_fail_io(e, ret, "sending COMMIT: %s",
+				   strerror(-ret));
+	}
+	e->ch->deadline_ns = 0;
+	wait_ms = mig_io_timeout(e, MIG_CONFIRM_TIMEOUT_MS);
+	ret = save_wait_rp(e, &e->resumed, clock_ns() + wait_ms * 1000000ull);
+	if (!ret)
+		return 0;
+	/* The destination failed after COMMIT but before any of its vCPUs
+	 * ran, and said so (ERROR): the guest is ours again. Anything else
+	 * -- silence, a closed connection -- tells nothing. */
+	pthread_mutex_lock(&e->lock);
+	rp_error = e->rp_error;
+	pthread_mutex_unlock(&e->lock);
+	if (rp_error)
+		return -EPIPE;
+	mig_fail_cause(e, "the destination took the guest (COMMIT) but did "
+		       "not confirm that it runs it (%s): the guest may run "
+		       "there, so it stays paused here until "
+		       "x-migrate-outcome says where it runs",
+		       ret == -ETIMEDOUT ? "no word within x-io-timeout" :
+		       "connection closed");
+	return -EHOSTUNREACH;
+}
+
+/* Stop the devices and send everything that is left, up to END. */
+static int save_stop_copy(struct mig_engine *e)
+{
+	uint64_t t0 = e->cnt.downtime_start_ns, t_sync, t_ram;
 	char err[256] = "";
 	uint32_t run;
 	bool more;
 	int ret;
-
-	mig_set_status(e, MIG_STATUS_DEVICE);
-	e->was_running = e->host_ops->running(e->host);
-	e->host_ops->pause(e->host);
-	e->paused = true;
 
 	ret = mig_devs_stop_copy(&e->devs);
 	if (ret)
@@ -437,29 +499,48 @@ static int save_switchover(struct mig_engine *e)
 		return mig_fail(e, ret, "saving VMM state: %s",
 				err[0] ? err : strerror(-ret));
 	run = e->was_running;
-	/*
-	 * From here on the destination may run the guest at any moment: a
-	 * cancel can no longer take it back without risking a guest that
-	 * runs twice, so cancel waits for the outcome instead (see
-	 * mig_engine_cancel()). Only the destination's word decides.
-	 */
-	pthread_mutex_lock(&e->lock);
-	e->end_sent = true;
-	pthread_mutex_unlock(&e->lock);
 	ret = save_section(e, MIG_SEC_END, 0, &run, sizeof(run));
 	pr_debug("switchover: END written %.1f ms after the vCPUs stopped",
 		 (clock_ns() - t0) / 1e6);
 	if (ret)
 		return mig_fail_io(e, ret, "sending END: %s", strerror(-ret));
+	return 0;
+}
+
+/*
+ * Everything after the vCPUs stopped. The stop has a budget: a stalled
+ * destination must not keep the guest frozen for the channel's whole
+ * I/O timeout; until COMMIT, overrunning it fails the migration and the
+ * guest runs here again.
+ */
+static int save_switchover(struct mig_engine *e)
+{
+	uint64_t budget_ms = MAX((uint64_t)MIG_SWITCHOVER_MIN_MS,
+				 MIG_SWITCHOVER_FACTOR *
+				 e->conv.downtime_limit_ms);
+	int ret;
+
+	mig_set_status(e, MIG_STATUS_DEVICE);
+	e->was_running = e->host_ops->running(e->host);
+	e->host_ops->pause(e->host);
+	e->paused = true;
+	e->cnt.downtime_start_ns = clock_ns();
+	e->ch->deadline_ns = e->cnt.downtime_start_ns + budget_ms * 1000000ull;
+
+	ret = save_stop_copy(e);
 	/* A file has no return path: the stream is complete once written
 	 * (the guest stays paused here, as QEMU does). */
-	if (e->ch->has_return_path) {
-		ret = save_wait_confirm(e);
-		if (ret)
-			return ret;
-	}
-	e->cnt.downtime_ns = clock_ns() - t0;
-	return 0;
+	if (!ret && e->ch->has_return_path)
+		ret = save_handover(e);
+	if (ret && e->ch->deadline_ns && clock_ns() >= e->ch->deadline_ns)
+		mig_fail_cause(e, "the switchover took more than %llu ms (%u x "
+			       "downtime-limit, at least %u ms)",
+			       (unsigned long long)budget_ms,
+			       MIG_SWITCHOVER_FACTOR, MIG_SWITCHOVER_MIN_MS);
+	e->ch->deadline_ns = 0;
+	if (!ret)
+		e->cnt.downtime_ns = clock_ns() - e->cnt.downtime_start_ns;
+	return ret;
 }
 
 /* ---- the end ---------------------------------------------------------- */
@@ -546,6 +627,28 @@ static void save_wait_peer_reason(struct mig_engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/*
+ * COMMIT went out and RESUMED never came: the guest may run on the
+ * destination, or nowhere. It must not run twice, so it stays paused
+ * here with its devices stopped until someone who can look at the
+ * destination says where it runs (mig_engine_resolve()).
+ */
+static void save_outcome_unknown(struct mig_engine *e)
+{
+	char why[512];
+
+	save_end_devices(e, VFU_MIG_STATE_STOP);
+	e->cnt.total_ns = clock_ns() - e->cnt.start_ns;
+	pthread_mutex_lock(&e->lock);
+	e->outcome_unknown = true;
+	pthread_mutex_unlock(&e->lock);
+	mig_publish(e);
+	mig_error_copy(e, why, sizeof(why));
+	mig_set_status(e, MIG_STATUS_FAILED);
+	pr_err("migration failed: %s", why);
+	e->host_ops->outcome_unknown(e->host);
+}
+
 static void save_failed(struct mig_engine *e)
 {
 	char why[512];
@@ -572,10 +675,17 @@ void *mig_save_thread(void *arg)
 {
 	struct mig_engine *e = arg;
 	pthread_t rp_thread;
+	int ret;
 
-	if (!save_setup(e, &rp_thread) && !save_iterate(e) &&
-	    !save_switchover(e))
+	ret = save_setup(e, &rp_thread);
+	if (!ret)
+		ret = save_iterate(e);
+	if (!ret)
+		ret = save_switchover(e);
+	if (!ret)
 		save_completed(e);
+	else if (ret == -EHOSTUNREACH)
+		save_outcome_unknown(e);
 	else
 		save_failed(e);
 

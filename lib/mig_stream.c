@@ -22,11 +22,10 @@ int mig_stream_write_header(struct mig_channel *ch)
 	return mig_write(ch, h, sizeof(h));
 }
 
-int mig_stream_read_header(struct mig_channel *ch, char *err, size_t errlen)
+int mig_stream_read_header(struct mig_channel *ch, uint16_t *minor_out,
+			   char *err, size_t errlen)
 {
 	uint8_t h[MIG_STREAM_HDR_SIZE];
-	uint16_t major, minor;
-	uint32_t crc;
 	int ret;
 
 	ret = mig_read(ch, h, sizeof(h));
@@ -35,6 +34,15 @@ int mig_stream_read_header(struct mig_channel *ch, char *err, size_t errlen)
 			 strerror(-ret));
 		return ret;
 	}
+	return mig_stream_check_header(h, minor_out, err, errlen);
+}
+
+int mig_stream_check_header(const uint8_t *h, uint16_t *minor_out,
+			    char *err, size_t errlen)
+{
+	uint16_t major, minor;
+	uint32_t crc;
+
 	if (memcmp(h, MIG_STREAM_MAGIC, 8)) {
 		snprintf(err, errlen, "not a ferry migration stream (bad magic "
 			 "%02x%02x%02x%02x%02x%02x%02x%02x)", h[0], h[1], h[2],
@@ -54,6 +62,8 @@ int mig_stream_read_header(struct mig_channel *ch, char *err, size_t errlen)
 			 MIG_STREAM_MAJOR, MIG_STREAM_MAJOR, MIG_STREAM_MINOR);
 		return -EPROTONOSUPPORT;
 	}
+	if (minor_out)
+		*minor_out = minor;
 	return 0;
 }
 
@@ -146,10 +156,12 @@ const char *mig_section_name(uint16_t type)
 	case MIG_SEC_SERIAL: return "SERIAL";
 	case MIG_SEC_PCI_DEV: return "PCI_DEV";
 	case MIG_SEC_ITER_END: return "ITER_END";
+	case MIG_SEC_COMMIT: return "COMMIT";
 	case MIG_SEC_END: return "END";
 	case MIG_RP_SWITCHOVER_ACK: return "SWITCHOVER_ACK";
 	case MIG_RP_RESUMED: return "RESUMED";
 	case MIG_RP_ERROR: return "ERROR";
+	case MIG_RP_READY: return "READY";
 	}
 	return "UNKNOWN";
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -115,8 +116,10 @@ static int unix_addr(const char *path, struct sockaddr_un *sa)
 	return 0;
 }
 
-int unix_socket_listen(const char *path, int backlog)
+int unix_socket_listen(const char *path, int backlog,
+		       const struct sock_access *acc)
 {
+	mode_t mode = acc && acc->mode ? acc->mode : 0600;
 	struct sockaddr_un sa;
 	int fd, ret = unix_addr(path, &sa);
 
@@ -126,13 +129,59 @@ int unix_socket_listen(const char *path, int backlog)
 	if (fd < 0)
 		return -errno;
 	unlink(path);
+	/* Until listen() a connect is refused: the mode is right before
+	 * anyone can get in, whatever the umask made of it. */
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    listen(fd, backlog) < 0) {
+	    chmod(path, mode) < 0 || listen(fd, backlog) < 0) {
 		ret = -errno;
 		close(fd);
 		return ret;
 	}
 	return fd;
+}
+
+int sock_peer_allowed(int fd, const struct sock_access *acc,
+		      uid_t *peer_uid)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	uid_t allow = acc ? acc->allow_uid : SOCK_UID_NONE;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+	    len != sizeof(cred) || cred.pid == 0)
+		return 0;	/* no credentials: not a local user */
+	if (peer_uid)
+		*peer_uid = cred.uid;
+	if (cred.uid == geteuid() || cred.uid == 0 ||
+	    (allow != SOCK_UID_NONE && cred.uid == allow))
+		return 0;
+	return -EACCES;
+}
+
+int parse_sock_mode(const char *s, mode_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 8);
+	if (errno || end == s || *end || v > 0777 || !(v & 0600))
+		return -EINVAL;
+	*out = (mode_t)v;
+	return 0;
+}
+
+int parse_uid(const char *s, uid_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || end == s || *end || v >= (unsigned long)SOCK_UID_NONE)
+		return -EINVAL;
+	*out = (uid_t)v;
+	return 0;
 }
 
 int unix_socket_connect(const char *path)

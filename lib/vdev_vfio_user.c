@@ -4,10 +4,13 @@
  * (ferry/vdev.h for the contract, ferry/vfu_client.h for the protocol).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "ferry/log.h"
 #include "ferry/util.h"
 #include "ferry/vdev.h"
 #include "ferry/vfu_client.h"
@@ -76,6 +79,46 @@ static int vu_device_info(struct vdev *d, struct vfu_device_info *out)
 	return vfu_client_device_info(to_client(d), out);
 }
 
+/*
+ * The server's fd for an mmap'able region is mapped into the guest: it
+ * must be a file (a memfd, a shm file) long enough for every page the
+ * region covers, or the first guest access past its end faults inside
+ * KVM and wedges the vCPU. A file the server could still shrink is as
+ * bad: without F_SEAL_SHRINK the region is only trapped, never mapped.
+ */
+static int vu_check_region_fd(struct vdev *d, struct vdev_region *r)
+{
+	uint64_t need = ALIGN_UP(r->size, (uint64_t)VDEV_PAGE_SIZE), end;
+	struct stat st;
+	int seals;
+
+	if (fstat(r->fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode)) {
+		pr_err("device %s: region %u: the server's fd is not a file "
+		       "(mode %#o)", d->id, r->index, st.st_mode);
+		return -EPROTO;
+	}
+	if (check_add_overflow(r->fd_offset, need, &end) ||
+	    (uint64_t)st.st_size < end) {
+		pr_err("device %s: region %u: the server's fd has %lld bytes, "
+		       "the region needs %llu at offset %llu", d->id, r->index,
+		       (long long)st.st_size, (unsigned long long)need,
+		       (unsigned long long)r->fd_offset);
+		return -EPROTO;
+	}
+	seals = fcntl(r->fd, F_GET_SEALS);
+	if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+		pr_warn("device %s: region %u: the server's fd is not sealed "
+			"against shrinking (F_SEAL_SHRINK): trapping the region "
+			"instead of mapping it into the guest", d->id, r->index);
+		close_safely(&r->fd);
+		r->flags &= ~VFU_REGION_FLAG_MMAP;
+		r->nr_mmap = 0;
+	}
+	return 0;
+}
+
 static int vu_region_info(struct vdev *d, uint32_t index,
 			  struct vdev_region *out)
 {
@@ -96,6 +139,13 @@ static int vu_region_info(struct vdev *d, uint32_t index,
 	out->nr_trap_while_saving = r.nr_trap_while_saving;
 	memcpy(out->trap_while_saving, r.trap_while_saving,
 	       r.nr_trap_while_saving * sizeof(r.trap_while_saving[0]));
+	if (out->fd >= 0) {
+		ret = vu_check_region_fd(d, out);
+		if (ret) {
+			vdev_region_release(out);
+			return ret;
+		}
+	}
 	return 0;
 }
 

@@ -750,7 +750,10 @@ int vfu_client_region_info(struct vfu_client *c, uint32_t index,
 				     NULL, 0, 1, &reply);
 		if (ret)
 			return ret;
-		ret = -EINVAL;
+		/* From here on a bad reply is the server's fault, not a
+		 * refusal: -EPROTO, so that a caller can tell "no such
+		 * region" (the server's EINVAL) from a broken server. */
+		ret = -EPROTO;
 		if (reply.payload_len < sizeof(info) ||
 		    reply.payload_len > argsz)
 			goto err_release;
@@ -778,11 +781,9 @@ int vfu_client_region_info(struct vfu_client *c, uint32_t index,
 		} else if (reply.nr_fds) {
 			goto err_release;
 		}
-		if (info.flags & VFU_REGION_FLAG_CAPS) {
-			ret = parse_region_caps(reply.payload, len, &info, out);
-			if (ret)
-				goto err_release;
-		}
+		if (info.flags & VFU_REGION_FLAG_CAPS &&
+		    parse_region_caps(reply.payload, len, &info, out))
+			goto err_release;
 		if ((info.flags & VFU_REGION_FLAG_MMAP) && !out->nr_sparse) {
 			out->sparse[0].offset = 0;
 			out->sparse[0].size = info.size;

@@ -1154,14 +1154,16 @@ void vfu_server_destroy(struct vfu_server *srv)
 	free(srv);
 }
 
-int vfu_server_listen(struct vfu_server *srv, const char *path)
+int vfu_server_listen(struct vfu_server *srv, const char *path,
+		      const struct sock_access *acc)
 {
-	int fd = vfu_sock_listen(path);
+	int fd = vfu_sock_listen(path, acc);
 
 	if (fd < 0)
 		return fd;
 	close_safely(&srv->listen_fd);
 	srv->listen_fd = fd;
+	srv->access = acc ? *acc : SOCK_ACCESS_PRIVATE;
 	return 0;
 }
 
@@ -1171,6 +1173,7 @@ int vfu_server_run(struct vfu_server *srv)
 		return -EINVAL;
 	for (;;) {
 		struct vfu_conn conn;
+		uid_t peer = 0;
 		int ret, fd;
 
 		ret = server_wait(srv, srv->listen_fd);
@@ -1182,6 +1185,13 @@ int vfu_server_run(struct vfu_server *srv)
 			    errno == EAGAIN)
 				continue;
 			return -errno;
+		}
+		if (sock_peer_allowed(fd, &srv->access, &peer)) {
+			pr_warn("%s: refused a client of uid %u (not allowed "
+				"to use this device)", srv->desc.name,
+				(unsigned)peer);
+			close(fd);
+			continue;
 		}
 		vfu_conn_init_sock(&conn, fd);
 		pr_info("%s: client connected", srv->desc.name);

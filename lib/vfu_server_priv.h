@@ -66,6 +66,7 @@ struct vfu_server {
 	struct vfu_device_desc desc;
 	struct vfu_server_config cfg;
 	int listen_fd;
+	struct sock_access access;	/* who may connect */
 	int stop_fd;			/* eventfd: vfu_server_stop() */
 	atomic_bool stopping;
 

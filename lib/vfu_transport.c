@@ -311,9 +311,9 @@ int vfu_send_reply(struct vfu_conn *conn, const struct vfu_hdr *req,
 	return vfu_conn_send(conn, &h, iov, iovcnt, fds, nr_fds);
 }
 
-int vfu_sock_listen(const char *path)
+int vfu_sock_listen(const char *path, const struct sock_access *acc)
 {
-	return unix_socket_listen(path, 4);
+	return unix_socket_listen(path, 4, acc);
 }
 
 int vfu_sock_connect(const char *path)

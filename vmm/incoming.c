@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * The destination's endpoint: listen on the --incoming (or
- * migrate-incoming) URI, accept the source, and hand the stream to the
+ * migrate-incoming) URI, wait for a source that says a valid hello
+ * (mig_accept_source(): strangers, junk and slow talkers are refused
+ * and logged, and the door stays open), and hand the stream to the
  * migration engine, which loads it (lib/mig_load.c).
  */
 #include <errno.h>
@@ -32,11 +34,19 @@ bool incoming_pending(struct vm *vm)
 static void *inc_accept_fn(void *arg)
 {
 	struct vm_mig *m = arg;
+	bool is_file = mig_listener_uri(m->listener)->kind == MIG_URI_FILE;
 	struct mig_channel *ch = NULL;
+	uint16_t minor = 0;
 	char err[256];
 	int ret;
 
-	ret = mig_listener_accept(m->listener, 0, &ch);
+	/* A file is what it is (the engine checks its header); a socket's
+	 * door stays open until a real source comes. */
+	if (is_file)
+		ret = mig_listener_accept(m->listener, 0, &ch);
+	else
+		ret = mig_accept_source(m->listener, MIG_HELLO_TIMEOUT_MS, 0,
+					&ch, &minor);
 	pthread_mutex_lock(&m->inc_lock);
 	mig_listener_close(m->listener);
 	m->listener = NULL;
@@ -49,7 +59,11 @@ static void *inc_accept_fn(void *arg)
 		vm_request_exit(m->vm, VM_EXIT_ERROR, "migration-failed");
 		return NULL;
 	}
-	ret = mig_load_start(m->engine, ch, err, sizeof(err));
+	if (is_file)
+		ret = mig_load_start(m->engine, ch, err, sizeof(err));
+	else
+		ret = mig_load_start_accepted(m->engine, ch, minor, err,
+					      sizeof(err));
 	if (ret) {
 		pr_err("incoming migration failed: %s; no guest code ran here",
 		       err);
@@ -79,7 +93,7 @@ int incoming_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&m->inc_lock);
-	ret = mig_listener_open(&u, &m->listener);
+	ret = mig_listener_open(&u, &vm->sock_access, &m->listener);
 	if (ret) {
 		pthread_mutex_unlock(&m->inc_lock);
 		snprintf(err, errlen, "cannot listen on %s: %s", uri,

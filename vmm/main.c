@@ -48,6 +48,7 @@ struct opts {
 	const char *qmp_path;
 	const char *serial_file;	/* NULL: stdio */
 	const char *incoming;		/* migration URI or "defer" */
+	struct sock_access sock_access;	/* --socket-mode, --allow-uid */
 	struct dev_opt devs[VM_MAX_DEVICES];
 	unsigned nr_devs;
 	bool verbose;
@@ -74,6 +75,10 @@ static void usage(FILE *f)
 "  -i, --incoming URI      receive a live migration instead of booting:\n"
 "                          tcp:HOST:PORT, unix:PATH, file:PATH, or defer\n"
 "                          (then QMP migrate-incoming gives the URI)\n"
+"      --socket-mode MODE  file mode of the QMP and unix: migration sockets\n"
+"                          (octal, default 0600 whatever the umask)\n"
+"      --allow-uid UID     a user besides this one and root who may connect\n"
+"                          to them (others are refused by SO_PEERCRED)\n"
 "  -v, --verbose           debug logging\n"
 "  -h, --help              show this help\n"
 "\n"
@@ -174,6 +179,8 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		{ "qmp", required_argument, NULL, 'q' },
 		{ "serial", required_argument, NULL, 's' },
 		{ "incoming", required_argument, NULL, 'i' },
+		{ "socket-mode", required_argument, NULL, 'M' },
+		{ "allow-uid", required_argument, NULL, 'U' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
@@ -184,6 +191,7 @@ static int parse_args(struct opts *o, int argc, char **argv)
 
 	o->memory = DEFAULT_MEMORY;
 	o->cpus = 1;
+	o->sock_access = SOCK_ACCESS_PRIVATE;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":k:a:m:c:d:q:s:i:vh", longopts,
 				NULL)) != -1) {
@@ -234,6 +242,17 @@ static int parse_args(struct opts *o, int argc, char **argv)
 			break;
 		case 'i':
 			o->incoming = optarg;
+			break;
+		case 'M':
+			if (parse_sock_mode(optarg, &o->sock_access.mode))
+				return usage_error("--socket-mode '%s': expected "
+						   "an octal mode with owner "
+						   "rw, e.g. 0660", optarg);
+			break;
+		case 'U':
+			if (parse_uid(optarg, &o->sock_access.allow_uid))
+				return usage_error("--allow-uid '%s': expected a "
+						   "numeric uid", optarg);
 			break;
 		case 'v':
 			o->verbose = true;
@@ -351,7 +370,6 @@ static int open_serial(struct main_ctx *m, const struct opts *o)
 	return ret;
 }
 
-/* Everything a configuration error can hit; exit status 2 on failure. */
 /* The VM's event sink: the QMP socket, once there is one. */
 static void emit_to_qmp(void *opaque, const char *name,
 			struct json_object *data)
@@ -361,6 +379,7 @@ static void emit_to_qmp(void *opaque, const char *name,
 	qmp_emit(vm->qmp, name, data);
 }
 
+/* Everything a configuration error can hit; exit status 2 on failure. */
 static int vmm_setup(struct main_ctx *m, const struct opts *o)
 {
 	struct vm *vm = &m->vm;
@@ -380,6 +399,7 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o)
 	}
 	vm->event_fn = emit_to_qmp;
 	vm->event_opaque = vm;
+	vm->sock_access = o->sock_access;
 	ret = vcpus_create(vm);
 	if (ret) {
 		fprintf(stderr, "ferry-vmm: cannot create vCPUs: %s\n",

@@ -367,6 +367,13 @@ static void host_hold_paused(void *host)
 		vm_event(vm, "STOP", NULL);
 }
 
+static void host_outcome_unknown(void *host)
+{
+	/* The engine keeps the vCPUs paused; QMP's cont refuses until
+	 * x-migrate-outcome says where the guest runs (migration.c). */
+	vm_event(host_vm(host), "STOP", NULL);
+}
+
 static void host_load_failed(void *host)
 {
 	vm_request_exit(host_vm(host), VM_EXIT_ERROR, "migration-failed");
@@ -390,5 +397,6 @@ const struct mig_host_ops vm_mig_host_ops = {
 	.start = host_start,
 	.handed_over = host_handed_over,
 	.hold_paused = host_hold_paused,
+	.outcome_unknown = host_outcome_unknown,
 	.load_failed = host_load_failed,
 };

@@ -126,6 +126,44 @@ int migration_cancel(struct vm *vm)
 	return mig_engine_cancel(vm->mig->engine);
 }
 
+int migration_resolve(struct vm *vm, const char *where, char *err,
+		      size_t errlen)
+{
+	if (strcmp(where, "here") && strcmp(where, "destination")) {
+		snprintf(err, errlen, "Parameter 'guest-runs' expects "
+			 "'here' or 'destination'");
+		return -EINVAL;
+	}
+	return mig_engine_resolve(vm->mig->engine, !strcmp(where, "here"),
+				  err, errlen);
+}
+
+const char *migration_run_state(struct vm *vm)
+{
+	struct mig_stats st;
+
+	if (incoming_pending(vm))
+		return "inmigrate";
+	mig_engine_stats(vm->mig->engine, &st);
+	if (st.outcome_unknown)
+		return "postmigrate";
+	if (!st.incoming && st.status == MIG_STATUS_DEVICE)
+		return "finish-migrate";
+	return NULL;
+}
+
+const char *migration_cont_refusal(struct vm *vm)
+{
+	struct mig_stats st;
+
+	mig_engine_stats(vm->mig->engine, &st);
+	if (st.outcome_unknown)
+		return "The guest may be running on the migration destination "
+		       "(the hand-over was never confirmed): say where it runs "
+		       "with x-migrate-outcome";
+	return NULL;
+}
+
 static struct json_object *query_devices(const struct mig_stats *st)
 {
 	struct json_object *devs = json_object_new_array();
@@ -194,6 +232,11 @@ struct json_object *migration_query(struct vm *vm)
 	if (st.error[0])
 		json_object_object_add(r, "error-desc",
 				       json_object_new_string(st.error));
+	if (mig_status_is_active(st.status))
+		json_add_u64(r, "x-io-idle-ms", st.io_idle_ms);
+	if (st.outcome_unknown)
+		json_object_object_add(r, "x-outcome-unknown",
+				       json_object_new_boolean(true));
 	return r;
 }
 
@@ -219,6 +262,14 @@ int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
 			return -EINVAL;
 		}
 		p.max_bandwidth = (uint64_t)value;
+	} else if (!strcmp(name, "x-io-timeout")) {
+		if (value < 0 || value > MIG_MAX_IO_TIMEOUT_MS) {
+			snprintf(err, errlen, "Parameter 'x-io-timeout' "
+				 "expects an integer in the range of 0 to %d "
+				 "milliseconds", MIG_MAX_IO_TIMEOUT_MS);
+			return -EINVAL;
+		}
+		p.io_timeout_ms = (uint64_t)value;
 	} else {
 		snprintf(err, errlen, "Parameter '%s' is unexpected", name);
 		return -EINVAL;
@@ -265,6 +316,7 @@ struct json_object *migration_query_parameters(struct vm *vm)
 	mig_engine_get_params(vm->mig->engine, &p);
 	json_add_u64(r, "downtime-limit", p.downtime_limit_ms);
 	json_add_u64(r, "max-bandwidth", p.max_bandwidth);
+	json_add_u64(r, "x-io-timeout", p.io_timeout_ms);
 	return r;
 }
 

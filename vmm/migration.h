@@ -40,5 +40,14 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 			     bool check_only, char *err, size_t errlen);
 struct json_object *migration_query_parameters(struct vm *vm);
 struct json_object *migration_query_capabilities(struct vm *vm);
+/* After a hand-over that was never confirmed: where the guest runs
+ * ("here" or "destination"), as someone who checked says. */
+int migration_resolve(struct vm *vm, const char *where, char *err,
+		      size_t errlen);
+/* What migration makes of the VM's run state for query-status (QEMU's
+ * names: "inmigrate", "finish-migrate", "postmigrate"), or NULL; and
+ * why cont must not run the guest now (NULL: it may). */
+const char *migration_run_state(struct vm *vm);
+const char *migration_cont_refusal(struct vm *vm);
 
 #endif /* FERRY_VMM_MIGRATION_H */

@@ -49,6 +49,7 @@ struct qmp_client {
 	int fd;
 	bool negotiated;
 	bool dead;		/* write failed: close at the next chance */
+	uint64_t last_active_ns;	/* connected or last sent us data */
 	json_tokener *tok;
 	size_t pending;		/* bytes fed since the last complete message */
 	bool skip_line;		/* resynchronising after bad input */
@@ -248,13 +249,18 @@ static struct json_object *cmd_query_status(struct qmp_client *c,
 					    struct qmp_error *e)
 {
 	enum vm_run_state s = vm_run_state(c->q->vm);
+	const char *mig = migration_run_state(c->q->vm);
 	struct json_object *o = json_object_new_object();
 
+	/* A migration's switchover stops the guest without a user's pause:
+	 * "running" must not claim otherwise. */
 	json_object_object_add(o, "running",
-			       json_object_new_boolean(s == VM_STATE_RUNNING));
+			       json_object_new_boolean(s == VM_STATE_RUNNING &&
+						       !mig));
 	json_object_object_add(o, "singlestep", json_object_new_boolean(false));
 	json_object_object_add(o, "status",
-			       json_object_new_string(run_state_names[s]));
+			       json_object_new_string(mig && s != VM_STATE_SHUTDOWN ?
+						      mig : run_state_names[s]));
 	return o;
 }
 
@@ -278,9 +284,14 @@ static struct json_object *cmd_cont(struct qmp_client *c,
 				    struct qmp_error *e)
 {
 	struct vm *vm = c->q->vm;
+	const char *why = migration_cont_refusal(vm);
 
 	if (vm_run_state(vm) == VM_STATE_SHUTDOWN) {
 		qmp_seterr(e, QMP_GENERIC_ERROR, "The VM is shutting down");
+		return NULL;
+	}
+	if (why) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "%s", why);
 		return NULL;
 	}
 	if (vm_user_cont(vm))
@@ -410,7 +421,7 @@ static struct json_object *cmd_migrate_cancel(struct qmp_client *c,
 {
 	if (migration_cancel(c->q->vm) == -EBUSY) {
 		qmp_seterr(e, QMP_GENERIC_ERROR, "Too late to cancel: the "
-			   "destination has the whole state and decides now");
+			   "guest was handed over to the destination");
 		return NULL;
 	}
 	return json_object_new_object();
@@ -516,6 +527,22 @@ static struct json_object *cmd_migrate_incoming(struct qmp_client *c,
 	return json_object_new_object();
 }
 
+static struct json_object *cmd_x_migrate_outcome(struct qmp_client *c,
+						 struct json_object *args,
+						 struct qmp_error *e)
+{
+	struct json_object *where;
+	char err[QMP_ERR_LEN];
+
+	json_object_object_get_ex(args, "guest-runs", &where);
+	if (migration_resolve(c->q->vm, json_object_get_string(where), err,
+			      sizeof(err))) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
+		return NULL;
+	}
+	return json_object_new_object();
+}
+
 static struct json_object *cmd_query_commands(struct qmp_client *c,
 					      struct json_object *args,
 					      struct qmp_error *e);
@@ -537,7 +564,8 @@ static const struct qmp_cmd qmp_cmds[] = {
 	{ "query-migrate", cmd_query_migrate, { { 0 } } },
 	{ "migrate-set-parameters", cmd_migrate_set_parameters,
 	  { { "downtime-limit", json_type_int, "int", false },
-	    { "max-bandwidth", json_type_int, "int", false } } },
+	    { "max-bandwidth", json_type_int, "int", false },
+	    { "x-io-timeout", json_type_int, "int", false } } },
 	{ "query-migrate-parameters", cmd_query_migrate_parameters, { { 0 } } },
 	{ "migrate-set-capabilities", cmd_migrate_set_capabilities,
 	  { { "capabilities", json_type_array, "array", true } } },
@@ -545,6 +573,8 @@ static const struct qmp_cmd qmp_cmds[] = {
 	  { { 0 } } },
 	{ "migrate-incoming", cmd_migrate_incoming,
 	  { { "uri", json_type_string, "string", true } } },
+	{ "x-migrate-outcome", cmd_x_migrate_outcome,
+	  { { "guest-runs", json_type_string, "string", true } } },
 };
 
 static struct json_object *cmd_query_commands(struct qmp_client *c,
@@ -752,9 +782,44 @@ static void client_event(struct vm_poll_src *src, uint32_t events)
 		client_close(c);
 		return;
 	}
+	c->last_active_ns = clock_ns();
 	client_feed(c, buf, (size_t)n);
 	if (c->dead)
 		client_close(c);
+}
+
+/*
+ * A slot for a new client. The table full, the one that has been
+ * silent longest goes (a client whose writes failed first): idle or
+ * stuck clients must never lock out the one that comes to cancel a
+ * migration or quit the VM.
+ */
+static unsigned qmp_free_slot(struct qmp *q)
+{
+	struct qmp_client *victim = NULL;
+	unsigned slot, v = 0;
+
+	pthread_mutex_lock(&q->lock);
+	for (slot = 0; slot < QMP_MAX_CLIENTS; slot++) {
+		struct qmp_client *c = q->clients[slot];
+
+		if (!c)
+			break;
+		if (!victim || (c->dead && !victim->dead) ||
+		    (c->dead == victim->dead &&
+		     c->last_active_ns < victim->last_active_ns)) {
+			victim = c;
+			v = slot;
+		}
+	}
+	pthread_mutex_unlock(&q->lock);
+	if (slot < QMP_MAX_CLIENTS)
+		return slot;
+	pr_warn("qmp: %u clients: dropping the one silent for %.0f s to let "
+		"a new one in", QMP_MAX_CLIENTS,
+		(clock_ns() - victim->last_active_ns) / 1e9);
+	client_close(victim);
+	return v;
 }
 
 static void qmp_accept(struct vm_poll_src *src, uint32_t events)
@@ -764,26 +829,25 @@ static void qmp_accept(struct vm_poll_src *src, uint32_t events)
 	struct json_object *greet, *inner;
 	struct qmp_client *c;
 	unsigned slot;
+	uid_t uid = 0;
 	int fd;
 
 	fd = accept4(q->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 	if (fd < 0)
 		return;
-	pthread_mutex_lock(&q->lock);
-	for (slot = 0; slot < QMP_MAX_CLIENTS; slot++)
-		if (!q->clients[slot])
-			break;
-	pthread_mutex_unlock(&q->lock);
-	if (slot == QMP_MAX_CLIENTS) {
-		pr_warn("qmp: too many clients, refusing one");
+	if (sock_peer_allowed(fd, &q->vm->sock_access, &uid)) {
+		pr_warn("qmp: refused a client of uid %u (--allow-uid)",
+			(unsigned)uid);
 		close(fd);
 		return;
 	}
+	slot = qmp_free_slot(q);
 	c = calloc(1, sizeof(*c));
 	if (!c) {
 		close(fd);
 		return;
 	}
+	c->last_active_ns = clock_ns();
 	c->tok = json_tokener_new_ex(JSON_TOKENER_DEFAULT_DEPTH);
 	if (!c->tok) {
 		free(c);
@@ -882,6 +946,14 @@ int qmp_create(struct vm *vm, int epfd, const char *path, struct qmp **out,
 		snprintf(err, errlen, "QMP socket %s: %s", path,
 			 strerror(errno));
 		goto err_close_fd;
+	}
+	/* Whoever may connect can quit the VM or write files as us: the
+	 * mode is set before listen(), whatever the umask made of it. */
+	if (chmod(path, vm->sock_access.mode ? vm->sock_access.mode : 0600)) {
+		ret = -errno;
+		snprintf(err, errlen, "QMP socket %s: chmod: %s", path,
+			 strerror(errno));
+		goto err_unlink;
 	}
 	if (listen(q->listen_fd, QMP_MAX_CLIENTS) < 0) {
 		ret = -errno;

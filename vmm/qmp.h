@@ -15,7 +15,9 @@ struct vm;
 struct qmp;
 struct json_object;
 
-#define QMP_MAX_CLIENTS		16
+/* Past this many, a new client takes the slot of the one silent the
+ * longest (docs/qmp.md). */
+#define QMP_MAX_CLIENTS		64
 #define QMP_MAX_MSG		(64 * 1024)
 
 /* Listen on path (a stale socket file is replaced, a live one is not)

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ferry/util.h"
 #include "vm.h"
 
 #define VM_PAGE_SIZE		4096ull
@@ -140,6 +141,7 @@ struct vm {
 	struct vfio_pci *devs[VM_MAX_DEVICES];
 	unsigned nr_devs;
 	struct vm_mig *mig;		/* migration.c */
+	struct sock_access sock_access;	/* who may use our sockets */
 
 	/* vm_event() goes here; set before any thread may emit. */
 	vm_event_fn event_fn;

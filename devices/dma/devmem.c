@@ -30,10 +30,15 @@ int fdma_devmem_init(struct ferry_dma *d)
 	uint64_t words;
 	int ret;
 
-	d->devmem_fd = memfd_create("ferry-dma-devmem", MFD_CLOEXEC);
+	d->devmem_fd = memfd_create("ferry-dma-devmem",
+				    MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (d->devmem_fd < 0)
 		return -errno;
-	if (ftruncate(d->devmem_fd, (off_t)size) < 0) {
+	/* Sealed at its size: a client that maps BAR2 into a guest knows
+	 * it can never shrink under it (a mapping past the end of a file
+	 * faults). */
+	if (ftruncate(d->devmem_fd, (off_t)size) < 0 ||
+	    fcntl(d->devmem_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
 		ret = -errno;
 		goto err_close_fd;
 	}

@@ -56,8 +56,14 @@ struct mig_channel {
 	 * writes must notice a stalled destination. */
 	unsigned timeout_ms;		/* writes */
 	unsigned read_timeout_ms;	/* reads */
+	/* CLOCK_MONOTONIC ns past which every call fails with -ETIMEDOUT,
+	 * progress or not (a phase with a time budget); 0 = none. */
+	uint64_t deadline_ns;
 	uint64_t bytes_read;
 	uint64_t bytes_written;
+	/* When bytes last moved (clock_ns()); read with __atomic_load_n
+	 * from other threads. */
+	uint64_t last_io_ns;
 };
 
 int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
@@ -67,12 +73,35 @@ int mig_channel_from_fd(int fd, bool is_socket, unsigned timeout_ms,
 			struct mig_channel **out);
 
 struct mig_listener;
-int mig_listener_open(const struct mig_uri *uri, struct mig_listener **out);
-/* Wait up to timeout_ms (0 = forever) for the source. */
+/* acc (NULL: private, see ferry/util.h) says who may connect to a
+ * unix: listener; a peer it does not allow is refused at accept. */
+struct sock_access;
+int mig_listener_open(const struct mig_uri *uri,
+		      const struct sock_access *acc, struct mig_listener **out);
+/* Wait up to timeout_ms (0 = forever) for the source: the first
+ * connection, whatever it sends (-EACCES: a peer acc does not allow).
+ * A destination that must survive strangers uses mig_accept_source(). */
 int mig_listener_accept(struct mig_listener *l, unsigned timeout_ms,
 			struct mig_channel **out);
+/*
+ * The destination's front door: accept connections on l until one sends
+ * a valid stream header within hello_ms of connecting (a total, not a
+ * per-byte, deadline), looking at up to MIG_ACCEPT_PENDING at once, so
+ * that neither junk nor a peer that trickles bytes can keep the real
+ * source out. Refused peers are logged and closed. 0 with *out (the
+ * header consumed; its minor version in *minor), -ETIMEDOUT after
+ * timeout_ms (0: wait forever), or -errno (-EINTR/-EBADF: the listener
+ * was shut down; -EINVAL for a file: mig_listener_accept() it).
+ */
+#define MIG_ACCEPT_PENDING	16
+#define MIG_HELLO_TIMEOUT_MS	10000
+int mig_accept_source(struct mig_listener *l, unsigned hello_ms,
+		      unsigned timeout_ms, struct mig_channel **out,
+		      uint16_t *minor);
 /* The listening fd (for poll loops); -1 for files. */
 int mig_listener_fd(struct mig_listener *l);
+const struct sock_access *mig_listener_access(struct mig_listener *l);
+const struct mig_uri *mig_listener_uri(struct mig_listener *l);
 void mig_listener_close(struct mig_listener *l);
 
 static inline int mig_read(struct mig_channel *ch, void *buf, size_t len)

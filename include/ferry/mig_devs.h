@@ -131,7 +131,9 @@ void mig_devs_finish(struct mig_devs *s, enum vfu_mig_state state);
 int mig_devs_resume_prepare(struct mig_devs *s);
 int mig_devs_load(struct mig_devs *s, unsigned idx, const void *buf,
 		  size_t len);
-/* Reset every device that holds a half-loaded stream (best effort). */
+/* A load failed: reset every device that is not RUNNING (one in
+ * RESUMING or ERROR, or stopped with a stream no guest will run with),
+ * best effort. */
 void mig_devs_abort_resume(struct mig_devs *s);
 
 #endif /* FERRY_MIG_DEVS_H */

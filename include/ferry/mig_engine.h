@@ -16,20 +16,29 @@
  * to PRE_COPY, iterate RAM and device pre-copy data until the estimated
  * rest fits the downtime limit (and, with switchover-ack, the destination
  * acked), pause the vCPUs, devices to STOP_COPY (P2P first), last RAM,
- * device data, VMM state sections, END; then wait for the destination's
- * RESUMED on the return path. Until that confirmation the source owns
- * the guest: cancel or any failure rolls back (devices RUNNING, logs
- * off, traps off, vCPUs resumed if they were running). After RESUMED
- * the devices go to STOP and host->handed_over() runs. A channel without
- * a return path (a file) completes once END is written; the guest then
- * stays paused (host->hold_paused()).
+ * device data, VMM state sections, END. With a return path the guest is
+ * then handed over in three steps, so that no single lost or stalled
+ * message can make it run on both sides: the destination, having loaded
+ * and checked everything, says READY; the source answers COMMIT and from
+ * then on never resumes the guest by itself; the destination runs it on
+ * COMMIT, and only then, and says RESUMED. Until COMMIT is sent the
+ * source owns the guest: cancel, any failure, or a switchover that
+ * overruns its deadline (10 x downtime-limit, at least 5 s) rolls back
+ * (devices RUNNING, logs off, traps off, vCPUs resumed if they were
+ * running). After RESUMED the devices go to STOP and host->handed_over()
+ * runs. If RESUMED never comes after COMMIT, nobody knows where the
+ * guest runs: the source keeps it paused with its devices stopped,
+ * calls host->outcome_unknown() and waits for mig_engine_resolve(). A
+ * channel without a return path (a file) completes once END is written;
+ * the guest then stays paused (host->hold_paused()).
  *
  * Destination (mig_load_start): check the source's configuration
  * against the host's before loading anything, devices to RESUMING, load
  * RAM and device data while the source iterates, ack the switchover
  * once every device has its initial data, and at END apply in the order
  * hardware needs: devices RESUMING -> STOP (they validate their stream),
- * host->state_apply() (irqchip, vCPUs, then device config), devices
+ * host->state_apply() (irqchip, vCPUs, then device config); READY and
+ * wait for COMMIT (a source that never commits keeps the guest); devices
  * RUNNING, host->start(); then RESUMED. On any error: the reason on the
  * return path, devices reset out of RESUMING, host->load_failed(); no
  * guest instruction ran.
@@ -127,10 +136,13 @@ struct mig_host_ops {
 
 	/* Outcomes. Source: the guest runs at the destination now (stop
 	 * this copy for good); the guest must stay paused when the engine
-	 * drops its pause (a file was written: QEMU's postmigrate).
-	 * Destination: the load failed, the guest must never run here. */
+	 * drops its pause (a file was written: QEMU's postmigrate); nobody
+	 * knows whether the destination runs the guest (it stays paused
+	 * here until mig_engine_resolve()). Destination: the load failed,
+	 * the guest must never run here. */
 	void (*handed_over)(void *host);
 	void (*hold_paused)(void *host);
+	void (*outcome_unknown)(void *host);
 	void (*load_failed)(void *host);
 };
 
@@ -146,7 +158,13 @@ struct mig_params {
 	uint64_t max_bandwidth;		/* bytes/s, 0 = unlimited */
 	bool switchover_ack;
 	bool no_device_dirty_log;	/* debug: the negative control */
+	/* A channel without progress for this long fails the migration
+	 * (source writes, destination reads); 0: 10 s for writes, 60 s for
+	 * reads (the source may pause between sends, e.g. throttled). */
+	uint64_t io_timeout_ms;
 };
+
+#define MIG_MAX_IO_TIMEOUT_MS	3600000	/* an hour */
 
 struct mig_dev_stats {
 	const char *id;			/* the device's; lives as long */
@@ -175,6 +193,8 @@ struct mig_stats {
 	uint64_t expected_downtime_ms;	/* UINT64_MAX: unknown */
 	unsigned nr_devs;
 	struct mig_dev_stats dev[MIG_MAX_DEVICES];
+	uint64_t io_idle_ms;		/* since bytes last moved */
+	bool outcome_unknown;		/* see mig_engine_resolve() */
 	char reason[256];		/* why not switched over yet */
 	char error[512];		/* the first error */
 };
@@ -207,13 +227,26 @@ int mig_save_start(struct mig_engine *e, const char *uri, char *err,
 		   size_t errlen);
 int mig_save_start_channel(struct mig_engine *e, struct mig_channel *ch,
 			   char *err, size_t errlen);
-/* Load a migration stream from ch (taken) on the engine's thread. */
+/* Load a migration stream from ch (taken) on the engine's thread; or
+ * one whose header mig_accept_source() already checked (minor: its
+ * version). */
 int mig_load_start(struct mig_engine *e, struct mig_channel *ch, char *err,
 		   size_t errlen);
+int mig_load_start_accepted(struct mig_engine *e, struct mig_channel *ch,
+			    uint16_t minor, char *err, size_t errlen);
 
 /* Cancel the outgoing migration: 0 (also when none runs), or -EBUSY once
  * END was sent (the destination decides now). */
 int mig_engine_cancel(struct mig_engine *e);
+/*
+ * After an unknown outcome (mig_stats.outcome_unknown): someone who
+ * knows -- who looked at the destination -- says where the guest runs.
+ * here: it never ran there; devices RUNNING and the vCPUs resume here.
+ * Otherwise: it runs there; host->handed_over(). -EINVAL with a message
+ * when there is nothing to resolve.
+ */
+int mig_engine_resolve(struct mig_engine *e, bool here, char *err,
+		       size_t errlen);
 /* Wait until the engine's current migration, if any, has ended. */
 void mig_engine_wait(struct mig_engine *e);
 void mig_engine_stats(struct mig_engine *e, struct mig_stats *out);

@@ -29,7 +29,9 @@
 
 #define MIG_STREAM_MAGIC	"FERRYMIG"
 #define MIG_STREAM_MAJOR	1
-#define MIG_STREAM_MINOR	0
+/* 1: with a return path, the switchover is a hand-over in three steps
+ * (END, READY, COMMIT): see docs/migration-stream.md. */
+#define MIG_STREAM_MINOR	1
 #define MIG_STREAM_HDR_SIZE	16u
 #define MIG_SECTION_HDR_SIZE	24u
 /* Largest section payload accepted: a RAM batch or a device chunk. */
@@ -50,6 +52,8 @@ enum mig_section_type {
 	MIG_SEC_SERIAL		= 10,
 	MIG_SEC_PCI_DEV		= 11,	/* id = device: config space, MSI-X */
 	MIG_SEC_ITER_END	= 12,	/* end of one pre-copy iteration */
+	MIG_SEC_COMMIT		= 13,	/* after END and READY: the source
+					   gives the guest up, run it */
 	MIG_SEC_END		= 0xffff,
 
 	/* return path */
@@ -57,6 +61,9 @@ enum mig_section_type {
 						   initial data */
 	MIG_RP_RESUMED		= 0x101,	/* destination runs the guest */
 	MIG_RP_ERROR		= 0x102,	/* payload: message text */
+	MIG_RP_READY		= 0x103,	/* everything loaded and
+						   checked; the guest runs
+						   on COMMIT */
 };
 
 struct mig_section {
@@ -72,8 +79,13 @@ _Static_assert(sizeof(struct mig_section) == MIG_SECTION_HDR_SIZE, "sec");
 
 /* Write the stream header. 0 or -errno. */
 int mig_stream_write_header(struct mig_channel *ch);
-/* Read and check the stream header; on error a reason in err. */
-int mig_stream_read_header(struct mig_channel *ch, char *err, size_t errlen);
+/* Read and check the stream header; *minor (may be NULL) gets the
+ * writer's minor version. On error a reason in err. */
+int mig_stream_read_header(struct mig_channel *ch, uint16_t *minor,
+			   char *err, size_t errlen);
+/* The same check on MIG_STREAM_HDR_SIZE bytes already read. */
+int mig_stream_check_header(const uint8_t *h, uint16_t *minor, char *err,
+			    size_t errlen);
 
 /* Write one section (payload may be split over two buffers, e.g. a
  * small header and bulk data). */

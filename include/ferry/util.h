@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
@@ -84,10 +85,33 @@ uint64_t clock_ns(void);
 /* Parse a size like "64M", "1G", "4096", "2K" (binary units). 0 or -EINVAL. */
 int parse_size(const char *s, uint64_t *out);
 
+/*
+ * Who may use a socket a ferry program listens on. The file gets mode
+ * (0: 0600, whatever the umask) before the socket listens, so nobody
+ * else can ever connect in between; and every peer is checked with
+ * SO_PEERCRED: this process's own user, root, and allow_uid
+ * (SOCK_UID_NONE: nobody else) may talk to it.
+ */
+#define SOCK_UID_NONE	((uid_t)-1)
+struct sock_access {
+	mode_t mode;
+	uid_t allow_uid;
+};
+#define SOCK_ACCESS_PRIVATE	((struct sock_access){ 0, SOCK_UID_NONE })
+
+/* 0, or -EACCES with the peer's uid in *peer_uid. A socket without
+ * credentials (TCP) passes: its peers are not users of this host. */
+int sock_peer_allowed(int fd, const struct sock_access *acc,
+		      uid_t *peer_uid);
+/* Parse "0660" (octal, no more than 0777) and a uid. 0 or -EINVAL. */
+int parse_sock_mode(const char *s, mode_t *out);
+int parse_uid(const char *s, uid_t *out);
+
 /* UNIX stream sockets (CLOEXEC). listen replaces a stale socket file at
- * path. Return an fd or -errno (-ENAMETOOLONG for a path that does not
- * fit sun_path). */
-int unix_socket_listen(const char *path, int backlog);
+ * path and creates the new one as acc says (NULL: private). Return an
+ * fd or -errno (-ENAMETOOLONG for a path that does not fit sun_path). */
+int unix_socket_listen(const char *path, int backlog,
+		       const struct sock_access *acc);
 int unix_socket_connect(const char *path);
 
 /* Number of open fds of this process (counted in /proc/self/fd). */

@@ -16,7 +16,11 @@
  *    and is then owned by *out until vdev_region_release(). mmap[] lists
  *    the areas that may be mapped (the whole region when the device gave
  *    no sparse list), trap_while_saving[] the areas whose guest accesses
- *    must reach the device while it is saving (ferry's extension).
+ *    must reach the device while it is saving (ferry's extension). An fd
+ *    given out is safe to map into a guest: it backs every page of the
+ *    region and cannot shrink (else the backend traps the region). A
+ *    device's refusal of an index (no such region) is -EINVAL; a reply
+ *    that fails validation, -EPROTO.
  *  - set_irqs() assigns eventfds to vectors [start, start + count) of an
  *    IRQ index (fds NULL de-assigns them); the device signals an
  *    interrupt by writing its eventfd.
@@ -48,6 +52,7 @@
 #include "ferry/vfio_user.h"
 
 #define VDEV_MAX_AREAS		8
+#define VDEV_PAGE_SIZE		4096u	/* granule of mmap'able areas */
 
 struct vdev;
 

@@ -86,7 +86,8 @@ void vfu_client_set_dirty_cb(struct vfu_client *c,
 
 int vfu_client_device_info(struct vfu_client *c, struct vfu_device_info *out);
 /* Region info with the capability chain parsed. out->fd is -1 unless the
- * region is MMAP; release with vfu_client_region_release(). */
+ * region is MMAP; release with vfu_client_region_release(). A reply that
+ * fails validation is -EPROTO; the server's own refusal, its errno. */
 int vfu_client_region_info(struct vfu_client *c, uint32_t index,
 			   struct vfu_client_region *out);
 void vfu_client_region_release(struct vfu_client_region *r);

@@ -126,8 +126,12 @@ struct vfu_server *vfu_server_create(const struct vfu_device_desc *desc,
 				     const struct vfu_server_config *cfg);
 void vfu_server_destroy(struct vfu_server *srv);
 
-/* Listen on a UNIX socket path. 0 or -errno. */
-int vfu_server_listen(struct vfu_server *srv, const char *path);
+/* Listen on a UNIX socket path; acc (NULL: private to this user and
+ * root) says who may connect (ferry/util.h): any other peer is refused
+ * at accept. 0 or -errno. */
+struct sock_access;
+int vfu_server_listen(struct vfu_server *srv, const char *path,
+		      const struct sock_access *acc);
 
 /* Serve clients one after another until vfu_server_stop(). Returns 0 on
  * stop, -errno on a listening-socket failure. */

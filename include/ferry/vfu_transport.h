@@ -94,9 +94,11 @@ int vfu_send_reply(struct vfu_conn *conn, const struct vfu_hdr *req,
 		   int err, const struct iovec *iov, int iovcnt,
 		   const int *fds, size_t nr_fds);
 
-/* UNIX socket helpers: listen on path (unlinking a stale socket first)
- * and connect to path. Return an fd or -errno. */
-int vfu_sock_listen(const char *path);
+/* UNIX socket helpers: listen on path (unlinking a stale socket first;
+ * the file as acc says, NULL: private, see ferry/util.h) and connect to
+ * path. Return an fd or -errno. */
+struct sock_access;
+int vfu_sock_listen(const char *path, const struct sock_access *acc);
 int vfu_sock_connect(const char *path);
 
 #endif /* FERRY_VFU_TRANSPORT_H */

@@ -950,6 +950,15 @@ static void host_hold_paused(void *opaque)
 	pthread_mutex_unlock(&h->lock);
 }
 
+static void host_outcome_unknown(void *opaque)
+{
+	struct fake_host *h = opaque;
+
+	pthread_mutex_lock(&h->lock);
+	h->outcome_unknown = true;
+	pthread_mutex_unlock(&h->lock);
+}
+
 static void host_load_failed(void *opaque)
 {
 	struct fake_host *h = opaque;
@@ -977,5 +986,6 @@ const struct mig_host_ops fh_host_ops = {
 	.start = host_start,
 	.handed_over = host_handed_over,
 	.hold_paused = host_hold_paused,
+	.outcome_unknown = host_outcome_unknown,
 	.load_failed = host_load_failed,
 };

@@ -122,7 +122,7 @@ struct fake_host {
 	bool traps;
 	unsigned start_calls;
 	bool started, start_run;
-	bool handed_over, held_paused, load_failed;
+	bool handed_over, held_paused, load_failed, outcome_unknown;
 	unsigned pauses, resumes;
 
 	/* VMM state */

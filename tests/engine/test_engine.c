@@ -61,6 +61,7 @@
 #define DOWNTIME_MS		100u
 #define MAX_BANDWIDTH		(256ull << 20)
 #define CORRUPT_RAM_SECTION	5u
+#define HANDOVER_IO_MS		1500u	/* x-io-timeout of the cut cases */
 #define RAM_CMP_CHUNK		(1ull << 20)
 
 static int failures;
@@ -249,6 +250,18 @@ static void set_params(struct side *s, uint64_t downtime_ms, bool devlog)
 	CHECK(ret == 0, "%s: set params: %s", s->role, err);
 }
 
+static void set_io_timeout(struct side *s, uint64_t ms)
+{
+	struct mig_params p;
+	char err[256] = "";
+	int ret;
+
+	mig_engine_get_params(s->e, &p);
+	p.io_timeout_ms = ms;
+	ret = mig_engine_set_params(s->e, &p, err, sizeof(err));
+	CHECK(ret == 0, "%s: set x-io-timeout: %s", s->role, err);
+}
+
 /* A fake host with its own ferry-dev; the source's guest runs. */
 static int side_open(struct side *s, const char *role, const char *model,
 		     bool source)
@@ -323,13 +336,24 @@ static void side_close(struct side *s)
  * A socket channel with faults, around the source's end: it may corrupt
  * one byte in the payload of the n-th RAM section it writes, after the
  * CRCs were computed (what a bad NIC or middlebox would do), following
- * the stream framing across any split of the writes; and it may hold
- * back the return path for a while, as a return-path thread that is
- * slow to be scheduled would.
+ * the stream framing across any split of the writes; it may hold back
+ * the return path for a while, as a return-path thread that is slow to
+ * be scheduled would; and it may cut one direction of the path at a
+ * given point of the hand-over, as a partition that silently drops
+ * packets (not one that closes the connection) would.
  */
+enum cut {
+	CUT_NONE,
+	CUT_RP_AFTER_END,	/* nothing comes back once END is out */
+	CUT_FWD_AT_COMMIT,	/* COMMIT and all after it never arrive */
+	CUT_RP_AFTER_COMMIT,	/* nothing comes back once COMMIT is out */
+	CUT_RP_CLOSED_AFTER_COMMIT,	/* ...and the connection closes */
+};
+
 struct chan_fault {
 	unsigned int corrupt_ram_section;	/* 0: none; 1 = first */
 	unsigned int rp_delay_ms;		/* before the first read */
+	enum cut cut;
 	/* what happened */
 	unsigned int ram_sections;		/* RAM sections seen */
 	bool flipped;
@@ -342,6 +366,10 @@ struct fault_chan {
 	struct mig_channel *inner;
 	struct chan_fault *f;
 	bool delayed;
+	atomic_bool end_out, commit_out;	/* written (or dropped) */
+	atomic_bool shut;
+	bool dropping;			/* CUT_FWD_AT_COMMIT reached */
+	uint16_t last_type;		/* of the section being written */
 	uint64_t hdr_left;		/* stream header bytes to pass */
 	uint8_t sec[MIG_SECTION_HDR_SIZE];
 	size_t sec_have;
@@ -355,6 +383,26 @@ static void fault_sync(struct fault_chan *c)
 {
 	c->inner->timeout_ms = c->ch.timeout_ms;
 	c->inner->read_timeout_ms = c->ch.read_timeout_ms;
+	c->inner->deadline_ns = c->ch.deadline_ns;
+}
+
+/* The return path is cut here: what arrived is lost, and nothing more
+ * will, until the engine gives up on the channel. */
+static bool rp_cut(struct fault_chan *c)
+{
+	return (c->f->cut == CUT_RP_AFTER_END && atomic_load(&c->end_out)) ||
+	       ((c->f->cut == CUT_RP_AFTER_COMMIT ||
+		 c->f->cut == CUT_RP_CLOSED_AFTER_COMMIT) &&
+		atomic_load(&c->commit_out));
+}
+
+static int rp_swallow(struct fault_chan *c)
+{
+	/* A closed connection: EOF at once; a stall: until shut down. */
+	while (c->f->cut != CUT_RP_CLOSED_AFTER_COMMIT &&
+	       !atomic_load(&c->shut))
+		sleep_ms(5);
+	return -EPIPE;
 }
 
 static int fault_read(struct mig_channel *ch, void *buf, size_t len)
@@ -366,9 +414,13 @@ static int fault_read(struct mig_channel *ch, void *buf, size_t len)
 		c->delayed = true;
 		sleep_ms(c->f->rp_delay_ms);
 	}
+	if (rp_cut(c))
+		return rp_swallow(c);
 	fault_sync(c);
 	ret = mig_read(c->inner, buf, len);
 	ch->bytes_read = c->inner->bytes_read;
+	if (rp_cut(c))
+		return rp_swallow(c);
 	return ret;
 }
 
@@ -380,6 +432,21 @@ static int fault_write(struct mig_channel *ch, const void *buf, size_t len)
 	uint8_t *copy = NULL;
 	size_t i = 0, n;
 	int ret;
+
+	/* A section header in one write (mig_section_write's): note END
+	 * and COMMIT, and drop everything from COMMIT on if asked. */
+	if (!c->hdr_left && !c->payload_left && !c->sec_have &&
+	    len == MIG_SECTION_HDR_SIZE) {
+		struct mig_section sec;
+
+		memcpy(&sec, buf, sizeof(sec));
+		if (sec.type == MIG_SEC_COMMIT && f->cut == CUT_FWD_AT_COMMIT)
+			c->dropping = true;
+		if (sec.type == MIG_SEC_COMMIT)
+			atomic_store(&c->commit_out, true);
+	}
+	if (c->dropping)
+		return 0;
 
 	while (i < len) {
 		if (c->hdr_left) {
@@ -399,6 +466,7 @@ static int fault_write(struct mig_channel *ch, const void *buf, size_t len)
 				continue;
 			memcpy(&sec, c->sec, sizeof(sec));
 			c->sec_have = 0;
+			c->last_type = sec.type;
 			c->payload_left = sec.length;
 			c->payload_off = 0;
 			c->in_target = false;
@@ -433,12 +501,17 @@ static int fault_write(struct mig_channel *ch, const void *buf, size_t len)
 	ret = mig_write(c->inner, p, len);
 	ch->bytes_written = c->inner->bytes_written;
 	free(copy);
+	if (!ret && c->last_type == MIG_SEC_END && !c->payload_left)
+		atomic_store(&c->end_out, true);
 	return ret;
 }
 
 static void fault_shutdown(struct mig_channel *ch)
 {
-	mig_channel_shutdown(container_of(ch, struct fault_chan, ch)->inner);
+	struct fault_chan *c = container_of(ch, struct fault_chan, ch);
+
+	atomic_store(&c->shut, true);
+	mig_channel_shutdown(c->inner);
 }
 
 static void fault_close(struct mig_channel *ch)
@@ -556,7 +629,7 @@ static int start_tcp(struct side *src, struct side *dst)
 
 	ret = mig_uri_parse("tcp:127.0.0.1:0", &u, err, sizeof(err));
 	if (!ret)
-		ret = mig_listener_open(&u, &a.l);
+		ret = mig_listener_open(&u, NULL, &a.l);
 	if (ret) {
 		CHECK(0, "listener: %s %s", err, strerror(-ret));
 		return ret;
@@ -748,12 +821,12 @@ static void check_completed(struct side *src, struct side *dst, bool devlog)
 	CHECK(sh->pause_depth == 1 && !fh_host_ops.running(sh),
 	      "source must stay paused after handing over (depth %u)",
 	      sh->pause_depth);
-	/* Earlier failed attempts stopped their logs; this one may leave
-	 * its own on (the guest is gone). */
-	CHECK(sh->trap_calls >= 1 && sh->log_starts >= 1 &&
-	      sh->log_starts - sh->log_stops <= 1,
-	      "source: traps set %u times, dirty log started %u, stopped %u "
-	      "times", sh->trap_calls, sh->log_starts, sh->log_stops);
+	/* Every attempt, this one included, turned its tracking off. */
+	CHECK(sh->trap_calls >= 1 && !sh->traps && sh->log_starts >= 1 &&
+	      sh->log_starts == sh->log_stops,
+	      "source: traps set %u times (now %d), dirty log started %u, "
+	      "stopped %u times", sh->trap_calls, sh->traps, sh->log_starts,
+	      sh->log_stops);
 	ret = mig_save_start(src->e, "unix:/nonexistent", err, sizeof(err));
 	CHECK(ret == -EINVAL, "a source whose guest left started again: %d",
 	      ret);
@@ -884,13 +957,15 @@ static void check_source_kept(struct side *src)
 	CHECK(!h->jobs.error[0], "DMA jobs: %s", h->jobs.error);
 }
 
-/* A destination that refused: no guest instruction ran there. */
-static void check_dest_refused(struct side *dst)
+/* A destination that refused: no guest instruction ran there. loaded:
+ * it had the whole stream and applied the VMM state, waiting for a
+ * COMMIT that never came. */
+static void check_dest_refused(struct side *dst, bool loaded)
 {
 	struct fake_host *h = &dst->h;
 
 	CHECK(h->load_failed, "destination: load_failed not called");
-	CHECK(!h->started && h->start_calls == 0 && !h->have_applied,
+	CHECK(!h->started && h->start_calls == 0 && h->have_applied == loaded,
 	      "destination started %d (%u calls), state applied %d",
 	      h->started, h->start_calls, h->have_applied);
 	CHECK(h->loaded == NULL, "loaded VMM state not discarded");
@@ -1016,7 +1091,7 @@ static const char *case_cancel(void)
 	printf("  source: %s; destination: %s\n", src.ev.status,
 	       dst.ev.status);
 	check_source_kept(&src);
-	check_dest_refused(&dst);
+	check_dest_refused(&dst, false);
 	migrate_again(&src, false);
 out:
 	side_close(&dst);
@@ -1050,7 +1125,7 @@ static const char *case_config(void)
 	      "source error: %s", err);
 	printf("  source: %s\n", err);
 	check_source_kept(&src);
-	check_dest_refused(&dst);
+	check_dest_refused(&dst, false);
 	migrate_again(&src, true);
 out:
 	side_close(&dst);
@@ -1087,7 +1162,7 @@ static const char *case_corrupt(void)
 	      err);
 	printf("  source: %s\n", err);
 	check_source_kept(&src);
-	check_dest_refused(&dst);
+	check_dest_refused(&dst, false);
 	migrate_again(&src, false);
 out:
 	side_close(&dst);
@@ -1126,12 +1201,168 @@ static const char *case_late_rp(void)
 	      "source reports a consequence, not the cause: %s", err);
 	printf("  source: %s\n", err);
 	check_source_kept(&src);
-	check_dest_refused(&dst);
+	check_dest_refused(&dst, false);
 out:
 	side_close(&dst);
 	side_close(&src);
 	return "with a late return-path reader the source still reports the "
 	       "destination's reason";
+}
+
+/*
+ * The partition that made the guest run twice before the three-step
+ * hand-over: the destination gets everything, the return path silently
+ * drops what it sends. The destination must not run without COMMIT;
+ * the source, never READY, gives up when the switchover overruns its
+ * budget and the guest runs here again: on exactly one side.
+ */
+static const char *case_rp_cut_after_end(void)
+{
+	struct chan_fault f = { .cut = CUT_RP_AFTER_END };
+	struct side src = { 0 }, dst = { 0 };
+	struct mig_stats st;
+	char err[512];
+
+	if (side_open(&src, "source", MODEL, true) ||
+	    side_open(&dst, "destination", MODEL, false))
+		goto out;
+	if (start_socketpair(&src, &dst, &f))
+		goto out;
+	CHECK(wait_final(&src) == MIG_STATUS_FAILED, "source: %s",
+	      mig_status_name(mig_engine_status(src.e)));
+	CHECK(wait_final(&dst) == MIG_STATUS_FAILED, "destination: %s",
+	      mig_status_name(mig_engine_status(dst.e)));
+	CHECK(error_has(&src, "switchover took more than", err, sizeof(err)),
+	      "source error: %s", err);
+	printf("  source: %s\n", err);
+	error_has(&dst, "", err, sizeof(err));
+	printf("  destination: %s\n", err);
+	mig_engine_stats(src.e, &st);
+	CHECK(!st.outcome_unknown, "the source never committed: its outcome "
+	      "is known");
+	check_source_kept(&src);
+	check_dest_refused(&dst, true);
+out:
+	side_close(&dst);
+	side_close(&src);
+	return "return path cut after END: the destination loaded everything "
+	       "but never ran without COMMIT; the source gave up at its "
+	       "switchover budget and runs the guest: one side only";
+}
+
+/*
+ * The forward path dies right at COMMIT: the source has given the guest
+ * up, the destination never hears it. Neither may run it on its own;
+ * the source reports an unknown outcome and keeps it paused, devices
+ * stopped, until told; told "here", it runs on as if nothing happened.
+ */
+static const char *case_commit_lost(void)
+{
+	struct chan_fault f = { .cut = CUT_FWD_AT_COMMIT };
+	struct side src = { 0 }, dst = { 0 };
+	struct mig_stats st;
+	char err[512] = "";
+	int ret;
+
+	if (side_open(&src, "source", MODEL, true) ||
+	    side_open(&dst, "destination", MODEL, false))
+		goto out;
+	set_io_timeout(&src, HANDOVER_IO_MS);
+	set_io_timeout(&dst, HANDOVER_IO_MS);
+	if (start_socketpair(&src, &dst, &f))
+		goto out;
+	CHECK(wait_final(&src) == MIG_STATUS_FAILED, "source: %s",
+	      mig_status_name(mig_engine_status(src.e)));
+	CHECK(wait_final(&dst) == MIG_STATUS_FAILED, "destination: %s",
+	      mig_status_name(mig_engine_status(dst.e)));
+	mig_engine_stats(src.e, &st);
+	printf("  source: %s\n", st.error);
+	CHECK(st.outcome_unknown && src.h.outcome_unknown,
+	      "source outcome not unknown: %s", st.error);
+	CHECK(src.h.pause_depth == 1 && !src.h.handed_over,
+	      "source must hold the guest paused (depth %u)",
+	      src.h.pause_depth);
+	dev_state_check(&src, VFU_MIG_STATE_STOP);
+	check_dest_refused(&dst, true);
+	ret = mig_save_start(src.e, "unix:/nonexistent", err, sizeof(err));
+	CHECK(ret == -EINVAL && strstr(err, "outcome is unknown"),
+	      "a new migration before the outcome is resolved: %d %s", ret,
+	      err);
+	/* The destination exited without running: the guest is ours. */
+	ret = mig_engine_resolve(src.e, true, err, sizeof(err));
+	CHECK(ret == 0, "resolve here: %s", err);
+	set_io_timeout(&src, 0);
+	check_source_kept(&src);
+	migrate_again(&src, false);
+out:
+	side_close(&dst);
+	side_close(&src);
+	return "forward path cut at COMMIT: neither side ran the guest on its "
+	       "own; the source held it paused (devices STOP) with an unknown "
+	       "outcome, ran it again when told, then migrated fine";
+}
+
+/*
+ * The return path dies after COMMIT: the destination runs the guest and
+ * its RESUMED is lost, in silence or with the connection closing (as a
+ * destination closes it after RESUMED). The source must not resume on
+ * either: outcome unknown, paused, devices stopped; told "destination",
+ * it hands over.
+ */
+static const char *resumed_lost(enum cut cut)
+{
+	struct chan_fault f = { .cut = cut };
+	struct side src = { 0 }, dst = { 0 };
+	struct mig_stats st;
+	char err[512] = "";
+	int ret;
+
+	if (side_open(&src, "source", MODEL, true) ||
+	    side_open(&dst, "destination", MODEL, false))
+		goto out;
+	set_io_timeout(&src, HANDOVER_IO_MS);
+	if (start_socketpair(&src, &dst, &f))
+		goto out;
+	CHECK(wait_final(&src) == MIG_STATUS_FAILED, "source: %s",
+	      mig_status_name(mig_engine_status(src.e)));
+	CHECK(wait_final(&dst) == MIG_STATUS_COMPLETED, "destination: %s",
+	      mig_status_name(mig_engine_status(dst.e)));
+	mig_engine_stats(src.e, &st);
+	printf("  source: %s\n", st.error);
+	CHECK(st.outcome_unknown && src.h.outcome_unknown,
+	      "source outcome not unknown: %s", st.error);
+	CHECK(src.h.pause_depth == 1 && !fh_host_ops.running(&src.h),
+	      "source runs the guest although the destination does (depth "
+	      "%u)", src.h.pause_depth);
+	CHECK(dst.h.started && dst.h.start_calls == 1,
+	      "destination did not start the guest");
+	dev_state_check(&src, VFU_MIG_STATE_STOP);
+	dev_state_check(&dst, VFU_MIG_STATE_RUNNING);
+	ret = mig_engine_resolve(src.e, false, err, sizeof(err));
+	CHECK(ret == 0, "resolve destination: %s", err);
+	CHECK(src.h.handed_over && src.h.pause_depth == 1,
+	      "source did not hand over (handed %d, depth %u)",
+	      src.h.handed_over, src.h.pause_depth);
+	ret = mig_engine_resolve(src.e, true, err, sizeof(err));
+	CHECK(ret == -EINVAL, "resolved twice");
+out:
+	side_close(&dst);
+	side_close(&src);
+	return "return path cut after COMMIT: the destination runs the guest; "
+	       "the source did not resume on silence (unknown outcome, paused, "
+	       "devices STOP) and handed over when told: one side only";
+}
+
+static const char *case_resumed_lost(void)
+{
+	return resumed_lost(CUT_RP_AFTER_COMMIT);
+}
+
+static const char *case_resumed_lost_closed(void)
+{
+	resumed_lost(CUT_RP_CLOSED_AFTER_COMMIT);
+	return "the same when the connection closes instead of stalling: a "
+	       "close tells the source nothing, only ERROR would";
 }
 
 struct test_case {
@@ -1147,6 +1378,10 @@ static const struct test_case cases[] = {
 	{ "config-mismatch", case_config },
 	{ "corrupt-section", case_corrupt },
 	{ "late-return-path", case_late_rp },
+	{ "rp-cut-after-end", case_rp_cut_after_end },
+	{ "commit-lost", case_commit_lost },
+	{ "resumed-lost", case_resumed_lost },
+	{ "resumed-lost-closed", case_resumed_lost_closed },
 };
 
 static void run_case(const struct test_case *c)

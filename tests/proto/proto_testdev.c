@@ -423,7 +423,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "vfu_server_create failed\n");
 		goto out_unmap;
 	}
-	if (vfu_server_listen(d.srv, argv[1])) {
+	if (vfu_server_listen(d.srv, argv[1], NULL)) {
 		fprintf(stderr, "cannot listen on %s\n", argv[1]);
 		goto out_destroy;
 	}

@@ -650,7 +650,7 @@ static void test_version(void)
 		struct vfu_client *c = NULL;
 		int ret;
 
-		vc.listen_fd = vfu_sock_listen(path);
+		vc.listen_fd = vfu_sock_listen(path, NULL);
 		if (vc.listen_fd < 0) {
 			CHECK(0, "listen %s", path);
 			break;

@@ -98,7 +98,7 @@ static int load_stream(const uint8_t *buf, size_t len, uint8_t *dst_ram,
 
 	ram.r[0] = (struct mig_ram_range){ .gpa = 0x100000,
 		.size = TEST_PAGES * MIG_PAGE_SIZE, .hva = dst_ram };
-	ret = mig_stream_read_header(ch, err, errlen);
+	ret = mig_stream_read_header(ch, NULL, err, errlen);
 	while (!ret) {
 		struct mig_section sec;
 		void *p;
@@ -197,8 +197,8 @@ static void write_version(uint8_t *h, uint16_t major, uint16_t minor)
 	memcpy(h + 12, &crc, 4);
 }
 
-/* Wrong magic, major+1, minor+1 rejected; an older minor would be
- * accepted (minor is 0 today, so only the current one can be). */
+/* Wrong magic, major+1, minor+1 rejected; the current and an older
+ * minor (0: before the three-step hand-over) accepted. */
 static void test_versions(void **state)
 {
 	static uint8_t dst[TEST_PAGES * MIG_PAGE_SIZE];
@@ -224,6 +224,10 @@ static void test_versions(void **state)
 
 	memcpy(copy, ref, ref_len);
 	write_version(copy, MIG_STREAM_MAJOR, MIG_STREAM_MINOR);
+	assert_int_equal(load_stream(copy, ref_len, dst, err, sizeof(err)), 0);
+
+	memcpy(copy, ref, ref_len);
+	write_version(copy, MIG_STREAM_MAJOR, 0);
 	assert_int_equal(load_stream(copy, ref_len, dst, err, sizeof(err)), 0);
 	free(copy);
 }
@@ -412,6 +416,20 @@ static void test_uri(void **state)
 			 -EINVAL);
 	assert_non_null(strstr(err, "expected"));
 	assert_int_equal(mig_uri_parse("unix:", &u, err, sizeof(err)), -EINVAL);
+	/* Refused at submission, not found out at connect time. */
+	assert_int_equal(mig_uri_parse("tcp:127.0.0.1:99999", &u, err,
+				       sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "not 0..65535"));
+	assert_int_equal(mig_uri_parse("tcp:bad host:1", &u, err,
+				       sizeof(err)), -EINVAL);
+	assert_int_equal(mig_uri_parse("tcp:a..b:1", &u, err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mig_uri_parse("tcp:300.1.1.1:1", &u, err,
+				       sizeof(err)), -EINVAL);
+	assert_int_equal(mig_uri_parse("tcp:-x.example:1", &u, err,
+				       sizeof(err)), -EINVAL);
+	assert_int_equal(mig_uri_parse("tcp:dst-1.example.org:4444", &u, err,
+				       sizeof(err)), 0);
 }
 
 /*

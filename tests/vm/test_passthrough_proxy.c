@@ -50,7 +50,11 @@
 #define DMA_LEN		256u
 #define DMA_BYTE	0xab
 
-enum variant { DEV_GOOD, DEV_NOT_PCI, DEV_BAD_MSIX };
+/* DEV_SHORT_FD hands out a BAR2 fd of one page for its 64 KiB (a guest
+ * access past the end would wedge the vCPU); DEV_UNSEALED one the server
+ * could still shrink. */
+enum variant { DEV_GOOD, DEV_NOT_PCI, DEV_BAD_MSIX, DEV_SHORT_FD,
+	       DEV_UNSEALED };
 
 /* ---- the fake device (child process) ---------------------------- */
 
@@ -156,8 +160,11 @@ static void __attribute__((noreturn)) run_device(const char *path,
 	cfg_put32(MSIX_CAP + 4, var == DEV_BAD_MSIX ? 0x8000 : TABLE_OFF);
 	cfg_put32(MSIX_CAP + 8, PBA_OFF);
 
-	mfd = memfd_create("fake-devmem", MFD_CLOEXEC);
+	mfd = memfd_create("fake-devmem", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (mfd < 0 || ftruncate(mfd, BAR2_SIZE) < 0)
+		_exit(3);
+	if (var != DEV_UNSEALED &&
+	    fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
 		_exit(3);
 	fd_dev.devmem = mmap(NULL, BAR2_SIZE, PROT_READ | PROT_WRITE,
 			     MAP_SHARED, mfd, 0);
@@ -187,8 +194,16 @@ static void __attribute__((noreturn)) run_device(const char *path,
 			d.regions[i].fd = -1;
 	d.irq_count[VFU_PCI_MSIX_IRQ_INDEX] = NR_VECTORS;
 
+	if (var == DEV_SHORT_FD) {
+		/* Its own mapping stays valid: a second, short file. */
+		int s = memfd_create("fake-short", MFD_CLOEXEC);
+
+		if (s < 0 || ftruncate(s, 4096) < 0)
+			_exit(3);
+		d.regions[2].fd = s;
+	}
 	fd_dev.srv = vfu_server_create(&d, NULL);
-	if (!fd_dev.srv || vfu_server_listen(fd_dev.srv, path) < 0)
+	if (!fd_dev.srv || vfu_server_listen(fd_dev.srv, path, NULL) < 0)
 		_exit(4);
 	if (write(ready, "r", 1) != 1)
 		_exit(5);
@@ -635,6 +650,38 @@ static void expect_create_error(const char *path, const char *needle)
 	fake_vm_fini();
 }
 
+static void expect_bar2_trapped(const char *path)
+{
+	struct json_object *o, *bars, *b, *v;
+	struct vfio_pci *dev = NULL;
+	struct pci_bus *bus;
+	char err[256] = "";
+	bool seen = false;
+
+	fake_vm_init(RAM_SIZE);
+	bus = pci_bus_create(fake_vm_ptr());
+	assert_non_null(bus);
+	if (proxy_create(bus, "us0", path, &dev, err, sizeof(err)))
+		fail_msg("create: %s", err);
+	o = vfio_pci_describe(dev);
+	assert_true(json_object_object_get_ex(o, "bars", &bars));
+	for (size_t i = 0; i < json_object_array_length(bars); i++) {
+		b = json_object_array_get_idx(bars, i);
+		assert_true(json_object_object_get_ex(b, "index", &v));
+		if (json_object_get_int(v) != 2)
+			continue;
+		seen = true;
+		assert_true(json_object_object_get_ex(b, "direct-slots", &v));
+		assert_int_equal(json_object_get_int(v), 0);
+	}
+	assert_true(seen);
+	assert_int_equal(fake_vm.nr_slots, 0);
+	json_object_put(o);
+	vfio_pci_destroy(dev);
+	pci_bus_destroy(bus);
+	fake_vm_fini();
+}
+
 static void test_create_failures(void **state)
 {
 	char *dir = fail_dir, path[128];
@@ -654,6 +701,22 @@ static void test_create_failures(void **state)
 	snprintf(path, sizeof(path), "%s/bm.sock", dir);
 	assert_int_equal(spawn_device(path, DEV_BAD_MSIX, pid), 0);
 	expect_create_error(path, "MSI-X");
+	reap(pid);
+	unlink(path);
+
+	/* A region fd the server could shrink: attached, BAR2 trapped
+	 * rather than mapped into the guest. */
+	snprintf(path, sizeof(path), "%s/us.sock", dir);
+	assert_int_equal(spawn_device(path, DEV_UNSEALED, pid), 0);
+	expect_bar2_trapped(path);
+	reap(pid);
+	unlink(path);
+
+	/* A region fd too short for what it backs: the whole device is
+	 * refused, not attached without that BAR. */
+	snprintf(path, sizeof(path), "%s/sf.sock", dir);
+	assert_int_equal(spawn_device(path, DEV_SHORT_FD, pid), 0);
+	expect_create_error(path, "region 2 info: Protocol error");
 	reap(pid);
 	unlink(path);
 	rmdir(dir);
