@@ -6,8 +6,10 @@
  * page is a FAIL with the page's report. Runs in ring 3.
  *
  * Parameters: seconds= (0 = forever), pages=, rate= (pages per second,
- * 0 = flat out), seed= (unused by the checker; reserved for symmetry with
- * dmastress), selftest_corrupt=1 (flip one word of a verified page after
+ * 0 = flat out), fill=1 (the first pass, which writes the working set
+ * once, is not held to rate: "written once, then idle"), seed= (unused
+ * by the checker; reserved for symmetry with dmastress),
+ * selftest_corrupt=1 (flip one word of a verified page after
  * the first pass, behind the checker's back: the run must FAIL),
  * selftest_fault=1 (read an unmapped address: the exception path must
  * report FAIL).
@@ -34,6 +36,7 @@ const char guest_name[] = "memstress";
 static uint64_t opt_seconds;
 static uint64_t opt_pages = DEFAULT_PAGES;
 static uint64_t opt_rate;
+static uint64_t opt_fill;
 static uint64_t opt_selftest_corrupt;
 static uint64_t opt_selftest_fault;
 
@@ -41,6 +44,7 @@ static const struct param params[] = {
 	{ "seconds", &opt_seconds },
 	{ "pages", &opt_pages },
 	{ "rate", &opt_rate },
+	{ "fill", &opt_fill },
 	{ "selftest_corrupt", &opt_selftest_corrupt },
 	{ "selftest_fault", &opt_selftest_fault },
 };
@@ -90,9 +94,10 @@ int guest_main(void)
 	base = mem_alloc(opt_pages * PAGE_BYTES, PAGE_BYTES);
 	pageset_init(&ps, base, opt_pages);
 
-	say("start pages=%lu rate=%lu seconds=%lu mem_mib=%lu base=0x%lx "
-	    "tsc_khz=%lu tsc_src=%s", opt_pages, opt_rate, opt_seconds,
-	    mem_total_bytes() >> 20, (uint64_t)base, tsc_hz / 1000, tsc_source);
+	say("start pages=%lu rate=%lu fill=%lu seconds=%lu mem_mib=%lu "
+	    "base=0x%lx tsc_khz=%lu tsc_src=%s", opt_pages, opt_rate, opt_fill,
+	    opt_seconds, mem_total_bytes() >> 20, (uint64_t)base,
+	    tsc_hz / 1000, tsc_source);
 
 	if (opt_selftest_fault) {
 		say("selftest: reading unmapped address 0x%llx",
@@ -117,9 +122,9 @@ int guest_main(void)
 			if (next_beat < now)
 				next_beat = now + us_to_tsc(HEARTBEAT_US);
 		}
-		if (opt_rate) {
+		if (opt_rate && !(opt_fill && ps.pass == 1)) {
 			uint64_t allowed = tsc_to_us(now - start) * opt_rate /
-					   1000000;
+					   1000000 + (opt_fill ? ps.nr : 0);
 
 			if (ps.rewrites >= allowed) {
 				cpu_relax();
