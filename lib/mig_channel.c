@@ -17,6 +17,8 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include "ferry/mig_channel.h"
@@ -165,6 +167,59 @@ static int fd_chan_read(struct mig_channel *ch, void *buf, size_t len)
 	return 0;
 }
 
+static int fd_chan_readv(struct mig_channel *ch, struct iovec *iov, int n)
+{
+	while (n) {
+		ssize_t got;
+		int ret;
+
+		if (!iov->iov_len) {
+			iov++;
+			n--;
+			continue;
+		}
+		ret = chan_wait(ch, POLLIN);
+		if (ret)
+			return ret;
+		got = readv(ch->fd, iov, MIN(n, IOV_MAX));
+		if (got < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		if (got == 0)
+			return -EPIPE;
+		ch->bytes_read += (uint64_t)got;
+		__atomic_store_n(&ch->last_io_ns, clock_ns(), __ATOMIC_RELAXED);
+		/* Consume what arrived. */
+		while (got) {
+			size_t take = MIN((size_t)got, iov->iov_len);
+
+			iov->iov_base = (char *)iov->iov_base + take;
+			iov->iov_len -= take;
+			got -= (ssize_t)take;
+			if (!iov->iov_len) {
+				iov++;
+				n--;
+			}
+		}
+	}
+	return 0;
+}
+
+int mig_readv(struct mig_channel *ch, struct iovec *iov, int n)
+{
+	if (ch->ops->readv_full)
+		return ch->ops->readv_full(ch, iov, n);
+	for (int i = 0; i < n; i++) {
+		int ret = mig_read(ch, iov[i].iov_base, iov[i].iov_len);
+
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
 static int fd_chan_write(struct mig_channel *ch, const void *buf, size_t len)
 {
 	const char *p = buf;
@@ -217,6 +272,7 @@ static void fd_chan_close(struct mig_channel *ch)
 static const struct mig_channel_ops sock_channel_ops = {
 	.name = "socket",
 	.read_full = fd_chan_read,
+	.readv_full = fd_chan_readv,
 	.write_full = fd_chan_write,
 	.shutdown = sock_chan_shutdown,
 	.close = fd_chan_close,
@@ -225,6 +281,7 @@ static const struct mig_channel_ops sock_channel_ops = {
 static const struct mig_channel_ops file_channel_ops = {
 	.name = "file",
 	.read_full = fd_chan_read,
+	.readv_full = fd_chan_readv,
 	.write_full = fd_chan_write,
 	.shutdown = file_chan_shutdown,
 	.close = fd_chan_close,

@@ -98,6 +98,7 @@ struct mig_engine {
 	bool rp_running;		/* the return-path reader runs */
 	struct mig_counters cnt;
 	struct mig_ram ram;
+	struct mig_ram_sender *ram_sender;
 	uint64_t *bm;
 	struct mig_devs devs;
 	struct mig_converge conv;

@@ -174,11 +174,6 @@ static int load_section(struct mig_engine *e, const struct mig_section *sec,
 	switch (sec->type) {
 	case MIG_SEC_CONFIG:
 		return mig_fail(e, -EBADMSG, "second configuration section");
-	case MIG_SEC_RAM:
-		ret = mig_ram_load(&e->ram, p, sec->length, err, sizeof(err));
-		if (ret)
-			return mig_fail(e, ret, "%s", err);
-		return 0;
 	case MIG_SEC_DEV_DATA:
 		return mig_devs_load(&e->devs, sec->id, p, sec->length);
 	case MIG_SEC_DEV_INIT_DONE:
@@ -227,7 +222,18 @@ static int load_stream(struct mig_engine *e)
 		struct mig_section sec;
 		void *p;
 
-		ret = mig_section_read(e->ch, &sec, &p, err, sizeof(err));
+		ret = mig_section_read_header(e->ch, &sec, err, sizeof(err));
+		if (!ret && got_config && sec.type == MIG_SEC_RAM) {
+			/* The bulk of the stream: straight into guest RAM. */
+			ret = mig_ram_load_from(&e->ram, e->ch, &sec, err,
+						sizeof(err));
+			if (ret)
+				return mig_fail(e, ret, "%s", err);
+			continue;
+		}
+		if (!ret)
+			ret = mig_section_read_payload(e->ch, &sec, &p, err,
+						       sizeof(err));
 		if (ret)
 			return mig_fail(e, ret, "%s", err);
 		if (!got_config) {

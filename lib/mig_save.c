@@ -171,14 +171,27 @@ static int save_put_state(void *ctx, uint16_t type, uint32_t id,
 static int save_ram(struct mig_engine *e, uint64_t max_pages, bool *more)
 {
 	struct mig_ram_stats st = { 0 };
-	int ret = mig_ram_send_dirty(e->ch, &e->ram, e->bm, max_pages, more,
-				     &st);
+	int ret = mig_ram_sender_send(e->ram_sender, e->ch, e->bm, max_pages,
+				      more, &st);
 
 	e->cnt.ram_pages += st.pages_sent;
 	e->cnt.zero_pages += st.zero_pages;
 	e->cnt.transferred += st.bytes;
 	if (ret)
 		return mig_fail_io(e, ret, "sending RAM: %s", strerror(-ret));
+	return 0;
+}
+
+/* The sender re-arms the host's tracking of a chunk before reading it. */
+static int save_clear_dirty(void *opaque, uint64_t pfn, uint64_t npages,
+			    const uint64_t *bits)
+{
+	struct mig_engine *e = opaque;
+	int ret = e->host_ops->dirty_log_clear(e->host, pfn, npages, bits);
+
+	if (ret)
+		return mig_fail(e, ret, "re-arming the dirty log: %s",
+				strerror(-ret));
 	return 0;
 }
 
@@ -249,8 +262,10 @@ static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 	int ret;
 
 	e->bm = calloc(bitmap_words(e->ram.pages), sizeof(uint64_t));
-	if (!e->bm)
+	if (!e->bm || mig_ram_sender_create(&e->ram, &e->ram_sender))
 		return mig_fail(e, -ENOMEM, "out of memory");
+	if (e->host_ops->dirty_log_clear)
+		mig_ram_sender_set_clear(e->ram_sender, save_clear_dirty, e);
 	if (e->connect) {
 		ret = mig_channel_connect(&e->uri,
 					  mig_io_timeout(e, MIG_WRITE_TIMEOUT_MS),
@@ -696,6 +711,8 @@ void *mig_save_thread(void *arg)
 	e->rp_running = false;
 	free(e->bm);
 	e->bm = NULL;
+	mig_ram_sender_destroy(e->ram_sender);
+	e->ram_sender = NULL;
 	mig_thread_end(e);
 	return NULL;
 }

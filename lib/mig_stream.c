@@ -93,14 +93,11 @@ int mig_section_write(struct mig_channel *ch, uint16_t type, uint16_t flags,
 	return ret;
 }
 
-int mig_section_read(struct mig_channel *ch, struct mig_section *sec,
-		     void **payload, char *err, size_t errlen)
+int mig_section_read_header(struct mig_channel *ch, struct mig_section *sec,
+			    char *err, size_t errlen)
 {
-	void *buf = NULL;
-	int ret;
+	int ret = mig_read(ch, sec, sizeof(*sec));
 
-	*payload = NULL;
-	ret = mig_read(ch, sec, sizeof(*sec));
 	if (ret) {
 		snprintf(err, errlen, "stream truncated: no section header "
 			 "(%s)", strerror(-ret));
@@ -116,6 +113,29 @@ int mig_section_read(struct mig_channel *ch, struct mig_section *sec,
 			 (unsigned long long)sec->length, MIG_SECTION_MAX_LEN);
 		return -EFBIG;
 	}
+	return 0;
+}
+
+int mig_section_read(struct mig_channel *ch, struct mig_section *sec,
+		     void **payload, char *err, size_t errlen)
+{
+	int ret;
+
+	*payload = NULL;
+	ret = mig_section_read_header(ch, sec, err, errlen);
+	if (ret)
+		return ret;
+	return mig_section_read_payload(ch, sec, payload, err, errlen);
+}
+
+int mig_section_read_payload(struct mig_channel *ch,
+			     const struct mig_section *sec, void **payload,
+			     char *err, size_t errlen)
+{
+	void *buf = NULL;
+	int ret;
+
+	*payload = NULL;
 	if (sec->length) {
 		buf = malloc(sec->length);
 		if (!buf) {

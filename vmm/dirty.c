@@ -149,6 +149,49 @@ out_unlock:
 	return ret;
 }
 
+int vm_dirty_log_clear(struct vm *vm, uint64_t pfn, uint64_t npages,
+		       const uint64_t *bits)
+{
+	int ret = 0;
+
+	if (!vm->dirty_manual)
+		return 0;
+	pthread_mutex_lock(&vm->slot_lock);
+	if (!vm->dirty_logging) {
+		ret = -EINVAL;
+		goto out_unlock;
+	}
+	for (int i = 0; i < VM_MAX_SLOTS && !ret; i++) {
+		const struct vm_slot *s = &vm->slots[i];
+		uint64_t first = 0, pages = s->size / VM_PAGE_SIZE, lo, hi;
+		struct kvm_clear_dirty_log log = { .slot = (uint32_t)i };
+
+		if (!s->used || !s->is_ram)
+			continue;
+		for (unsigned r = 0; r < vm->nr_ram; r++)
+			if (vm->ram[r].gpa == s->gpa)
+				first = vm->ram[r].fd_offset / VM_PAGE_SIZE;
+		lo = MAX(pfn, first);
+		hi = MIN(pfn + npages, first + pages);
+		if (lo >= hi)
+			continue;
+		/* KVM wants 64-page granules; RAM slots start on one (their
+		 * fd offsets are 0 and 3 GiB). */
+		if ((lo - first) % 64 || (lo - pfn) % 64) {
+			ret = -EINVAL;
+			break;
+		}
+		log.first_page = lo - first;
+		log.num_pages = (uint32_t)(hi - lo);
+		log.dirty_bitmap = (void *)(bits + (lo - pfn) / 64);
+		if (ioctl(vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &log) < 0)
+			ret = -errno;
+	}
+out_unlock:
+	pthread_mutex_unlock(&vm->slot_lock);
+	return ret;
+}
+
 void vm_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len)
 {
 	uint64_t end;

@@ -47,6 +47,31 @@ static int kvm_check_caps(struct vm *vm, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * Manual dirty-log protection, where KVM has it: GET_DIRTY_LOG then
+ * leaves pages dirty and writable until the migration clears them, chunk
+ * by chunk, right before it reads them (vm_dirty_log_clear()); with
+ * INITIALLY_SET, turning logging on write-protects nothing at all. Under
+ * shadow paging every re-protected page costs the guest a trap on its
+ * next write, so this is protection only where it matters. Without it,
+ * GET_DIRTY_LOG clears and re-protects everything at each sync.
+ */
+static void kvm_enable_manual_dirty_log(struct vm *vm)
+{
+	int caps = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION,
+			 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+	struct kvm_enable_cap cap = {
+		.cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+	};
+
+	if (caps <= 0 || !(caps & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE))
+		return;
+	cap.args[0] = (uint64_t)caps & (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE |
+					KVM_DIRTY_LOG_INITIALLY_SET);
+	if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) == 0)
+		vm->dirty_manual = true;
+}
+
 int kvm_vm_create(struct vm *vm, unsigned nr_cpus, char *err, size_t errlen)
 {
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
@@ -92,6 +117,7 @@ int kvm_vm_create(struct vm *vm, unsigned nr_cpus, char *err, size_t errlen)
 		snprintf(err, errlen, "KVM_CREATE_VM: %s", strerror(errno));
 		return ret;
 	}
+	kvm_enable_manual_dirty_log(vm);
 	vm->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (vm->wake_fd < 0) {
 		ret = -errno;

@@ -62,6 +62,12 @@ static int host_dirty_log_sync(void *host, uint64_t *bitmap)
 	return vm_dirty_log_sync(host_vm(host), bitmap);
 }
 
+static int host_dirty_log_clear(void *host, uint64_t pfn, uint64_t npages,
+				const uint64_t *bits)
+{
+	return vm_dirty_log_clear(host_vm(host), pfn, npages, bits);
+}
+
 static void host_dirty_log_stop(void *host)
 {
 	vm_dirty_log_stop(host_vm(host));
@@ -383,6 +389,7 @@ const struct mig_host_ops vm_mig_host_ops = {
 	.ram_describe = host_ram_describe,
 	.dirty_log_start = host_dirty_log_start,
 	.dirty_log_sync = host_dirty_log_sync,
+	.dirty_log_clear = host_dirty_log_clear,
 	.dirty_log_stop = host_dirty_log_stop,
 	.running = host_running,
 	.pause = host_pause,

@@ -60,11 +60,16 @@ void vm_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len);
  * page at vm_ram_fd() offset i * 4096), vm_dirty_bitmap_words() 64-bit
  * words long. start turns on KVM dirty logging for every RAM slot; sync
  * ORs the pages written since the previous sync (by vCPUs, and by
- * vm_mark_dirty()) into bitmap and clears them; stop turns logging off.
- * 0 or -errno.
+ * vm_mark_dirty()) into bitmap and clears them -- with manual protection
+ * (vm->dirty_manual), KVM's part stays set until vm_dirty_log_clear()
+ * re-arms tracking for the pages about to be read (bits over pfn ..
+ * pfn + npages, pfn a multiple of 64); without it, clear does nothing.
+ * stop turns logging off. 0 or -errno.
  */
 int vm_dirty_log_start(struct vm *vm);
 int vm_dirty_log_sync(struct vm *vm, uint64_t *bitmap);
+int vm_dirty_log_clear(struct vm *vm, uint64_t pfn, uint64_t npages,
+		       const uint64_t *bits);
 int vm_dirty_log_stop(struct vm *vm);
 uint64_t vm_dirty_bitmap_words(struct vm *vm);
 

@@ -105,6 +105,9 @@ struct vm {
 	pthread_mutex_t slot_lock;
 	struct vm_slot slots[VM_MAX_SLOTS];
 	bool dirty_logging;
+	/* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET_DIRTY_LOG leaves pages
+	 * dirty and write-enabled until vm_dirty_log_clear() (kvm.c). */
+	bool dirty_manual;
 	_Atomic uint64_t *dirty_marks;	/* vm_mark_dirty() bits */
 	uint64_t dirty_words;
 

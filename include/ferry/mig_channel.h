@@ -38,9 +38,13 @@ int mig_uri_parse(const char *uri, struct mig_uri *out, char *err,
 
 struct mig_channel;
 
+struct iovec;
+
 struct mig_channel_ops {
 	const char *name;
 	int (*read_full)(struct mig_channel *ch, void *buf, size_t len);
+	/* Optional: read_full into several buffers (iov is consumed). */
+	int (*readv_full)(struct mig_channel *ch, struct iovec *iov, int n);
 	int (*write_full)(struct mig_channel *ch, const void *buf, size_t len);
 	void (*shutdown)(struct mig_channel *ch);
 	void (*close)(struct mig_channel *ch);
@@ -114,6 +118,9 @@ static inline int mig_write(struct mig_channel *ch, const void *buf,
 {
 	return ch->ops->write_full(ch, buf, len);
 }
+
+/* Exactly the iov's bytes, in one call where the transport can. */
+int mig_readv(struct mig_channel *ch, struct iovec *iov, int n);
 
 /* Bytes written but still queued in the kernel for the peer (socket send
  * queue); 0 for files or when unknown. They will take their time on the

@@ -92,9 +92,16 @@ struct mig_host_ops {
 	int (*ram_describe)(void *host, struct mig_ram *ram);
 	/* Dirty tracking of guest RAM by vCPUs and by the VMM itself:
 	 * sync ORs the pages written since the previous sync into bitmap
-	 * and clears them. */
+	 * and clears them -- or, with dirty_log_clear (optional), ORs the
+	 * pages written since they were last cleared and leaves them set:
+	 * the engine clears each chunk of pages right before it reads them
+	 * (mig_ram_clear_fn in ferry/mig_ram.h), so a page the guest keeps
+	 * writing during a pass is sent once per pass, and tracking costs
+	 * the guest nothing where it was not re-armed yet. */
 	int (*dirty_log_start)(void *host);
 	int (*dirty_log_sync)(void *host, uint64_t *bitmap);
+	int (*dirty_log_clear)(void *host, uint64_t pfn, uint64_t npages,
+			       const uint64_t *bits);
 	void (*dirty_log_stop)(void *host);
 
 	/* vCPUs. pause() (nestable with the VMM's own pauses) returns when

@@ -91,11 +91,38 @@ void mig_ram_mark(const struct mig_ram *ram, uint64_t *bm, uint64_t gpa,
 		  uint64_t len);
 
 /*
+ * A migration's RAM sender: batches of up to MIG_RAM_BATCH pages sent as
+ * RAM sections, zero pages (and pages never written: holes of a range's
+ * file) as a flag without data.
+ *
+ * clear, when set, is called right before the pages of a chunk of the
+ * bitmap are read, with exactly those pages (bits over pfn .. pfn +
+ * npages, pfn a multiple of 64): the host re-arms its dirty tracking for
+ * them (KVM's manual dirty-log protection), so that a write from then on
+ * is logged again, and one before it is in what is sent. Pages the
+ * guest dirties again during a pass are then sent once in the next pass,
+ * not twice. -errno from it stops the send.
+ */
+typedef int (*mig_ram_clear_fn)(void *opaque, uint64_t pfn, uint64_t npages,
+				const uint64_t *bits);
+
+struct mig_ram_sender;
+
+int mig_ram_sender_create(const struct mig_ram *ram,
+			  struct mig_ram_sender **out);
+void mig_ram_sender_destroy(struct mig_ram_sender *s);
+void mig_ram_sender_set_clear(struct mig_ram_sender *s, mig_ram_clear_fn fn,
+			      void *opaque);
+/*
  * Send every page whose bit is set in bm (bits are cleared as pages are
- * queued), in MIG_RAM_BATCH batches. max_pages bounds the work of one
- * call (0 = all); *more says whether set bits remain. Returns 0 or
+ * taken). max_pages bounds the work of one call (0 = all, else roughly,
+ * by chunks of 4096 pages); *more says whether set bits remain. 0 or
  * -errno.
  */
+int mig_ram_sender_send(struct mig_ram_sender *s, struct mig_channel *ch,
+			uint64_t *bm, uint64_t max_pages, bool *more,
+			struct mig_ram_stats *st);
+/* The same with a sender of its own, for one-shot callers. */
 int mig_ram_send_dirty(struct mig_channel *ch, const struct mig_ram *ram,
 		       uint64_t *bm, uint64_t max_pages, bool *more,
 		       struct mig_ram_stats *st);
@@ -103,5 +130,16 @@ int mig_ram_send_dirty(struct mig_channel *ch, const struct mig_ram *ram,
 /* Apply one MIG_SEC_RAM payload. -EBADMSG with a reason on bad input. */
 int mig_ram_load(const struct mig_ram *ram, const void *payload, size_t len,
 		 char *err, size_t errlen);
+/*
+ * Load a RAM section whose header sec was just read, its payload read
+ * from ch straight into guest memory (no copy); the entries are checked
+ * before, the CRC after (a corrupt section has then written guest
+ * memory: the load fails, and that guest must never run). 0, or -errno
+ * with a reason.
+ */
+struct mig_section;
+int mig_ram_load_from(const struct mig_ram *ram, struct mig_channel *ch,
+		      const struct mig_section *sec, char *err,
+		      size_t errlen);
 
 #endif /* FERRY_MIG_RAM_H */

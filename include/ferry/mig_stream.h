@@ -102,6 +102,15 @@ int mig_section_write(struct mig_channel *ch, uint16_t type, uint16_t flags,
 int mig_section_read(struct mig_channel *ch, struct mig_section *sec,
 		     void **payload, char *err, size_t errlen);
 
+/* The two halves of mig_section_read(), for a reader that takes some
+ * payloads its own way (RAM straight into guest memory): the header,
+ * checked; then the payload, read and checked. */
+int mig_section_read_header(struct mig_channel *ch, struct mig_section *sec,
+			    char *err, size_t errlen);
+int mig_section_read_payload(struct mig_channel *ch,
+			     const struct mig_section *sec, void **payload,
+			     char *err, size_t errlen);
+
 const char *mig_section_name(uint16_t type);
 
 #endif /* FERRY_MIG_STREAM_H */
