@@ -5,7 +5,8 @@ BUILD_ASAN ?= build-asan
 BUILD_FUZZ ?= build-fuzz
 MESON_TEST  = meson test --print-errorlogs --num-processes 2
 
-.PHONY: all deps build check check-fast check-asan demo bench fuzz clean
+.PHONY: all deps build check check-fast check-asan demo bench bench-compare \
+	fuzz clean
 
 all: build
 
@@ -50,15 +51,22 @@ demo: build
 bench: build
 	@sh scripts/bench.sh $(BUILD)
 
+# ferry vs QEMU on the same memstress guest, interleaved (~1 h for the
+# full matrix; BENCH_ARGS="--quick" for the 1 GiB cells once).
+bench-compare: build
+	@sh scripts/bench-compare.sh $(BUILD)
+
 $(BUILD_FUZZ)/build.ninja:
 	CC=clang meson setup $(BUILD_FUZZ) -Dfuzzing=true \
 		-Db_sanitize=address,undefined -Db_lundef=false
 
-# Long fuzzing runs (FUZZ_SECONDS each target, default 300).
+# Long fuzzing runs (FUZZ_SECONDS each target, default 300; FUZZ_TARGETS
+# to pick some, e.g. "mig-load qmp"), from the committed corpus; ends with
+# a table of the coverage each target reached.
 fuzz: deps $(BUILD_FUZZ)/build.ninja
 	ninja -C $(BUILD_FUZZ) $$(cd $(BUILD_FUZZ) && \
 		ninja -t targets all | grep -o '^tests/fuzz/fuzz-[a-z-]*' | sort -u)
-	@sh scripts/fuzz.sh $(BUILD_FUZZ) $${FUZZ_SECONDS:-300}
+	@sh scripts/fuzz.sh $(BUILD_FUZZ) $${FUZZ_SECONDS:-300} $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)

@@ -5,6 +5,7 @@ waits, and parsers for the self-checking guests' console lines.
 
 Standard library only. Nothing here measures anything: the figures come
 from the VMM (query-migrate) and from the guest (max_stall_us)."""
+import ctypes
 import json
 import os
 import re
@@ -45,6 +46,25 @@ def free_tcp_port():
         s.close()
 
 
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent):
+    """In the child, before exec: SIGKILL when the runner dies, however it
+    dies (even SIGKILL, when no finally runs). The runner is single-
+    threaded, so 'the thread that forked' is the runner itself."""
+    def setup():
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)	# the runner died before prctl took effect
+    return setup
+
+
 class Workdir:
     """A private directory under /tmp, removed by cleanup()."""
 
@@ -62,7 +82,8 @@ class Proc:
     """A child process with stdout/stderr in files of the work directory.
 
     kill() is idempotent and always reaps, so a Proc never outlives the
-    scenario that started it."""
+    scenario that started it; PR_SET_PDEATHSIG covers a runner that is
+    killed outright."""
 
     def __init__(self, wd, name, argv):
         self.name = name
@@ -76,7 +97,9 @@ class Proc:
             # the runner, which then tears the children down in order.
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=self._out, stderr=self._err,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent(
+                                             os.getpid()))
         except OSError:
             self._close_files()
             raise
@@ -106,6 +129,27 @@ class Proc:
         except subprocess.TimeoutExpired:
             return None
         return self.rc
+
+    def wait_rusage(self, timeout):
+        """Like wait(), reaping with wait4(): (status, resource usage of
+        the whole process) or (None, None) if still running after timeout.
+        The usage is None when the child had already been reaped (by
+        poll() or wait()), so call this before those."""
+        end = time.monotonic() + timeout
+        while self.proc.returncode is None:
+            try:
+                pid, status, ru = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.wait(0), None
+            if pid == self.proc.pid:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                self.rc = self.proc.returncode
+                return self.rc, ru
+            if time.monotonic() >= end:
+                return None, None
+            time.sleep(0.01)
+        self.rc = self.proc.returncode
+        return self.rc, None
 
     def stderr(self):
         try:
@@ -337,3 +381,32 @@ def sanitizer_report(text):
         if mark in text:
             return mark
     return None
+
+
+# ---- the machine's own figures -------------------------------------------
+
+BASELINE_TIMEOUT = 180.0
+
+
+def run_tcpstream(tool, args, prefix="ferry-bench-"):
+    """One run of bench/tcpstream (its JSON line as a dict), or
+    {"error": ...}: what this machine can do, measured in the same run
+    as the figures compared with it."""
+    wd = Workdir(prefix)
+    p = None
+    try:
+        p = Proc(wd, "tcpstream", [tool] + list(args))
+        rc = p.wait(BASELINE_TIMEOUT)
+        if rc is None:
+            return {"error": "timed out after %d s" % BASELINE_TIMEOUT}
+        out = read_text(p.out_path).strip()
+        if rc != 0 or not out:
+            return {"error": "status %s: %s" % (rc, p.stderr().strip())}
+        try:
+            return json.loads(out.splitlines()[-1])
+        except ValueError:
+            return {"error": "bad output: %r" % out[:200]}
+    finally:
+        if p is not None:
+            p.kill()
+        wd.cleanup()

@@ -7,9 +7,9 @@
  *
  * The first input byte picks how the stream is split into writes, so the
  * reassembly of headers and records across writes is explored too. The
- * seed is a valid stream produced in-process by the same device model
- * (ferry_fuzz_seeds() for the standalone driver; with libFuzzer, run once
- * with FERRY_FUZZ_WRITE_SEED=path to write it into a corpus).
+ * seeds are valid streams produced by the same device model: the
+ * committed corpus (gen_corpus.c) and, for the standalone driver, the
+ * head of one made in-process (ferry_fuzz_seeds()).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -63,9 +63,7 @@ static void fuzz_init(void)
 		.devmem_size = FUZZ_DEVMEM,
 	};
 
-	log_set_level(LOG_LVL_ERROR);
-	if (getenv("FERRY_FUZZ_VERBOSE") == NULL)
-		log_set_level((enum log_level)(LOG_LVL_ERROR + 1));
+	fuzz_log_init();
 	if (ferry_dma_create(&cfg, &fuzz_ops, NULL, &dev))
 		abort();
 }
@@ -97,16 +95,6 @@ static void make_seed(void)
 	seed.len = MIN(len, (size_t)FUZZ_SEED_MAX);
 }
 
-static void write_seed(const char *path)
-{
-	FILE *f = fopen(path, "wb");
-
-	if (f) {
-		fwrite(seed.data, 1, seed.len, f);
-		fclose(f);
-	}
-}
-
 size_t ferry_fuzz_seeds(const struct ferry_fuzz_seed **out)
 {
 	if (!dev) {
@@ -123,12 +111,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t pos = 1, piece;
 
 	if (!dev) {
-		const char *seed_path = getenv("FERRY_FUZZ_WRITE_SEED");
-
 		fuzz_init();
 		make_seed();
-		if (seed_path)
-			write_seed(seed_path);
 	}
 	if (size < 1)
 		return 0;

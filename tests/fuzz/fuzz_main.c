@@ -1,27 +1,50 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * Standalone fuzz driver for builds without libFuzzer: runs the target
- * over its seeds, then over deterministic pseudo-random mutations of them
- * for a bounded time, so `make check` always includes a short fuzz run.
- * Files named on the command line are replayed instead (crash
- * reproduction). Environment: FERRY_FUZZ_SECONDS (default 5),
- * FERRY_FUZZ_SEED (default 1).
+ * over its seeds -- the files of the committed corpus directory
+ * (FERRY_FUZZ_CORPUS, which meson sets to tests/fuzz/corpus/<target>)
+ * and what ferry_fuzz_seeds() returns -- then over deterministic
+ * pseudo-random mutations of them for a bounded time, so `make check`
+ * always includes a short fuzz run and replays every committed input
+ * (regression inputs included). Files named on the command line are
+ * replayed instead (crash reproduction). Environment:
+ * FERRY_FUZZ_SECONDS (default 5), FERRY_FUZZ_SEED (default 1),
+ * FERRY_FUZZ_CORPUS, FERRY_FUZZ_VERBOSE (keep the target's log output).
  */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ferry/util.h"
 #include "fuzz.h"
 
-#define FUZZ_MAX_INPUT		(64u * 1024u)
+/* Room for a whole migration stream with one ferry-dma device. */
+#define FUZZ_MAX_INPUT		(256u * 1024u)
+#define FUZZ_MAX_CORPUS		256u
 #define FUZZ_DEFAULT_SECONDS	5u
+
+/* Sanitizer runtimes define it; weak so that plain builds link. */
+void __sanitizer_set_report_fd(void *fd) __attribute__((weak));
 
 __attribute__((weak)) size_t ferry_fuzz_seeds(const struct ferry_fuzz_seed **out)
 {
 	*out = NULL;
 	return 0;
 }
+
+__attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	return 0;
+}
+
+/* Where the driver's own messages go: stderr, kept when the target's
+ * log output is sent away. */
+static FILE *out;
 
 static uint64_t rng_state;
 
@@ -96,37 +119,129 @@ static size_t mutate(uint8_t *buf, size_t len, size_t cap)
 	return len;
 }
 
-static int replay_file(const char *path)
+/* Read a whole file of at most FUZZ_MAX_INPUT bytes (malloc'd). */
+static int read_input(const char *path, uint8_t **data, size_t *len)
 {
 	FILE *f = fopen(path, "rb");
 	uint8_t *buf;
 	size_t n;
 
 	if (!f) {
-		fprintf(stderr, "fuzz: cannot open %s\n", path);
-		return 1;
+		fprintf(out, "fuzz: cannot open %s: %s\n", path,
+			strerror(errno));
+		return -1;
 	}
 	buf = malloc(FUZZ_MAX_INPUT);
 	if (!buf) {
 		fclose(f);
-		return 1;
+		return -1;
 	}
 	n = fread(buf, 1, FUZZ_MAX_INPUT, f);
+	if (!feof(f))
+		fprintf(out, "fuzz: %s: only the first %u bytes are used\n",
+			path, FUZZ_MAX_INPUT);
 	fclose(f);
+	*data = buf;
+	*len = n;
+	return 0;
+}
+
+static int replay_file(const char *path)
+{
+	uint8_t *buf;
+	size_t n;
+
+	if (read_input(path, &buf, &n))
+		return 1;
 	LLVMFuzzerTestOneInput(buf, n);
 	free(buf);
 	return 0;
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * The regular files of dir, in name order (a stable order keeps a run
+ * reproducible), appended to seeds[] from *nr. Returns how many were
+ * added; a missing directory is an error (meson passes it on purpose).
+ */
+static int load_corpus(const char *dir, struct ferry_fuzz_seed *seeds,
+		       size_t *nr)
+{
+	char *names[FUZZ_MAX_CORPUS];
+	size_t nr_names = 0, before = *nr;
+	struct dirent *de;
+	DIR *d = opendir(dir);
+
+	if (!d) {
+		fprintf(out, "fuzz: corpus %s: %s\n", dir, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) && nr_names < FUZZ_MAX_CORPUS) {
+		if (de->d_name[0] == '.')
+			continue;
+		names[nr_names] = strdup(de->d_name);
+		if (names[nr_names])
+			nr_names++;
+	}
+	closedir(d);
+	qsort(names, nr_names, sizeof(names[0]), name_cmp);
+	for (size_t i = 0; i < nr_names; i++) {
+		char path[4096];
+		struct stat st;
+		uint8_t *data;
+		size_t len;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		if (!stat(path, &st) && S_ISREG(st.st_mode) &&
+		    *nr < FUZZ_MAX_CORPUS && !read_input(path, &data, &len))
+			seeds[(*nr)++] = (struct ferry_fuzz_seed){ data, len };
+		free(names[i]);
+	}
+	return (int)(*nr - before);
+}
+
+/* Unless FERRY_FUZZ_VERBOSE: the target's stderr (its log) to
+ * /dev/null, ours and the sanitizers' reports to the real one. */
+static void quiet_target(void)
+{
+	int keep, null;
+
+	out = stderr;
+	if (getenv("FERRY_FUZZ_VERBOSE"))
+		return;
+	keep = dup(STDERR_FILENO);
+	null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	if (keep < 0 || null < 0)
+		return;
+	out = fdopen(keep, "w");
+	if (!out) {
+		out = stderr;
+		return;
+	}
+	setvbuf(out, NULL, _IONBF, 0);
+	if (__sanitizer_set_report_fd)
+		__sanitizer_set_report_fd((void *)(intptr_t)keep);
+	dup2(null, STDERR_FILENO);
+	close(null);
+}
+
 int main(int argc, char **argv)
 {
-	const struct ferry_fuzz_seed *seeds;
+	static struct ferry_fuzz_seed seeds[FUZZ_MAX_CORPUS];
+	const struct ferry_fuzz_seed *own;
 	const char *env = getenv("FERRY_FUZZ_SECONDS");
 	uint64_t secs = env ? strtoull(env, NULL, 0) : FUZZ_DEFAULT_SECONDS;
 	uint64_t deadline, runs = 0;
-	size_t nr_seeds;
+	size_t nr_seeds = 0, nr_own, nr_files = 0;
 	uint8_t *buf;
+	int ret;
 
+	quiet_target();
+	LLVMFuzzerInitialize(&argc, &argv);
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++)
 			if (replay_file(argv[i]))
@@ -141,7 +256,17 @@ int main(int argc, char **argv)
 	if (!buf)
 		return 1;
 
-	nr_seeds = ferry_fuzz_seeds(&seeds);
+	env = getenv("FERRY_FUZZ_CORPUS");
+	if (env) {
+		ret = load_corpus(env, seeds, &nr_seeds);
+		if (ret < 0)
+			return 1;
+		nr_files = (size_t)ret;
+	}
+	nr_own = ferry_fuzz_seeds(&own);
+	for (size_t i = 0; i < nr_own && nr_seeds < FUZZ_MAX_CORPUS; i++)
+		seeds[nr_seeds++] = own[i];
+
 	LLVMFuzzerTestOneInput(buf, 0);
 	for (size_t i = 0; i < nr_seeds; i++)
 		LLVMFuzzerTestOneInput(seeds[i].data, seeds[i].len);
@@ -165,8 +290,10 @@ int main(int argc, char **argv)
 		LLVMFuzzerTestOneInput(buf, len);
 		runs++;
 	}
-	fprintf(stderr, "fuzz: %zu seeds, %llu mutated runs, no crash\n",
-		nr_seeds, (unsigned long long)runs);
+	fprintf(out, "fuzz: %zu seeds (%zu corpus files), %llu mutated runs, "
+		"no crash\n", nr_seeds, nr_files, (unsigned long long)runs);
+	for (size_t i = 0; i < nr_files; i++)
+		free((void *)seeds[i].data);
 	free(buf);
 	return 0;
 }

@@ -342,7 +342,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size > FZ_MAX_INPUT)
 		return 0;
 	if (!buf) {
-		log_set_level(LOG_LVL_ERROR);
+		fuzz_log_init();
 		buf = malloc(FZ_MAX_INPUT + 512);
 		if (!buf)
 			abort();
