@@ -1421,11 +1421,13 @@ int vfu_client_dma_log_report(struct vfu_client *c, uint64_t iova,
 		return -EINVAL;
 	pages = DIV_ROUND_UP(length, page_size);
 	/* Each reply carries at most one transfer's worth of bitmap; the
-	 * pieces are whole 64-page words so they land word-aligned. */
+	 * pieces are whole 64-page words so they land word-aligned. A
+	 * server may negotiate a transfer size below the headers. */
+	if (client_xfer(c) < sizeof(struct vfu_dma_log_report) +
+			      sizeof(struct vfu_device_feature) + sizeof(uint64_t))
+		return -EINVAL;
 	max_words = (client_xfer(c) - sizeof(struct vfu_dma_log_report) -
 		     sizeof(struct vfu_device_feature)) / sizeof(uint64_t);
-	if (max_words == 0)
-		return -EINVAL;
 	max_pages = (uint64_t)max_words * 64;
 	while (pages) {
 		uint64_t n = MIN(pages, max_pages);
