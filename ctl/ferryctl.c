@@ -68,6 +68,9 @@ static void usage(FILE *f)
 "  -A, --switchover-ack      migrate: wait until the destination has loaded\n"
 "                            every device's initial data before stopping\n"
 "  -n, --no-wait             migrate: start it and return at once\n"
+"  -c, --channels N          migrate, migrate-incoming: N parallel (multifd)\n"
+"                            channels, 1 = one stream; set the same on both\n"
+"                            ends\n"
 "  -h, --help           show this help\n"
 "\n"
 "Exit status: 0 ok, 1 the VMM returned an error (or the migration\n"
@@ -323,6 +326,7 @@ static void print_devices(struct json_object *r)
 struct mig_opts {
 	long long downtime_limit;	/* -1: leave as is */
 	long long max_bandwidth;
+	int channels;			/* 0: leave as is, 1: no multifd */
 	bool switchover_ack;
 	bool no_wait;
 };
@@ -450,12 +454,25 @@ static int ctl_simple(struct ctl *c, const char *name,
 	return status;
 }
 
+static void mig_cap_add(struct json_object *caps, const char *name,
+			bool state)
+{
+	struct json_object *cap = json_object_new_object();
+
+	json_object_object_add(cap, "capability", json_object_new_string(name));
+	json_object_object_add(cap, "state", json_object_new_boolean(state));
+	json_object_array_add(caps, cap);
+}
+
+/* Both ends: the destination must be set up like the source (the
+ * source's configuration section is checked against it). */
 static int mig_setup(struct ctl *c, const struct mig_opts *mo)
 {
-	struct json_object *args;
+	struct json_object *args, *caps;
 	int status = 0;
 
-	if (mo->downtime_limit >= 0 || mo->max_bandwidth >= 0) {
+	if (mo->downtime_limit >= 0 || mo->max_bandwidth >= 0 ||
+	    mo->channels > 1) {
 		args = json_object_new_object();
 		if (mo->downtime_limit >= 0)
 			json_object_object_add(args, "downtime-limit",
@@ -463,21 +480,21 @@ static int mig_setup(struct ctl *c, const struct mig_opts *mo)
 		if (mo->max_bandwidth >= 0)
 			json_object_object_add(args, "max-bandwidth",
 				json_object_new_int64(mo->max_bandwidth));
+		if (mo->channels > 1)
+			json_object_object_add(args, "multifd-channels",
+				json_object_new_int(mo->channels));
 		status = ctl_simple(c, "migrate-set-parameters", args);
 	}
-	if (!status && mo->switchover_ack) {
-		struct json_object *caps = json_object_new_array();
-		struct json_object *cap = json_object_new_object();
-
-		json_object_object_add(cap, "capability",
-				       json_object_new_string("switchover-ack"));
-		json_object_object_add(cap, "state", json_object_new_boolean(true));
-		json_object_array_add(caps, cap);
-		args = json_object_new_object();
-		json_object_object_add(args, "capabilities", caps);
-		status = ctl_simple(c, "migrate-set-capabilities", args);
-	}
-	return status;
+	if (status || (!mo->switchover_ack && !mo->channels))
+		return status;
+	caps = json_object_new_array();
+	if (mo->switchover_ack)
+		mig_cap_add(caps, "switchover-ack", true);
+	if (mo->channels)
+		mig_cap_add(caps, "multifd", mo->channels > 1);
+	args = json_object_new_object();
+	json_object_object_add(args, "capabilities", caps);
+	return ctl_simple(c, "migrate-set-capabilities", args);
 }
 
 static bool mig_terminal(const char *st)
@@ -576,6 +593,9 @@ static int run_migrate(struct ctl *c, const char *verb, const char *uri,
 		return ctl_simple(c, "migrate_cancel", NULL) ? EXIT_QMP_ERROR :
 		       (puts(json ? "{}" : "Migration cancel requested"), 0);
 	if (!strcmp(verb, "migrate-incoming")) {
+		status = mig_setup(c, mo);
+		if (status)
+			return status;
 		args = json_object_new_object();
 		json_object_object_add(args, "uri", json_object_new_string(uri));
 		status = ctl_simple(c, "migrate-incoming", args);
@@ -653,6 +673,7 @@ int main(int argc, char **argv)
 		{ "max-bandwidth", required_argument, NULL, 'B' },
 		{ "switchover-ack", no_argument, NULL, 'A' },
 		{ "no-wait", no_argument, NULL, 'n' },
+		{ "channels", required_argument, NULL, 'c' },
 		{ 0 }
 	};
 	struct mig_opts mo = { .downtime_limit = -1, .max_bandwidth = -1 };
@@ -670,7 +691,7 @@ int main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);	/* a VMM that exits is an error code */
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":q:jt:hD:B:An", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":q:jt:hD:B:Anc:", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'q':
 			path = strncmp(optarg, "unix:", 5) ? optarg : optarg + 5;
@@ -710,6 +731,14 @@ int main(int argc, char **argv)
 			break;
 		case 'n':
 			mo.no_wait = true;
+			break;
+		case 'c':
+			errno = 0;
+			t = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || t < 1 || t > 64)
+				return fail(EXIT_USAGE, "--channels '%s': from 1 "
+					    "(one stream) to 64", optarg);
+			mo.channels = (int)t;
 			break;
 		case ':':
 			return fail(EXIT_USAGE, "option '%s' needs an argument",

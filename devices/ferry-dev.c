@@ -75,6 +75,7 @@ static void usage(FILE *f)
 "      --msix-vectors N      MSI-X vectors, 1..%u (default %u)\n"
 "      --dirty-rate BYTES    device dirties its own memory, bytes/s (0)\n"
 "      --load-latency MS     delay after the resume header is loaded (0)\n"
+"      --no-precopy          offer no PRE_COPY: all state at the switchover\n"
 "      --socket-mode MODE    file mode of the socket (octal, default 0600\n"
 "                            whatever the umask)\n"
 "      --allow-uid UID       a user besides this one and root who may\n"
@@ -102,6 +103,7 @@ enum {
 	OPT_VECTORS,
 	OPT_DIRTY,
 	OPT_LATENCY,
+	OPT_NO_PRECOPY,
 	OPT_SOCK_MODE,
 	OPT_ALLOW_UID,
 };
@@ -116,6 +118,7 @@ int main(int argc, char **argv)
 		{ "msix-vectors", required_argument, NULL, OPT_VECTORS },
 		{ "dirty-rate", required_argument, NULL, OPT_DIRTY },
 		{ "load-latency", required_argument, NULL, OPT_LATENCY },
+		{ "no-precopy", no_argument, NULL, OPT_NO_PRECOPY },
 		{ "socket-mode", required_argument, NULL, OPT_SOCK_MODE },
 		{ "allow-uid", required_argument, NULL, OPT_ALLOW_UID },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -183,6 +186,9 @@ int main(int argc, char **argv)
 				return EXIT_USAGE;
 			}
 			cfg.load_latency_ms = (uint32_t)v;
+			break;
+		case OPT_NO_PRECOPY:
+			cfg.no_precopy = true;
 			break;
 		case OPT_SOCK_MODE:
 			if (parse_sock_mode(optarg, &acc.mode)) {
@@ -263,9 +269,10 @@ int main(int argc, char **argv)
 
 	pr_info("%s: serving on %s (device memory %" PRIu64 " bytes, %u "
 		"MSI-X vectors, dirty rate %" PRIu64 " B/s, load latency %u "
-		"ms)", name, socket_path, ferry_dma_devmem_size(dma),
+		"ms%s)", name, socket_path, ferry_dma_devmem_size(dma),
 		cfg.msix_vectors ? cfg.msix_vectors : FERRY_DMA_DEFAULT_VECTORS,
-		cfg.dirty_rate, cfg.load_latency_ms);
+		cfg.dirty_rate, cfg.load_latency_ms,
+		cfg.no_precopy ? ", no pre-copy" : "");
 	ret = vfu_server_run(host.srv);
 	if (ret)
 		fprintf(stderr, "ferry-dev: %s: server failed: %s\n", name,

@@ -6,7 +6,9 @@
  * header; up to MIG_ACCEPT_PENDING of them are read at once, without
  * blocking, so that junk is refused at its first bad byte and a peer
  * that sends one byte a second cannot hold the door for the source
- * behind it.
+ * behind it. Those still waiting when a hello wins stay at the door
+ * (struct mig_door, kept with the listener) for the next call: they may
+ * be the same source's multifd channels.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,6 +16,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -22,6 +25,7 @@
 #include "ferry/mig_channel.h"
 #include "ferry/mig_stream.h"
 #include "ferry/util.h"
+#include "mig_door.h"
 
 struct hello {
 	int fd;				/* -1: free slot */
@@ -29,6 +33,14 @@ struct hello {
 	uint8_t buf[MIG_STREAM_HDR_SIZE];
 	size_t have;
 	char peer[64];
+	/* a valid header, waiting for a call that wants its kind */
+	bool ready;
+	bool multifd;
+	uint16_t minor;
+};
+
+struct mig_door {
+	struct hello hs[MIG_ACCEPT_PENDING];
 };
 
 static void peer_name(int fd, char *buf, size_t len)
@@ -100,7 +112,7 @@ static int hello_accept(struct mig_listener *l, struct hello *hs,
 }
 
 /* Read what h has sent; true once it sent a valid header. */
-static bool hello_read(struct hello *h, uint16_t *minor)
+static bool hello_read(struct hello *h)
 {
 	char err[160];
 	ssize_t n;
@@ -114,43 +126,61 @@ static bool hello_read(struct hello *h, uint16_t *minor)
 	}
 	h->have += (size_t)n;
 	/* Junk is refused at once, not after the whole header. */
-	if (memcmp(h->buf, MIG_STREAM_MAGIC, MIN(h->have, (size_t)8))) {
+	if (memcmp(h->buf, MIG_STREAM_MAGIC, MIN(h->have, (size_t)8)) &&
+	    memcmp(h->buf, MIG_MF_MAGIC, MIN(h->have, (size_t)8))) {
 		hello_drop(h, "not a ferry migration stream");
 		return false;
 	}
 	if (h->have < sizeof(h->buf))
 		return false;
-	if (mig_stream_check_header(h->buf, minor, err, sizeof(err))) {
+	if (mig_stream_check_header_kind(h->buf, &h->minor, &h->multifd, err,
+					 sizeof(err))) {
 		hello_drop(h, err);
 		return false;
 	}
+	h->ready = true;
 	return true;
 }
 
-int mig_accept_source(struct mig_listener *l, unsigned hello_ms,
-		      unsigned timeout_ms, struct mig_channel **out,
-		      uint16_t *minor)
+/* A connection that said the hello of the kind wanted, from this call or
+ * an earlier one. */
+static struct hello *hello_ready(struct hello *hs, bool multifd)
+{
+	for (unsigned i = 0; i < MIG_ACCEPT_PENDING; i++)
+		if (hs[i].fd >= 0 && hs[i].ready && hs[i].multifd == multifd)
+			return &hs[i];
+	return NULL;
+}
+
+int mig_accept_source(struct mig_listener *l, bool multifd,
+		      unsigned hello_ms, unsigned timeout_ms,
+		      struct mig_channel **out, uint16_t *minor)
 {
 	uint64_t end = timeout_ms ? clock_ns() + timeout_ms * 1000000ull : 0;
-	struct hello hs[MIG_ACCEPT_PENDING];
 	struct pollfd p[MIG_ACCEPT_PENDING + 1];
-	struct hello *won = NULL;
+	struct mig_door *door;
+	struct hello *hs, *won = NULL;
 	int ret = 0;
 
 	*out = NULL;
 	if (mig_listener_uri(l)->kind == MIG_URI_FILE)
 		return -EINVAL;		/* a file has no door: accept it */
-	for (unsigned i = 0; i < MIG_ACCEPT_PENDING; i++)
-		hs[i].fd = -1;
+	door = mig_listener_door(l);
+	if (!door)
+		return -ENOMEM;
+	hs = door->hs;
+	won = hello_ready(hs, multifd);
 	while (!won) {
 		uint64_t now = clock_ns(), next = end;
 		int n;
 
+		/* Those ready wait for their call, silent: no deadline. */
 		for (unsigned i = 0; i < MIG_ACCEPT_PENDING; i++) {
-			if (hs[i].fd >= 0 && hs[i].deadline_ns <= now)
+			if (hs[i].fd < 0 || hs[i].ready)
+				continue;
+			if (hs[i].deadline_ns <= now)
 				hello_drop(&hs[i], "no valid hello in time");
-			if (hs[i].fd >= 0 && (!next ||
-					      hs[i].deadline_ns < next))
+			else if (!next || hs[i].deadline_ns < next)
 				next = hs[i].deadline_ns;
 		}
 		if (end && now >= end) {
@@ -160,8 +190,9 @@ int mig_accept_source(struct mig_listener *l, unsigned hello_ms,
 		p[0] = (struct pollfd){ .fd = mig_listener_fd(l),
 					.events = POLLIN };
 		for (unsigned i = 0; i < MIG_ACCEPT_PENDING; i++)
-			p[i + 1] = (struct pollfd){ .fd = hs[i].fd,
-						    .events = POLLIN };
+			p[i + 1] = (struct pollfd){
+				.fd = hs[i].ready ? -1 : hs[i].fd,
+				.events = POLLIN };
 		n = poll(p, MIG_ACCEPT_PENDING + 1, next ?
 			 (int)DIV_ROUND_UP(next - now, 1000000ull) : -1);
 		if (n < 0 && errno != EINTR) {
@@ -174,20 +205,15 @@ int mig_accept_source(struct mig_listener *l, unsigned hello_ms,
 			ret = -EBADF;	/* the listener was shut down */
 			break;
 		}
-		for (unsigned i = 0; i < MIG_ACCEPT_PENDING && !won; i++)
-			if (hs[i].fd >= 0 && p[i + 1].revents &&
-			    hello_read(&hs[i], minor))
-				won = &hs[i];
+		for (unsigned i = 0; i < MIG_ACCEPT_PENDING; i++)
+			if (p[i + 1].fd >= 0 && p[i + 1].revents)
+				hello_read(&hs[i]);
+		won = hello_ready(hs, multifd);
 		if (!won && (p[0].revents & POLLIN)) {
 			ret = hello_accept(l, hs, hello_ms);
 			if (ret)
 				break;
 		}
-	}
-	for (unsigned i = 0; i < MIG_ACCEPT_PENDING; i++) {
-		if (&hs[i] == won || hs[i].fd < 0)
-			continue;
-		hello_drop(&hs[i], "another source came first");
 	}
 	if (!won)
 		return ret;
@@ -197,6 +223,35 @@ int mig_accept_source(struct mig_listener *l, unsigned hello_ms,
 		close_safely(&won->fd);
 		return ret;
 	}
-	pr_info("migration: %s said hello (stream 1.%u)", won->peer, *minor);
-	return mig_channel_from_fd(won->fd, true, 0, out);
+	*minor = won->minor;
+	pr_info("migration: %s said hello (%s 1.%u)", won->peer,
+		won->multifd ? "multifd channel" : "stream", won->minor);
+	ret = mig_channel_from_fd(won->fd, true, 0, out);
+	won->fd = -1;			/* the channel's now, or closed */
+	won->ready = false;
+	if (!ret)
+		(*out)->bytes_read = sizeof(won->buf);	/* counted as read */
+	return ret;
+}
+
+struct mig_door *mig_door_new(void)
+{
+	struct mig_door *d = calloc(1, sizeof(*d));
+
+	for (unsigned i = 0; d && i < MIG_ACCEPT_PENDING; i++)
+		d->hs[i].fd = -1;
+	return d;
+}
+
+void mig_door_refuse(struct mig_door *d, const char *why)
+{
+	for (unsigned i = 0; d && i < MIG_ACCEPT_PENDING; i++)
+		if (d->hs[i].fd >= 0)
+			hello_drop(&d->hs[i], why);
+}
+
+void mig_door_free(struct mig_door *d)
+{
+	mig_door_refuse(d, "the wait for a source ended");
+	free(d);
 }

@@ -23,6 +23,7 @@
 
 #include "ferry/mig_channel.h"
 #include "ferry/util.h"
+#include "mig_door.h"
 
 /* An IPv4/IPv6 address, or a host name of RFC 1123 labels. */
 static bool host_valid(const char *h)
@@ -117,15 +118,17 @@ err_long:
 static int chan_wait(struct mig_channel *ch, short events)
 {
 	unsigned ms = events == POLLIN ? ch->read_timeout_ms : ch->timeout_ms;
+	/* Another thread may set it (the switchover's budget). */
+	uint64_t deadline = __atomic_load_n(&ch->deadline_ns, __ATOMIC_RELAXED);
 	struct pollfd p = { .fd = ch->fd, .events = events };
 	int n;
 
-	if (ch->deadline_ns) {
+	if (deadline) {
 		uint64_t now = clock_ns(), left_ms;
 
-		if (now >= ch->deadline_ns)
+		if (now >= deadline)
 			return -ETIMEDOUT;
-		left_ms = DIV_ROUND_UP(ch->deadline_ns - now, 1000000ull);
+		left_ms = DIV_ROUND_UP(deadline - now, 1000000ull);
 		if (!ms || left_ms < ms)
 			ms = (unsigned)MIN(left_ms, (uint64_t)INT32_MAX);
 	}
@@ -237,7 +240,9 @@ static int fd_chan_write(struct mig_channel *ch, const void *buf, size_t len)
 		 * migration although poll() said "writable".
 		 */
 		n = send(ch->fd, p, len, MSG_NOSIGNAL |
-			 (ch->timeout_ms || ch->deadline_ns ? MSG_DONTWAIT : 0));
+			 (ch->timeout_ms ||
+			  __atomic_load_n(&ch->deadline_ns, __ATOMIC_RELAXED) ?
+			  MSG_DONTWAIT : 0));
 		if (n < 0 && errno == ENOTSOCK)
 			n = write(ch->fd, p, len);
 		if (n < 0) {
@@ -259,6 +264,12 @@ static void sock_chan_shutdown(struct mig_channel *ch)
 		shutdown(ch->fd, SHUT_RDWR);
 }
 
+static void sock_chan_shutdown_read(struct mig_channel *ch)
+{
+	if (ch->fd >= 0)
+		shutdown(ch->fd, SHUT_RD);
+}
+
 static void file_chan_shutdown(struct mig_channel *ch)
 {
 	/* A blocked file read/write completes on its own. */
@@ -275,6 +286,7 @@ static const struct mig_channel_ops sock_channel_ops = {
 	.readv_full = fd_chan_readv,
 	.write_full = fd_chan_write,
 	.shutdown = sock_chan_shutdown,
+	.shutdown_read = sock_chan_shutdown_read,
 	.close = fd_chan_close,
 };
 
@@ -399,11 +411,25 @@ int mig_channel_connect(const struct mig_uri *uri, unsigned timeout_ms,
 	return -EINVAL;
 }
 
+/* A multifd source connects its main channel and up to 64 more at once,
+ * before the destination has read the main one's configuration: a
+ * backlog too short drops their SYNs, and TCP retries only a second
+ * later. */
+#define MIG_LISTEN_BACKLOG	128
+
 struct mig_listener {
 	struct mig_uri uri;
 	int fd;
 	struct sock_access acc;
+	struct mig_door *door;		/* mig_accept_source()'s */
 };
+
+struct mig_door *mig_listener_door(struct mig_listener *l)
+{
+	if (!l->door)
+		l->door = mig_door_new();
+	return l->door;
+}
 
 int mig_listener_open(const struct mig_uri *uri,
 		      const struct sock_access *acc, struct mig_listener **out)
@@ -423,7 +449,7 @@ int mig_listener_open(const struct mig_uri *uri,
 		*out = l;
 		return 0;
 	case MIG_URI_UNIX:
-		l->fd = unix_socket_listen(uri->path, 1, acc);
+		l->fd = unix_socket_listen(uri->path, MIG_LISTEN_BACKLOG, acc);
 		if (l->fd < 0) {
 			ret = l->fd;
 			goto err_free;
@@ -445,7 +471,7 @@ int mig_listener_open(const struct mig_uri *uri,
 		res = NULL;
 		break;
 	}
-	if (listen(l->fd, 1) < 0)
+	if (listen(l->fd, MIG_LISTEN_BACKLOG) < 0)
 		goto err_errno;
 	*out = l;
 	return 0;
@@ -510,6 +536,7 @@ void mig_listener_close(struct mig_listener *l)
 {
 	if (!l)
 		return;
+	mig_door_free(l->door);
 	close_safely(&l->fd);
 	if (l->uri.kind == MIG_URI_UNIX)
 		unlink(l->uri.path);
@@ -519,6 +546,16 @@ void mig_listener_close(struct mig_listener *l)
 void mig_channel_shutdown(struct mig_channel *ch)
 {
 	if (ch)
+		ch->ops->shutdown(ch);
+}
+
+void mig_channel_shutdown_read(struct mig_channel *ch)
+{
+	if (!ch)
+		return;
+	if (ch->ops->shutdown_read)
+		ch->ops->shutdown_read(ch);
+	else
 		ch->ops->shutdown(ch);
 }
 

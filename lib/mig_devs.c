@@ -174,10 +174,9 @@ int mig_devs_precopy_start(struct mig_devs *s)
 		struct mig_dev *m = &s->dev[i];
 		int ret;
 
-		if (!(m->flags & VFU_MIGRATION_PRE_COPY)) {
-			m->init_done = true;
+		/* No pre-copy: its INIT_DONE goes with the first pass. */
+		if (!(m->flags & VFU_MIGRATION_PRE_COPY))
 			continue;
-		}
 		ret = dev_set_state(s, m, VFU_MIG_STATE_PRE_COPY);
 		if (ret)
 			return devs_fail(s, ret, "device %s: PRE_COPY failed: "
@@ -225,8 +224,19 @@ int mig_devs_precopy(struct mig_devs *s, uint64_t max_bytes,
 		uint64_t budget = 0, initial = 0, dirty = 0;
 		int ret, r;
 
-		if (m->vdev->mig_state != VFU_MIG_STATE_PRE_COPY)
+		if (m->vdev->mig_state != VFU_MIG_STATE_PRE_COPY) {
+			/* A device without pre-copy has no initial data:
+			 * the destination may acknowledge it at once. */
+			if (!(m->flags & VFU_MIGRATION_PRE_COPY) &&
+			    !m->init_done) {
+				ret = emit(opaque, i, MIG_DEV_REC_INIT_DONE,
+					   NULL, 0);
+				if (ret)
+					return ret;
+				m->init_done = true;
+			}
 			continue;
+		}
 		do {
 			ret = dev_send_chunk(s, i, &m->bytes_precopy, emit,
 					     opaque);

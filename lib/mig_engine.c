@@ -10,12 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "ferry/log.h"
 #include "ferry/mig_converge.h"
 #include "ferry/trace.h"
 #include "ferry/util.h"
+#include "mig_devstate.h"
 #include "mig_engine_priv.h"
+#include "mig_multifd.h"
 
 static const char *const mig_status_names[MIG_STATUS_NR] = {
 	[MIG_STATUS_NONE] = "none",
@@ -51,6 +54,8 @@ int mig_engine_create(const struct mig_host_ops *ops, void *host,
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->cond, NULL);
 	e->params.downtime_limit_ms = MIG_DEFAULT_DOWNTIME_MS;
+	e->params.multifd_channels = MIG_DEFAULT_MULTIFD_CHANNELS;
+	e->params.multifd_device_state = true;
 	e->pub.expected_downtime_ms = UINT64_MAX;
 	atomic_init(&e->cancel, false);
 	*out = e;
@@ -62,10 +67,13 @@ void mig_engine_destroy(struct mig_engine *e)
 	if (!e)
 		return;
 	mig_engine_cancel(e);
-	/* A destination blocked in a read: make it return. */
+	/* A destination blocked in a read, or still at its door: make it
+	 * return. */
 	pthread_mutex_lock(&e->lock);
 	if (e->ch && e->pub.incoming)
 		mig_channel_shutdown(e->ch);
+	if (e->listener && mig_listener_fd(e->listener) >= 0)
+		shutdown(mig_listener_fd(e->listener), SHUT_RDWR);
 	pthread_mutex_unlock(&e->lock);
 	mig_engine_wait(e);
 	pthread_cond_destroy(&e->cond);
@@ -119,6 +127,13 @@ int mig_engine_set_params(struct mig_engine *e, const struct mig_params *p,
 			 MIG_MAX_DOWNTIME_MS);
 		return -EINVAL;
 	}
+	if (p->multifd_channels < 1 ||
+	    p->multifd_channels > MIG_MAX_MULTIFD_CHANNELS) {
+		snprintf(err, errlen, "Parameter 'multifd-channels' expects "
+			 "an integer in the range of 1 to %d",
+			 MIG_MAX_MULTIFD_CHANNELS);
+		return -EINVAL;
+	}
 	if (p->io_timeout_ms > MIG_MAX_IO_TIMEOUT_MS) {
 		snprintf(err, errlen, "Parameter 'x-io-timeout' expects an "
 			 "integer in the range of 0 to %d milliseconds",
@@ -130,7 +145,10 @@ int mig_engine_set_params(struct mig_engine *e, const struct mig_params *p,
 	     e->status == MIG_STATUS_ACTIVE ||
 	     e->status == MIG_STATUS_DEVICE) &&
 	    (p->switchover_ack != e->params.switchover_ack ||
-	     p->no_device_dirty_log != e->params.no_device_dirty_log)) {
+	     p->no_device_dirty_log != e->params.no_device_dirty_log ||
+	     p->multifd != e->params.multifd ||
+	     p->multifd_channels != e->params.multifd_channels ||
+	     p->multifd_device_state != e->params.multifd_device_state)) {
 		snprintf(err, errlen, "There's a migration process in progress");
 		ret = -EBUSY;
 	} else {
@@ -293,6 +311,26 @@ void mig_publish(struct mig_engine *e)
 	p->dirty_rate = e->conv.dirty_rate;
 	p->expected_downtime_ms = e->conv.expected_downtime_ms;
 	p->nr_devs = e->devs.nr;
+	p->dev_packets = __atomic_load_n(&e->cnt.dev_packets, __ATOMIC_RELAXED);
+	p->dev_packets_early = __atomic_load_n(&e->cnt.dev_packets_early,
+					       __ATOMIC_RELAXED);
+	p->dev_queued_peak = __atomic_load_n(&e->cnt.dev_queued_peak,
+					     __ATOMIC_RELAXED);
+	/* Once the channels are closed, their last figures stand. */
+	if (e->mf) {
+		p->nr_channels = e->mf->n;
+		p->multifd_bytes = 0;
+	}
+	for (unsigned i = 0; e->mf && i < p->nr_channels; i++) {
+		struct mig_channel *ch = e->mf->chan[i].ch;
+		uint64_t b = ch ? __atomic_load_n(e->pub.incoming ?
+						  &ch->bytes_read :
+						  &ch->bytes_written,
+						  __ATOMIC_RELAXED) : 0;
+
+		p->channel_bytes[i] = b;
+		p->multifd_bytes += b;
+	}
 	for (unsigned i = 0; i < e->devs.nr; i++) {
 		const struct mig_dev *m = &e->devs.dev[i];
 
@@ -343,15 +381,34 @@ enum mig_status mig_engine_status(struct mig_engine *e)
 
 void mig_thread_end(struct mig_engine *e)
 {
+	struct mig_listener *l;
 	struct mig_channel *ch;
+	struct mf_set *mf;
 
-	/* mig_engine_cancel() uses e->ch under the lock. */
+	mig_devstate_destroy(e->ds);
+	e->ds = NULL;
+	/* mig_engine_cancel() and mig_publish() look at these under the
+	 * lock. */
 	pthread_mutex_lock(&e->lock);
 	ch = e->ch;
 	e->ch = NULL;
+	mf = e->mf;
+	e->mf = NULL;
+	l = e->listener;
+	e->listener = NULL;
 	pthread_mutex_unlock(&e->lock);
+	mf_close(mf);
 	mig_channel_close(ch);
+	mig_listener_close(l);
 	mig_devs_fini(&e->devs);
+}
+
+void mig_abort_main_read(struct mig_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	if (e->ch)
+		mig_channel_shutdown_read(e->ch);
+	pthread_mutex_unlock(&e->lock);
 }
 
 void mig_engine_wait(struct mig_engine *e)
@@ -373,9 +430,10 @@ void mig_engine_wait(struct mig_engine *e)
  * header was read already, with this minor version.
  */
 static int engine_start(struct mig_engine *e, bool incoming,
-			struct mig_channel *ch, const struct mig_uri *uri,
-			const char *what, int hello_minor,
-			void *(*fn)(void *), char *err, size_t errlen)
+			struct mig_channel *ch, struct mig_listener *l,
+			const struct mig_uri *uri, const char *what,
+			int hello_minor, void *(*fn)(void *), char *err,
+			size_t errlen)
 {
 	int ret = -EINVAL;
 
@@ -384,12 +442,14 @@ static int engine_start(struct mig_engine *e, bool incoming,
 		pthread_mutex_unlock(&e->lock);
 		snprintf(err, errlen, "There's a migration process in progress");
 		mig_channel_close(ch);
+		mig_listener_close(l);
 		return -EBUSY;
 	}
 	if (e->migrated_away) {
 		pthread_mutex_unlock(&e->lock);
 		snprintf(err, errlen, "The guest was already migrated away");
 		mig_channel_close(ch);
+		mig_listener_close(l);
 		return -EINVAL;
 	}
 	if (e->outcome_unknown) {
@@ -398,6 +458,7 @@ static int engine_start(struct mig_engine *e, bool incoming,
 			 "(the guest may run on its destination): say where it "
 			 "runs first (x-migrate-outcome)");
 		mig_channel_close(ch);
+		mig_listener_close(l);
 		return -EINVAL;
 	}
 	/* Ours until the thread runs or the start failed: a second start
@@ -414,6 +475,7 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	e->pub.expected_downtime_ms = UINT64_MAX;
 	e->run_params = e->params;
 	e->ch = ch;
+	e->listener = l;
 	e->error_is_io = false;
 	e->committed = false;
 	e->switchover_acked = e->ready = e->resumed = false;
@@ -431,6 +493,8 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	e->paused = e->dirty_logging = e->was_running = false;
 	e->want_ack = e->acked = false;
 	e->header_read = hello_minor >= 0;
+	e->mf_channels = 0;
+	e->mf_devstate = false;
 	e->peer_minor = hello_minor >= 0 ? (uint16_t)hello_minor : 0;
 	e->guest_may_run = false;
 	atomic_store(&e->cancel, false);
@@ -443,7 +507,11 @@ static int engine_start(struct mig_engine *e, bool incoming,
 			 strerror(-ret));
 		goto err_close;
 	}
-	mig_set_status(e, MIG_STATUS_SETUP);
+	/* A destination at its door has no migration yet. */
+	if (ch || !incoming)
+		mig_set_status(e, MIG_STATUS_SETUP);
+	memset(&e->mf_seen, 0, sizeof(e->mf_seen));
+	e->mf_pass = 0;
 	if (!incoming) {
 		ret = mig_engine_devs_init(e);
 		if (ret) {
@@ -469,9 +537,11 @@ static int engine_start(struct mig_engine *e, bool incoming,
 err_close:
 	pthread_mutex_lock(&e->lock);
 	e->ch = NULL;
+	e->listener = NULL;
 	e->starting = false;
 	pthread_mutex_unlock(&e->lock);
 	mig_channel_close(ch);
+	mig_listener_close(l);
 	return ret;
 }
 
@@ -493,28 +563,35 @@ int mig_save_start(struct mig_engine *e, const char *uri, char *err,
 			 "destination", uri);
 		return -EINVAL;
 	}
-	return engine_start(e, false, NULL, &u, uri, -1, mig_save_thread, err,
-			    errlen);
+	return engine_start(e, false, NULL, NULL, &u, uri, -1,
+			    mig_save_thread, err, errlen);
 }
 
 int mig_save_start_channel(struct mig_engine *e, struct mig_channel *ch,
 			   char *err, size_t errlen)
 {
-	return engine_start(e, false, ch, NULL, ch->ops->name, -1,
+	return engine_start(e, false, ch, NULL, NULL, ch->ops->name, -1,
 			    mig_save_thread, err, errlen);
 }
 
 int mig_load_start(struct mig_engine *e, struct mig_channel *ch, char *err,
 		   size_t errlen)
 {
-	return engine_start(e, true, ch, NULL, ch->ops->name, -1,
+	return engine_start(e, true, ch, NULL, NULL, ch->ops->name, -1,
 			    mig_load_thread, err, errlen);
+}
+
+int mig_load_listen(struct mig_engine *e, struct mig_listener *l, char *err,
+		    size_t errlen)
+{
+	return engine_start(e, true, NULL, l, NULL, "the incoming listener",
+			    -1, mig_load_thread, err, errlen);
 }
 
 int mig_load_start_accepted(struct mig_engine *e, struct mig_channel *ch,
 			    uint16_t minor, char *err, size_t errlen)
 {
-	return engine_start(e, true, ch, NULL, ch->ops->name, minor,
+	return engine_start(e, true, ch, NULL, NULL, ch->ops->name, minor,
 			    mig_load_thread, err, errlen);
 }
 

@@ -58,6 +58,10 @@ struct mig_counters {
 	uint64_t zero_pages;
 	uint64_t dirty_pages;
 	uint64_t final_pages;
+	/* device state over multifd (mig_devstate.c, atomics) */
+	uint64_t dev_packets;
+	uint64_t dev_packets_early;
+	uint64_t dev_queued_peak;
 };
 
 struct mig_engine {
@@ -70,6 +74,7 @@ struct mig_engine {
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
+	struct mig_listener *listener;	/* destination: its door, while open */
 	enum mig_status status;
 	struct mig_params params;
 	struct mig_stats pub;		/* published statistics */
@@ -99,6 +104,14 @@ struct mig_engine {
 	struct mig_counters cnt;
 	struct mig_ram ram;
 	struct mig_ram_sender *ram_sender;
+	/* multifd */
+	uint8_t mf_id[16];		/* names this migration's channels */
+	struct mf_set *mf;
+	struct mig_devstate *ds;	/* destination: device packets */
+	unsigned mf_channels;		/* destination: the source's */
+	bool mf_devstate;		/* destination: device packets come */
+	struct mig_ram_stats mf_seen;	/* channel totals already counted */
+	uint32_t mf_pass;
 	uint64_t *bm;
 	struct mig_devs devs;
 	struct mig_converge conv;
@@ -142,5 +155,8 @@ unsigned mig_io_timeout(const struct mig_engine *e, unsigned dflt);
 
 void *mig_save_thread(void *arg);
 void *mig_load_thread(void *arg);
+/* A multifd channel failed: the main channel's reader stops too (its
+ * writes still go, so the destination can say why). */
+void mig_abort_main_read(struct mig_engine *e);
 
 #endif /* FERRY_LIB_MIG_ENGINE_PRIV_H */

@@ -15,7 +15,54 @@
 #include "ferry/log.h"
 #include "ferry/mig_stream.h"
 #include "ferry/util.h"
+#include "mig_devstate.h"
+#include "mig_door.h"
 #include "mig_engine_priv.h"
+#include "mig_multifd.h"
+
+/*
+ * Multifd: both sides must say the same. The source's CONFIG names its
+ * channels and the migration's id; device state travels as the source
+ * decided.
+ */
+static int load_check_multifd(struct mig_engine *e, struct json_object *src)
+{
+	const struct mig_params *p = &e->run_params;
+	struct json_object *mf = NULL, *v;
+	unsigned n = 0;
+	const char *id;
+
+	json_object_object_get_ex(src, "multifd", &mf);
+	if (mf && json_object_object_get_ex(mf, "channels", &v))
+		n = (unsigned)json_object_get_int(v);
+	if (!mf && !p->multifd)
+		return 0;
+	if (!mf || !p->multifd || n != p->multifd_channels)
+		return mig_fail(e, -EINVAL, "configuration mismatch: the source "
+				"uses %s%u multifd channels, this destination "
+				"%s%u (migrate-set-capabilities multifd, "
+				"migrate-set-parameters multifd-channels)",
+				mf ? "" : "no multifd: ", n,
+				p->multifd ? "" : "no multifd: ",
+				p->multifd ? p->multifd_channels : 0);
+	if (!json_object_object_get_ex(mf, "id", &v) ||
+	    !(id = json_object_get_string(v)) ||
+	    strlen(id) != 2 * sizeof(e->mf_id))
+		return mig_fail(e, -EINVAL, "configuration: multifd without a "
+				"migration id");
+	for (size_t i = 0; i < sizeof(e->mf_id); i++) {
+		unsigned byte;
+
+		if (sscanf(id + 2 * i, "%2x", &byte) != 1)
+			return mig_fail(e, -EINVAL, "configuration: bad "
+					"multifd id");
+		e->mf_id[i] = (uint8_t)byte;
+	}
+	e->mf_devstate = json_object_object_get_ex(mf, "device-state", &v) &&
+			 json_object_get_boolean(v);
+	e->mf_channels = n;
+	return 0;
+}
 
 /* The engine's share of the compatibility check: RAM and its own
  * flags; the host checks the rest. */
@@ -46,6 +93,9 @@ static int load_check_config(struct mig_engine *e, const char *json,
 			       (unsigned long long)ram);
 		goto out_put;
 	}
+	ret = load_check_multifd(e, src);
+	if (ret)
+		goto out_put;
 	ret = e->host_ops->config_check(e->host, src, err, sizeof(err));
 	if (ret)
 		mig_fail(e, ret, "%s", err[0] ? err : "configuration mismatch");
@@ -74,8 +124,25 @@ static int load_ack_if_ready(struct mig_engine *e)
 	return 0;
 }
 
+/* Every connection of this migration is in: whoever else waits at the
+ * door is refused, and no one new gets in. */
+static void load_close_door(struct mig_engine *e)
+{
+	struct mig_listener *l;
+
+	pthread_mutex_lock(&e->lock);
+	l = e->listener;
+	e->listener = NULL;
+	pthread_mutex_unlock(&e->lock);
+	if (!l)
+		return;
+	mig_door_refuse(mig_listener_door(l), "another source came first");
+	mig_listener_close(l);
+}
+
 static int load_config(struct mig_engine *e, const void *p, size_t len)
 {
+	struct mf_set *mf;
 	int ret = load_check_config(e, p, len);
 
 	if (ret)
@@ -86,7 +153,26 @@ static int load_config(struct mig_engine *e, const void *p, size_t len)
 	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_RESUMING);
 	if (!ret)
 		ret = load_ack_if_ready(e);
-	return ret;
+	if (!ret && !e->mf_channels)
+		load_close_door(e);
+	if (ret || !e->mf_channels)
+		return ret;
+	/* The extra channels come through the same door. */
+	if (e->mf_devstate) {
+		ret = mig_devstate_load_create(e, e->mf_channels, &e->ds);
+		if (ret)
+			return ret;
+	}
+	ret = mf_load_open(e, e->listener, e->mf_id, e->mf_channels, e->ds,
+			   &mf);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&e->lock);
+	e->mf = mf;
+	pthread_mutex_unlock(&e->lock);
+	pr_info("migration: %u multifd channels joined", e->mf_channels);
+	load_close_door(e);
+	return 0;
 }
 
 /*
@@ -127,6 +213,21 @@ static int load_finish(struct mig_engine *e, const void *p, size_t len)
 		return mig_fail(e, -EBADMSG, "END section is %zu bytes, want "
 				"%zu", len, sizeof(run));
 	memcpy(&run, p, sizeof(run));
+	/* Everything the channels carry comes before END: all of it must
+	 * be in, and every device's packets written, before the devices
+	 * are asked whether their stream is whole. */
+	if (e->mf) {
+		ret = mf_load_finish(e->mf);
+		if (ret)
+			return mig_fail(e, ret, "a multifd channel ended before "
+					"its MF_END");
+	}
+	if (e->ds) {
+		ret = mig_devstate_wait(e->ds);
+		if (ret)
+			return mig_fail(e, ret, "device state over multifd: %s",
+					strerror(-ret));
+	}
 	/* Device state first: RESUMING -> STOP validates the stream. */
 	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_STOP);
 	if (ret)
@@ -181,6 +282,14 @@ static int load_section(struct mig_engine *e, const struct mig_section *sec,
 		return load_ack_if_ready(e);
 	case MIG_SEC_DEV_END:
 	case MIG_SEC_ITER_END:
+		return 0;
+	case MIG_SEC_DEV_MAIN_DONE:
+		/* The main channel's device data is all in: the devices may
+		 * now take their multifd packets. */
+		if (!e->ds)
+			return mig_fail(e, -EBADMSG, "DEV_MAIN_DONE without "
+					"device state over multifd");
+		mig_devstate_main_done(e->ds);
 		return 0;
 	case MIG_SEC_END:
 		ret = load_finish(e, p, sec->length);
@@ -305,18 +414,70 @@ static void load_failed(struct mig_engine *e, int ret)
 	e->host_ops->load_failed(e->host);
 }
 
+/*
+ * At the door: a file is what it is (its header is read as part of the
+ * stream); a socket waits for a source with a valid hello, refusing
+ * strangers. 0, -EBADF when the wait was ended (destroy), -errno.
+ */
+static int load_accept(struct mig_engine *e)
+{
+	struct mig_channel *ch = NULL;
+	int ret;
+
+	if (mig_listener_uri(e->listener)->kind == MIG_URI_FILE) {
+		ret = mig_listener_accept(e->listener, 0, &ch);
+	} else {
+		ret = mig_accept_source(e->listener, false,
+					MIG_HELLO_TIMEOUT_MS, 0, &ch,
+					&e->peer_minor);
+		e->header_read = !ret;
+	}
+	if (ret)
+		return ret;
+	/* Capabilities and parameters set while the door was open
+	 * (--incoming URI, then QMP) count: this migration starts now. */
+	pthread_mutex_lock(&e->lock);
+	e->ch = ch;
+	e->run_params = e->params;
+	pthread_mutex_unlock(&e->lock);
+	mig_set_status(e, MIG_STATUS_SETUP);
+	return 0;
+}
+
 void *mig_load_thread(void *arg)
 {
 	struct mig_engine *e = arg;
 	int ret = -ENOMEM;
 
+	if (!e->ch) {
+		ret = load_accept(e);
+		if (ret == -EBADF || ret == -EINTR) {
+			mig_thread_end(e);	/* the wait was called off */
+			return NULL;
+		}
+		if (ret) {
+			mig_fail(e, ret, "accepting the migration stream: %s",
+				 strerror(-ret));
+			pr_err("incoming migration failed: accepting the "
+			       "migration stream: %s; no guest code ran here",
+			       strerror(-ret));
+			mig_set_status(e, MIG_STATUS_FAILED);
+			e->host_ops->load_failed(e->host);
+			mig_thread_end(e);
+			return NULL;
+		}
+	}
 	e->ch->read_timeout_ms = mig_io_timeout(e, MIG_READ_TIMEOUT_MS);
 	/* This VM's RAM is fresh: all zero until a page is loaded. */
 	e->ram.loaded = calloc(bitmap_words(e->ram.pages), sizeof(uint64_t));
 	if (e->ram.loaded)
 		ret = load_stream(e);
 	e->cnt.total_ns = clock_ns() - e->cnt.start_ns;
+	/* All channels, as the source counts what it sent. */
 	e->cnt.transferred = e->ch->bytes_read;
+	for (unsigned i = 0; e->mf && i < e->mf->n; i++)
+		if (e->mf->chan[i].ch)
+			e->cnt.transferred += e->mf->chan[i].ch->bytes_read;
 	mig_publish(e);
 	if (ret)
 		load_failed(e, ret);

@@ -262,12 +262,13 @@ static int batch_add(struct mig_ram_sender *s, struct mig_channel *ch,
 /* Words of the bitmap taken (and cleared) together. */
 #define SEND_CHUNK_WORDS	64
 
-int mig_ram_sender_send(struct mig_ram_sender *s, struct mig_channel *ch,
-			uint64_t *bm, uint64_t max_pages, bool *more,
-			struct mig_ram_stats *st)
+int mig_ram_sender_scan(struct mig_ram_sender *s, uint64_t *bm,
+			uint64_t max_pages, bool *more, mig_ram_pages_fn fn,
+			void *opaque)
 {
 	size_t words = bitmap_words(s->ram->pages);
-	uint64_t done = 0;
+	uint64_t pfns[MIG_RAM_BATCH], done = 0;
+	unsigned n_pfns = 0;
 	int ret = 0;
 
 	*more = false;
@@ -289,9 +290,8 @@ int mig_ram_sender_send(struct mig_ram_sender *s, struct mig_channel *ch,
 			claimed[i] = bm[c + i] ?
 				__atomic_exchange_n(&bm[c + i], 0,
 						    __ATOMIC_ACQ_REL) : 0;
-		memset(s->hole, 0, sizeof(s->hole));
 		/* Tracking re-armed for exactly these pages, now: a write
-		 * from here on is logged again, one before it is in what we
+		 * from here on is logged again, one before it is in what is
 		 * read next. */
 		if (s->clear) {
 			ret = s->clear(s->clear_opaque, (uint64_t)c * 64,
@@ -306,17 +306,60 @@ int mig_ram_sender_send(struct mig_ram_sender *s, struct mig_channel *ch,
 		for (size_t i = 0; i < n && !ret; i++) {
 			for (uint64_t bits = claimed[i]; bits && !ret;
 			     bits &= bits - 1) {
-				uint64_t pfn = (uint64_t)(c + i) * 64 +
-					       (uint64_t)__builtin_ctzll(bits);
-
-				ret = batch_add(s, ch, pfn, st);
+				pfns[n_pfns++] = (uint64_t)(c + i) * 64 +
+						 (uint64_t)__builtin_ctzll(bits);
 				done++;
+				if (n_pfns == MIG_RAM_BATCH) {
+					ret = fn(opaque, pfns, n_pfns);
+					n_pfns = 0;
+				}
 			}
 		}
+		/* A batch never spans two chunks' clears. */
+		if (!ret && n_pfns) {
+			ret = fn(opaque, pfns, n_pfns);
+			n_pfns = 0;
+		}
 	}
+	return ret;
+}
+
+int mig_ram_sender_pages(struct mig_ram_sender *s, struct mig_channel *ch,
+			 const uint64_t *pfns, unsigned n,
+			 struct mig_ram_stats *st)
+{
+	int ret = 0;
+
+	/* What was a hole may have been written since the pages' chunk
+	 * was cleared: holes are asked afresh for every batch. */
+	memset(s->hole, 0, sizeof(s->hole));
+	for (unsigned i = 0; i < n && !ret; i++)
+		ret = batch_add(s, ch, pfns[i], st);
 	if (!ret)
 		ret = batch_flush(s, ch, st);
 	return ret;
+}
+
+struct send_ctx {
+	struct mig_ram_sender *s;
+	struct mig_channel *ch;
+	struct mig_ram_stats *st;
+};
+
+static int send_pages(void *opaque, const uint64_t *pfns, unsigned n)
+{
+	struct send_ctx *x = opaque;
+
+	return mig_ram_sender_pages(x->s, x->ch, pfns, n, x->st);
+}
+
+int mig_ram_sender_send(struct mig_ram_sender *s, struct mig_channel *ch,
+			uint64_t *bm, uint64_t max_pages, bool *more,
+			struct mig_ram_stats *st)
+{
+	struct send_ctx x = { s, ch, st };
+
+	return mig_ram_sender_scan(s, bm, max_pages, more, send_pages, &x);
 }
 
 int mig_ram_send_dirty(struct mig_channel *ch, const struct mig_ram *ram,

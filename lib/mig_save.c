@@ -11,13 +11,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "ferry/log.h"
 #include "ferry/mig_stream.h"
 #include "ferry/trace.h"
 #include "ferry/util.h"
+#include "mig_devstate.h"
 #include "mig_engine_priv.h"
+#include "mig_multifd.h"
 
 /* ---- return path --------------------------------------------------- */
 
@@ -58,8 +61,8 @@ static void *rp_thread_fn(void *arg)
 			/* The payload is the destination's NUL-terminated
 			 * reason; bound it by what arrived anyway. */
 			mig_fail_cause(e, "destination failed: %.*s",
-				      (int)MIN(sec.length, (uint64_t)256),
-				      p ? (char *)p : "");
+				       (int)MIN(sec.length, (uint64_t)256),
+				       p ? (char *)p : "");
 			pthread_mutex_lock(&e->lock);
 			e->rp_error = true;
 			break;
@@ -168,18 +171,54 @@ static int save_put_state(void *ctx, uint16_t type, uint32_t id,
 	return 0;
 }
 
+/* What the multifd channels sent since the last look. */
+static void save_count_multifd(struct mig_engine *e)
+{
+	struct mig_ram_stats st;
+
+	if (!e->mf)
+		return;
+	mf_save_stats(e->mf, &st);
+	e->cnt.ram_pages += st.pages_sent - e->mf_seen.pages_sent;
+	e->cnt.zero_pages += st.zero_pages - e->mf_seen.zero_pages;
+	e->cnt.transferred += st.bytes - e->mf_seen.bytes;
+	e->mf_seen = st;
+}
+
 static int save_ram(struct mig_engine *e, uint64_t max_pages, bool *more)
 {
 	struct mig_ram_stats st = { 0 };
-	int ret = mig_ram_sender_send(e->ram_sender, e->ch, e->bm, max_pages,
-				      more, &st);
+	int ret;
 
+	/* With multifd the channels' threads pack and send what the scan
+	 * hands them. */
+	if (e->mf)
+		ret = mig_ram_sender_scan(e->ram_sender, e->bm, max_pages, more,
+					  mf_queue_pages, e->mf);
+	else
+		ret = mig_ram_sender_send(e->ram_sender, e->ch, e->bm,
+					  max_pages, more, &st);
 	e->cnt.ram_pages += st.pages_sent;
 	e->cnt.zero_pages += st.zero_pages;
 	e->cnt.transferred += st.bytes;
+	save_count_multifd(e);
+	if (ret == -ECANCELED)
+		return ret;	/* a multifd channel failed and said why */
 	if (ret)
 		return mig_fail_io(e, ret, "sending RAM: %s", strerror(-ret));
 	return 0;
+}
+
+/* Multifd: a pass is over once every channel carried all of it. */
+static int save_sync_channels(struct mig_engine *e)
+{
+	int ret;
+
+	if (!e->mf)
+		return 0;
+	ret = mf_sync(e->mf, ++e->mf_pass);
+	save_count_multifd(e);
+	return ret;
 }
 
 /* The sender re-arms the host's tracking of a chunk before reading it. */
@@ -221,8 +260,24 @@ static int save_send_config(struct mig_engine *e)
 							       MIG_PAGE_SIZE)));
 	json_object_object_add(cfg, "switchover_ack",
 			       json_object_new_boolean(e->run_params.switchover_ack));
+	if (e->run_params.multifd) {
+		struct json_object *mf = json_object_new_object();
+		char id[2 * sizeof(e->mf_id) + 1];
+
+		for (size_t i = 0; i < sizeof(e->mf_id); i++)
+			snprintf(id + 2 * i, 3, "%02x", e->mf_id[i]);
+		json_object_object_add(mf, "id", json_object_new_string(id));
+		json_object_object_add(mf, "channels", json_object_new_int(
+			(int)e->run_params.multifd_channels));
+		json_object_object_add(mf, "device-state",
+			json_object_new_boolean(
+				e->run_params.multifd_device_state));
+		json_object_object_add(cfg, "multifd", mf);
+	}
 	s = json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PLAIN);
-	ret = mig_stream_write_header(e->ch);
+	ret = mig_stream_write_header_minor(e->ch, e->run_params.multifd ?
+					    MIG_STREAM_MINOR :
+					    MIG_STREAM_MINOR_1CH);
 	if (!ret)
 		ret = save_section(e, MIG_SEC_CONFIG, 0, s, strlen(s) + 1);
 	json_object_put(cfg);
@@ -288,7 +343,26 @@ static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 					"return-path thread");
 		e->rp_running = true;
 	}
+	if (e->run_params.multifd) {
+		if (!e->connect || e->uri.kind == MIG_URI_FILE)
+			return mig_fail(e, -EINVAL, "multifd needs a tcp: or "
+					"unix: URI");
+		if (getrandom(e->mf_id, sizeof(e->mf_id), 0) !=
+		    (ssize_t)sizeof(e->mf_id))
+			return mig_fail(e, -errno, "getrandom: %s",
+					strerror(errno));
+	}
 	ret = save_send_config(e);
+	if (!ret && e->run_params.multifd) {
+		struct mf_set *mf;
+
+		ret = mf_save_open(e, &mf);
+		if (!ret) {
+			pthread_mutex_lock(&e->lock);
+			e->mf = mf;
+			pthread_mutex_unlock(&e->lock);
+		}
+	}
 	if (!ret)
 		ret = save_log_start(e);
 	if (ret)
@@ -380,6 +454,8 @@ static int save_iterate(struct mig_engine *e)
 		uint64_t t_iter = clock_ns(), sent0 = e->cnt.transferred;
 		int ret = save_pass(e, t_iter, sent0);
 
+		if (!ret)
+			ret = save_sync_channels(e);
 		if (ret)
 			return ret;
 		ret = save_section(e, MIG_SEC_ITER_END, 0, NULL, 0);
@@ -477,6 +553,26 @@ static int save_handover(struct mig_engine *e)
 	return -EHOSTUNREACH;
 }
 
+/*
+ * The devices' STOP_COPY data: on the main channel, device after device;
+ * or, with device state over multifd, a save thread per device cutting
+ * its stream into packets for the channels -- after DEV_MAIN_DONE, which
+ * tells the destination that the main channel's device data (pre-copy)
+ * is all in and the packets may go to the devices.
+ */
+static int save_devices(struct mig_engine *e)
+{
+	int ret;
+
+	if (!e->mf || !e->run_params.multifd_device_state || !e->devs.nr)
+		return mig_devs_drain(&e->devs, save_emit_dev, e);
+	ret = save_section(e, MIG_SEC_DEV_MAIN_DONE, 0, NULL, 0);
+	if (ret)
+		return mig_fail_io(e, ret, "sending DEV_MAIN_DONE: %s",
+				   strerror(-ret));
+	return mig_devstate_save(e, e->mf);
+}
+
 /* Stop the devices and send everything that is left, up to END. */
 static int save_stop_copy(struct mig_engine *e)
 {
@@ -503,7 +599,13 @@ static int save_stop_copy(struct mig_engine *e)
 		 (unsigned long long)e->cnt.final_pages,
 		 (clock_ns() - t_ram) / 1e6);
 	if (!ret)
-		ret = mig_devs_drain(&e->devs, save_emit_dev, e);
+		ret = save_sync_channels(e);
+	if (!ret)
+		ret = save_devices(e);
+	if (!ret && e->mf) {
+		ret = mf_save_finish(e->mf);
+		save_count_multifd(e);
+	}
 	if (ret)
 		return ret;
 	/* VMM state, the devices' PCI config last: the destination applies
@@ -541,6 +643,8 @@ static int save_switchover(struct mig_engine *e)
 	e->paused = true;
 	e->cnt.downtime_start_ns = clock_ns();
 	e->ch->deadline_ns = e->cnt.downtime_start_ns + budget_ms * 1000000ull;
+	if (e->mf)
+		mf_set_deadline(e->mf, e->ch->deadline_ns);
 
 	ret = save_stop_copy(e);
 	/* A file has no return path: the stream is complete once written
@@ -553,6 +657,8 @@ static int save_switchover(struct mig_engine *e)
 			       (unsigned long long)budget_ms,
 			       MIG_SWITCHOVER_FACTOR, MIG_SWITCHOVER_MIN_MS);
 	e->ch->deadline_ns = 0;
+	if (e->mf)
+		mf_set_deadline(e->mf, 0);
 	if (!ret)
 		e->cnt.downtime_ns = clock_ns() - e->cnt.downtime_start_ns;
 	return ret;

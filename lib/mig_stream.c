@@ -10,16 +10,32 @@
 
 int mig_stream_write_header(struct mig_channel *ch)
 {
+	return mig_stream_write_header_minor(ch, MIG_STREAM_MINOR_1CH);
+}
+
+static int write_header(struct mig_channel *ch, const char *magic,
+			uint16_t minor)
+{
 	uint8_t h[MIG_STREAM_HDR_SIZE];
-	uint16_t major = MIG_STREAM_MAJOR, minor = MIG_STREAM_MINOR;
+	uint16_t major = MIG_STREAM_MAJOR;
 	uint32_t crc;
 
-	memcpy(h, MIG_STREAM_MAGIC, 8);
+	memcpy(h, magic, 8);
 	memcpy(h + 8, &major, 2);
 	memcpy(h + 10, &minor, 2);
 	crc = crc32c(h, 12);
 	memcpy(h + 12, &crc, 4);
 	return mig_write(ch, h, sizeof(h));
+}
+
+int mig_stream_write_header_minor(struct mig_channel *ch, uint16_t minor)
+{
+	return write_header(ch, MIG_STREAM_MAGIC, minor);
+}
+
+int mig_stream_write_mf_header(struct mig_channel *ch)
+{
+	return write_header(ch, MIG_MF_MAGIC, MIG_STREAM_MINOR);
 }
 
 int mig_stream_read_header(struct mig_channel *ch, uint16_t *minor_out,
@@ -40,10 +56,26 @@ int mig_stream_read_header(struct mig_channel *ch, uint16_t *minor_out,
 int mig_stream_check_header(const uint8_t *h, uint16_t *minor_out,
 			    char *err, size_t errlen)
 {
+	bool multifd;
+	int ret = mig_stream_check_header_kind(h, minor_out, &multifd, err,
+					       errlen);
+
+	if (!ret && multifd) {
+		snprintf(err, errlen, "a multifd channel where the migration "
+			 "stream was expected");
+		return -EBADMSG;
+	}
+	return ret;
+}
+
+int mig_stream_check_header_kind(const uint8_t *h, uint16_t *minor_out,
+				 bool *multifd, char *err, size_t errlen)
+{
 	uint16_t major, minor;
 	uint32_t crc;
 
-	if (memcmp(h, MIG_STREAM_MAGIC, 8)) {
+	*multifd = !memcmp(h, MIG_MF_MAGIC, 8);
+	if (!*multifd && memcmp(h, MIG_STREAM_MAGIC, 8)) {
 		snprintf(err, errlen, "not a ferry migration stream (bad magic "
 			 "%02x%02x%02x%02x%02x%02x%02x%02x)", h[0], h[1], h[2],
 			 h[3], h[4], h[5], h[6], h[7]);
@@ -177,6 +209,11 @@ const char *mig_section_name(uint16_t type)
 	case MIG_SEC_PCI_DEV: return "PCI_DEV";
 	case MIG_SEC_ITER_END: return "ITER_END";
 	case MIG_SEC_COMMIT: return "COMMIT";
+	case MIG_SEC_MF_HELLO: return "MF_HELLO";
+	case MIG_SEC_MF_SYNC: return "MF_SYNC";
+	case MIG_SEC_DEV_PACKET: return "DEV_PACKET";
+	case MIG_SEC_DEV_MAIN_DONE: return "DEV_MAIN_DONE";
+	case MIG_SEC_MF_END: return "MF_END";
 	case MIG_SEC_END: return "END";
 	case MIG_RP_SWITCHOVER_ACK: return "SWITCHOVER_ACK";
 	case MIG_RP_RESUMED: return "RESUMED";

@@ -101,8 +101,8 @@ void migration_fini(struct vm *vm)
 
 	if (!m)
 		return;
-	incoming_fini(vm);
-	/* Cancels an outgoing migration and joins the engine's thread. */
+	/* Cancels an outgoing migration, ends a wait at the incoming
+	 * door, and joins the engine's thread. */
 	mig_engine_destroy(m->engine);
 	pthread_mutex_destroy(&m->inc_lock);
 	free(m);
@@ -234,6 +234,23 @@ struct json_object *migration_query(struct vm *vm)
 				       json_object_new_string(st.error));
 	if (mig_status_is_active(st.status))
 		json_add_u64(r, "x-io-idle-ms", st.io_idle_ms);
+	if (st.nr_channels) {
+		struct json_object *ch = json_object_new_array();
+
+		json_add_u64(ram, "multifd-bytes", st.multifd_bytes);
+		for (unsigned i = 0; i < st.nr_channels; i++)
+			json_object_array_add(ch, json_object_new_int64(
+				(int64_t)st.channel_bytes[i]));
+		json_object_object_add(r, "x-multifd-channel-bytes", ch);
+	}
+	if (st.dev_packets) {
+		struct json_object *ds = json_object_new_object();
+
+		json_add_u64(ds, "packets", st.dev_packets);
+		json_add_u64(ds, "early", st.dev_packets_early);
+		json_add_u64(ds, "queued-peak", st.dev_queued_peak);
+		json_object_object_add(r, "x-device-state", ds);
+	}
 	if (st.outcome_unknown)
 		json_object_object_add(r, "x-outcome-unknown",
 				       json_object_new_boolean(true));
@@ -270,6 +287,24 @@ int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
 			return -EINVAL;
 		}
 		p.io_timeout_ms = (uint64_t)value;
+	} else if (!strcmp(name, "multifd-channels")) {
+		if (value < 1 || value > MIG_MAX_MULTIFD_CHANNELS) {
+			snprintf(err, errlen, "Parameter 'multifd-channels' "
+				 "expects an integer in the range of 1 to %d",
+				 MIG_MAX_MULTIFD_CHANNELS);
+			return -EINVAL;
+		}
+		p.multifd_channels = (unsigned)value;
+	} else if (!strcmp(name, "x-migration-multifd-transfer")) {
+		p.multifd_device_state = value != 0;
+	} else if (!strcmp(name, "x-migration-max-queued-buffers-size")) {
+		if (value < 0) {
+			snprintf(err, errlen, "Parameter "
+				 "'x-migration-max-queued-buffers-size' "
+				 "expects a size in bytes (0: no bound)");
+			return -EINVAL;
+		}
+		p.max_queued_bytes = (uint64_t)value;
 	} else {
 		snprintf(err, errlen, "Parameter '%s' is unexpected", name);
 		return -EINVAL;
@@ -293,6 +328,14 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 		cap = &vm->mig->return_path;	/* always on for sockets */
 	else if (!strcmp(name, "x-ignore-device-dirty-log"))
 		cap = &p.no_device_dirty_log;
+	else if (!strcmp(name, "multifd"))
+		cap = &p.multifd;
+	else if (!strcmp(name, "x-multifd-no-reorder"))
+		cap = &p.no_reorder;
+	else if (!strcmp(name, "x-multifd-devstate-reverse"))
+		cap = &p.devstate_reverse;
+	else if (!strcmp(name, "x-multifd-devstate-drop-first"))
+		cap = &p.devstate_drop_first;
 	else {
 		snprintf(err, errlen, "Capability '%s' is not supported", name);
 		return -EINVAL;
@@ -317,6 +360,11 @@ struct json_object *migration_query_parameters(struct vm *vm)
 	json_add_u64(r, "downtime-limit", p.downtime_limit_ms);
 	json_add_u64(r, "max-bandwidth", p.max_bandwidth);
 	json_add_u64(r, "x-io-timeout", p.io_timeout_ms);
+	json_add_u64(r, "multifd-channels", p.multifd_channels);
+	json_object_object_add(r, "x-migration-multifd-transfer",
+			       json_object_new_boolean(p.multifd_device_state));
+	json_add_u64(r, "x-migration-max-queued-buffers-size",
+		     p.max_queued_bytes);
 	return r;
 }
 
@@ -330,6 +378,10 @@ struct json_object *migration_query_capabilities(struct vm *vm)
 		{ "switchover-ack", p.switchover_ack },
 		{ "return-path", vm->mig->return_path },
 		{ "x-ignore-device-dirty-log", p.no_device_dirty_log },
+		{ "multifd", p.multifd },
+		{ "x-multifd-no-reorder", p.no_reorder },
+		{ "x-multifd-devstate-reverse", p.devstate_reverse },
+		{ "x-multifd-devstate-drop-first", p.devstate_drop_first },
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(caps); i++) {

@@ -89,7 +89,7 @@ struct qmp_arg {
 	bool required;
 };
 
-#define QMP_MAX_ARGS	4
+#define QMP_MAX_ARGS	8
 
 struct qmp_cmd {
 	const char *name;
@@ -565,7 +565,12 @@ static const struct qmp_cmd qmp_cmds[] = {
 	{ "migrate-set-parameters", cmd_migrate_set_parameters,
 	  { { "downtime-limit", json_type_int, "int", false },
 	    { "max-bandwidth", json_type_int, "int", false },
-	    { "x-io-timeout", json_type_int, "int", false } } },
+	    { "x-io-timeout", json_type_int, "int", false },
+	    { "multifd-channels", json_type_int, "int", false },
+	    { "x-migration-multifd-transfer", json_type_boolean, "bool",
+	      false },
+	    { "x-migration-max-queued-buffers-size", json_type_int, "int",
+	      false } } },
 	{ "query-migrate-parameters", cmd_query_migrate_parameters, { { 0 } } },
 	{ "migrate-set-capabilities", cmd_migrate_set_capabilities,
 	  { { "capabilities", json_type_array, "array", true } } },

@@ -30,12 +30,11 @@ struct vm_mig {
 	struct mig_engine *engine;
 	bool return_path;		/* capability; always on for sockets */
 
-	/* incoming.c: the listener and the thread that accepts */
+	/* incoming.c: armed by --incoming, listening once the URI is
+	 * known (the engine owns the listener) */
 	pthread_mutex_t inc_lock;
-	bool inc_armed;			/* --incoming given */
-	bool inc_thread_started;
-	pthread_t inc_thread;
-	struct mig_listener *listener;
+	bool inc_armed;
+	bool inc_listening;
 
 	struct vm_mig_loaded loaded;	/* mig_host.c */
 };

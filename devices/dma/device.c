@@ -168,6 +168,13 @@ const struct vfu_device_ops ferry_dma_vfu_ops = {
 	.mig = &fdma_mig_ops,
 };
 
+static const struct vfu_device_ops ferry_dma_vfu_ops_stop_copy = {
+	.region_access = fdma_region_access,
+	.reset = fdma_reset,
+	.irqs_changed = fdma_irqs_changed,
+	.mig = &fdma_mig_ops_stop_copy,
+};
+
 void ferry_dma_describe(struct ferry_dma *d, struct vfu_device_desc *desc)
 {
 	struct vfu_region_desc *r;
@@ -205,7 +212,8 @@ void ferry_dma_describe(struct ferry_dma *d, struct vfu_device_desc *desc)
 	desc->irq_count[VFU_PCI_INTX_IRQ_INDEX] = 1;
 	desc->irq_count[VFU_PCI_MSI_IRQ_INDEX] = 0;
 	desc->irq_count[VFU_PCI_MSIX_IRQ_INDEX] = d->cfg.msix_vectors;
-	desc->ops = &ferry_dma_vfu_ops;
+	desc->ops = d->cfg.no_precopy ? &ferry_dma_vfu_ops_stop_copy :
+					&ferry_dma_vfu_ops;
 	desc->dev = d;
 }
 

@@ -175,6 +175,7 @@ void fdma_dirty_join(struct ferry_dma *d);
 
 /* migration.c */
 extern const struct vfu_mig_ops fdma_mig_ops;
+extern const struct vfu_mig_ops fdma_mig_ops_stop_copy;
 void fdma_mig_reset(struct ferry_dma *d);
 
 #endif /* FERRY_DMA_INTERNAL_H */

@@ -41,6 +41,9 @@ struct ferry_dma_config {
 	uint32_t msix_vectors;		/* 0: FERRY_DMA_DEFAULT_VECTORS */
 	uint64_t dirty_rate;		/* device-internal dirtying, bytes/s */
 	uint32_t load_latency_ms;	/* sleep after loading the header */
+	/* Offer no PRE_COPY: all of the state at the switchover, as a
+	 * device without pre-copy support does. */
+	bool no_precopy;
 };
 
 /* Validate a configuration: 0 or -EINVAL with a reason in err. */

@@ -789,3 +789,12 @@ const struct vfu_mig_ops fdma_mig_ops = {
 	.precopy_info = fdma_precopy_info,
 	.data_size = fdma_data_size,
 };
+
+/* --no-precopy: the same device, saved only once stopped. */
+const struct vfu_mig_ops fdma_mig_ops_stop_copy = {
+	.flags = VFU_MIGRATION_STOP_COPY | VFU_MIGRATION_P2P,
+	.set_state = fdma_set_state,
+	.read_data = fdma_read_data,
+	.write_data = fdma_write_data,
+	.data_size = fdma_data_size,
+};

@@ -47,6 +47,8 @@ struct mig_channel_ops {
 	int (*readv_full)(struct mig_channel *ch, struct iovec *iov, int n);
 	int (*write_full)(struct mig_channel *ch, const void *buf, size_t len);
 	void (*shutdown)(struct mig_channel *ch);
+	/* Optional: only reads return (writes still go); else shutdown. */
+	void (*shutdown_read)(struct mig_channel *ch);
 	void (*close)(struct mig_channel *ch);
 };
 
@@ -89,19 +91,24 @@ int mig_listener_accept(struct mig_listener *l, unsigned timeout_ms,
 			struct mig_channel **out);
 /*
  * The destination's front door: accept connections on l until one sends
- * a valid stream header within hello_ms of connecting (a total, not a
- * per-byte, deadline), looking at up to MIG_ACCEPT_PENDING at once, so
- * that neither junk nor a peer that trickles bytes can keep the real
- * source out. Refused peers are logged and closed. 0 with *out (the
- * header consumed; its minor version in *minor), -ETIMEDOUT after
- * timeout_ms (0: wait forever), or -errno (-EINTR/-EBADF: the listener
- * was shut down; -EINVAL for a file: mig_listener_accept() it).
+ * a valid header of the kind wanted -- a migration stream's, or with
+ * multifd a multifd channel's (MIG_MF_MAGIC) -- within hello_ms of
+ * connecting (a total, not a per-byte, deadline), looking at up to
+ * MIG_ACCEPT_PENDING at once, so that neither junk nor a peer that
+ * trickles bytes can keep the real source out. Refused peers are logged
+ * and closed. Those of the other kind, or still saying their hello when
+ * one wins, stay at the door for the next call (a multifd source's
+ * channels may arrive before its main one), until mig_listener_close().
+ * 0 with *out (the header consumed; its minor version in *minor),
+ * -ETIMEDOUT after timeout_ms (0: wait forever), or -errno (-EINTR/
+ * -EBADF: the listener was shut down; -EINVAL for a file:
+ * mig_listener_accept() it).
  */
 #define MIG_ACCEPT_PENDING	16
 #define MIG_HELLO_TIMEOUT_MS	10000
-int mig_accept_source(struct mig_listener *l, unsigned hello_ms,
-		      unsigned timeout_ms, struct mig_channel **out,
-		      uint16_t *minor);
+int mig_accept_source(struct mig_listener *l, bool multifd,
+		      unsigned hello_ms, unsigned timeout_ms,
+		      struct mig_channel **out, uint16_t *minor);
 /* The listening fd (for poll loops); -1 for files. */
 int mig_listener_fd(struct mig_listener *l);
 const struct sock_access *mig_listener_access(struct mig_listener *l);
@@ -128,6 +135,7 @@ int mig_readv(struct mig_channel *ch, struct iovec *iov, int n);
 uint64_t mig_channel_unsent(struct mig_channel *ch);
 
 void mig_channel_shutdown(struct mig_channel *ch);
+void mig_channel_shutdown_read(struct mig_channel *ch);
 void mig_channel_close(struct mig_channel *ch);
 
 #endif /* FERRY_MIG_CHANNEL_H */

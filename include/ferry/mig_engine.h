@@ -169,9 +169,26 @@ struct mig_params {
 	 * (source writes, destination reads); 0: 10 s for writes, 60 s for
 	 * reads (the source may pause between sends, e.g. throttled). */
 	uint64_t io_timeout_ms;
+	/* Multifd: multifd_channels connections beside the main one carry
+	 * RAM (and, with multifd_device_state, the devices' switchover
+	 * state as packets). Both sides must agree on both numbers. */
+	bool multifd;
+	unsigned multifd_channels;	/* 1..MIG_MAX_MULTIFD_CHANNELS */
+	bool multifd_device_state;	/* default true, as QEMU's auto */
+	/* Destination: bytes of one device's state that may wait out of
+	 * order (0: no bound, as QEMU's default). */
+	uint64_t max_queued_bytes;
+	bool no_reorder;		/* debug: the negative control */
+	/* Debug, source: queue each device's switchover packets last to
+	 * first (the reassembler's worst case: all wait for packet 0), or
+	 * never send packet 0 (a loss the destination must notice). */
+	bool devstate_reverse;
+	bool devstate_drop_first;
 };
 
 #define MIG_MAX_IO_TIMEOUT_MS	3600000	/* an hour */
+#define MIG_MAX_MULTIFD_CHANNELS	64
+#define MIG_DEFAULT_MULTIFD_CHANNELS	2	/* QEMU's */
 
 struct mig_dev_stats {
 	const char *id;			/* the device's; lives as long */
@@ -201,6 +218,15 @@ struct mig_stats {
 	unsigned nr_devs;
 	struct mig_dev_stats dev[MIG_MAX_DEVICES];
 	uint64_t io_idle_ms;		/* since bytes last moved */
+	uint64_t multifd_bytes;		/* on the multifd channels */
+	unsigned nr_channels;		/* multifd channels */
+	uint64_t channel_bytes[MIG_MAX_MULTIFD_CHANNELS];
+	/* Device state over multifd: packets sent (source) or received
+	 * (destination); of those received, how many came ahead of their
+	 * turn, and the most bytes one device had waiting. */
+	uint64_t dev_packets;
+	uint64_t dev_packets_early;
+	uint64_t dev_queued_peak;
 	bool outcome_unknown;		/* see mig_engine_resolve() */
 	char reason[256];		/* why not switched over yet */
 	char error[512];		/* the first error */
@@ -241,6 +267,14 @@ int mig_load_start(struct mig_engine *e, struct mig_channel *ch, char *err,
 		   size_t errlen);
 int mig_load_start_accepted(struct mig_engine *e, struct mig_channel *ch,
 			    uint16_t minor, char *err, size_t errlen);
+/*
+ * Wait for a source on l (taken) on the engine's thread, then load its
+ * stream; for a socket, through mig_accept_source(), and the multifd
+ * channels arrive on the same listener. The status stays none until a
+ * source said hello. mig_engine_destroy() ends the wait.
+ */
+int mig_load_listen(struct mig_engine *e, struct mig_listener *l, char *err,
+		    size_t errlen);
 
 /* Cancel the outgoing migration: 0 (also when none runs), or -EBUSY once
  * END was sent (the destination decides now). */

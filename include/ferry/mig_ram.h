@@ -122,6 +122,22 @@ void mig_ram_sender_set_clear(struct mig_ram_sender *s, mig_ram_clear_fn fn,
 int mig_ram_sender_send(struct mig_ram_sender *s, struct mig_channel *ch,
 			uint64_t *bm, uint64_t max_pages, bool *more,
 			struct mig_ram_stats *st);
+/*
+ * The two halves of a send, for senders that spread pages over several
+ * channels (multifd): scan takes the set bits of bm (clearing them, and
+ * calling the clear function for each chunk) and hands their pfns to fn,
+ * at most MIG_RAM_BATCH at a time, a batch never spanning two chunks;
+ * pages packs and sends such a batch on ch. Each channel has a sender
+ * of its own; a batch reaches pages only after its chunk was cleared.
+ */
+typedef int (*mig_ram_pages_fn)(void *opaque, const uint64_t *pfns,
+				unsigned n);
+int mig_ram_sender_scan(struct mig_ram_sender *s, uint64_t *bm,
+			uint64_t max_pages, bool *more, mig_ram_pages_fn fn,
+			void *opaque);
+int mig_ram_sender_pages(struct mig_ram_sender *s, struct mig_channel *ch,
+			 const uint64_t *pfns, unsigned n,
+			 struct mig_ram_stats *st);
 /* The same with a sender of its own, for one-shot callers. */
 int mig_ram_send_dirty(struct mig_channel *ch, const struct mig_ram *ram,
 		       uint64_t *bm, uint64_t max_pages, bool *more,

@@ -22,16 +22,23 @@
 #ifndef FERRY_MIG_STREAM_H
 #define FERRY_MIG_STREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "ferry/mig_channel.h"
 
 #define MIG_STREAM_MAGIC	"FERRYMIG"
+/* A multifd channel's header: the same but for its magic, so that the
+ * destination knows a channel's role from its first bytes, whichever
+ * arrives first. */
+#define MIG_MF_MAGIC		"FERRYMFD"
 #define MIG_STREAM_MAJOR	1
 /* 1: with a return path, the switchover is a hand-over in three steps
- * (END, READY, COMMIT): see docs/migration-stream.md. */
-#define MIG_STREAM_MINOR	1
+ * (END, READY, COMMIT); 2: multifd channels (written only when used).
+ * See docs/migration-stream.md. */
+#define MIG_STREAM_MINOR	2
+#define MIG_STREAM_MINOR_1CH	1	/* what a single-channel stream says */
 #define MIG_STREAM_HDR_SIZE	16u
 #define MIG_SECTION_HDR_SIZE	24u
 /* Largest section payload accepted: a RAM batch or a device chunk. */
@@ -54,6 +61,12 @@ enum mig_section_type {
 	MIG_SEC_ITER_END	= 12,	/* end of one pre-copy iteration */
 	MIG_SEC_COMMIT		= 13,	/* after END and READY: the source
 					   gives the guest up, run it */
+	MIG_SEC_MF_HELLO	= 14,	/* first on a multifd channel */
+	MIG_SEC_MF_SYNC		= 15,	/* id = pass: all of it is sent */
+	MIG_SEC_DEV_PACKET	= 16,	/* id = device: {idx, flags, data} */
+	MIG_SEC_DEV_MAIN_DONE	= 17,	/* main channel: its device data is
+					   all sent */
+	MIG_SEC_MF_END		= 18,	/* a multifd channel's last */
 	MIG_SEC_END		= 0xffff,
 
 	/* return path */
@@ -77,15 +90,21 @@ struct mig_section {
 
 _Static_assert(sizeof(struct mig_section) == MIG_SECTION_HDR_SIZE, "sec");
 
-/* Write the stream header. 0 or -errno. */
+/* Write the stream header (a single-channel stream's version; or
+ * minor's); a multifd channel's. 0 or -errno. */
 int mig_stream_write_header(struct mig_channel *ch);
+int mig_stream_write_header_minor(struct mig_channel *ch, uint16_t minor);
+int mig_stream_write_mf_header(struct mig_channel *ch);
 /* Read and check the stream header; *minor (may be NULL) gets the
  * writer's minor version. On error a reason in err. */
 int mig_stream_read_header(struct mig_channel *ch, uint16_t *minor,
 			   char *err, size_t errlen);
-/* The same check on MIG_STREAM_HDR_SIZE bytes already read. */
+/* The same check on MIG_STREAM_HDR_SIZE bytes already read: a main
+ * stream's header; or (_kind) either kind, *multifd saying which. */
 int mig_stream_check_header(const uint8_t *h, uint16_t *minor, char *err,
 			    size_t errlen);
+int mig_stream_check_header_kind(const uint8_t *h, uint16_t *minor,
+				 bool *multifd, char *err, size_t errlen);
 
 /* Write one section (payload may be split over two buffers, e.g. a
  * small header and bulk data). */

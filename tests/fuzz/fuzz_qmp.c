@@ -114,10 +114,6 @@ int incoming_start(struct vm *v, const char *uri, char *err, size_t errlen)
 	return mig_uri_parse(uri, &u, err, errlen);
 }
 
-void incoming_fini(struct vm *v)
-{
-}
-
 /* The engine is never started (see the wrapper below): no host op runs;
  * ram_describe fails in case one ever does. */
 static int no_ram(void *host, struct mig_ram *ram)

@@ -253,7 +253,10 @@ class Vmm(Proc):
                 self.drain_events()
                 st = self.mig_statuses()
                 if st and st[-1] in want:
-                    return {"status": st[-1], "closed": True}
+                    # The event's own figures, when it has them.
+                    ev = self.events("MIGRATION")[-1]["data"]
+                    return dict(ev.get("x-info", {}), status=st[-1],
+                                closed=True)
                 raise TestFailure("%s: QMP gone while migrating (exit %s, "
                                   "events %r)" % (self.name,
                                                   self.proc.poll(), st))
@@ -382,7 +385,12 @@ def hop(cluster, src, dst_devices, caps=None, params=None, memory="128M",
         cpus=1):
     """Migrate src to a new destination on dst_devices; the hop must
     complete: source status completed, source exits 0, destination runs."""
-    dst = cluster.dest(dst_devices, memory, cpus)
+    return hop_to(src, cluster.dest(dst_devices, memory, cpus), caps,
+                  params)
+
+
+def hop_to(src, dst, caps=None, params=None):
+    """The same to a destination already started (and set up)."""
     set_migration(src, caps, params)
     src.cmd("migrate", {"uri": dst.incoming})
     info = src.wait_migration()
