@@ -385,8 +385,6 @@ void mig_thread_end(struct mig_engine *e)
 	struct mig_channel *ch;
 	struct mf_set *mf;
 
-	mig_devstate_destroy(e->ds);
-	e->ds = NULL;
 	/* mig_engine_cancel() and mig_publish() look at these under the
 	 * lock. */
 	pthread_mutex_lock(&e->lock);
@@ -397,7 +395,11 @@ void mig_thread_end(struct mig_engine *e)
 	l = e->listener;
 	e->listener = NULL;
 	pthread_mutex_unlock(&e->lock);
+	/* The channels' receive threads push into the reassembler: they
+	 * are joined before it goes. */
 	mf_close(mf);
+	mig_devstate_destroy(e->ds);
+	e->ds = NULL;
 	mig_channel_close(ch);
 	mig_listener_close(l);
 	mig_devs_fini(&e->devs);

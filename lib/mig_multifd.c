@@ -212,10 +212,13 @@ static int save_open_chan(struct mig_engine *e, struct mf_set *set,
 	ret = mig_channel_connect(&e->uri,
 				  mig_io_timeout(e, MIG_WRITE_TIMEOUT_MS),
 				  &c->ch);
+	/* An I/O failure: a destination that refused the configuration
+	 * closes its listener, and its reason on the return path is what
+	 * the user should see. */
 	if (ret)
-		return mig_fail(e, ret, "multifd channel %u: cannot reach the "
-				"destination %s: %s", c->idx, e->uri_str,
-				strerror(-ret));
+		return mig_fail_io(e, ret, "multifd channel %u: cannot reach "
+				   "the destination %s: %s", c->idx,
+				   e->uri_str, strerror(-ret));
 	ret = mig_stream_write_mf_header(c->ch);
 	if (!ret)
 		ret = mig_section_write(c->ch, MIG_SEC_MF_HELLO, 0, c->idx, &h,

@@ -329,8 +329,11 @@ out:
 static const char *case_cut_ram(void)
 {
 	struct mf_setup m = { .channels = 4 };
+	/* Mid-RAM, or at the latest at the end of the first pass: how
+	 * much of the RAM a channel carries depends on the scheduler. */
 	struct tproxy_fault cut = { .cut = TPROXY_CUT_CLOSE,
-				    .cut_after_bytes = CUT_AFTER_BYTES };
+				    .cut_after_bytes = CUT_AFTER_BYTES,
+				    .cut_at_type = MIG_SEC_MF_SYNC };
 	struct side src = { 0 }, dst = { 0 };
 	struct tproxy *px = NULL;
 	char uri[160], puri[64];
