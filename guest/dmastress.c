@@ -12,7 +12,10 @@
  * mirrored in a shadow copy. Between batches the guest writes device
  * memory directly through BAR2 and the next batch reads that chunk back
  * with FROM_DEV; TO_DEV results are sampled back through BAR2. The
- * interrupt count must equal the flagged completions, per device.
+ * interrupt count must equal the flagged completions, per device. RESETS
+ * must keep the value it had after the guest's own reset: a device reset
+ * under the driver (a migration or a device-server update that was not
+ * transparent) is `FAIL reset_seen`; the verdict line says `resets=`.
  *
  * Device memory used is the first DEVMEM_WINDOW_MAX bytes of BAR2 (the
  * shadow lives in guest RAM). Parameters: seconds=, pages=, batch=,
@@ -125,6 +128,8 @@ struct fdev {
 	uint64_t direct_off;	/* last chunk written through BAR2 */
 	uint64_t direct_len;
 	struct written *written;	/* per slot: last bytes DMA'd to RAM */
+	uint32_t resets_base;	/* RESETS after our own reset */
+	bool resets_known;
 };
 
 /*
@@ -167,7 +172,29 @@ static uint64_t irqs_total(void)
 	return n;
 }
 
-/* The one FAIL verdict line: reason, then the counters. */
+/* A register read of all ones: the device is gone (its server died and
+ * the VMM answers reads of a dead device so), not reset. */
+#define REG_GONE	0xffffffffu
+
+/* Device resets since our own, over every device set up (RESETS is
+ * carried by migration and by a live update of the device server: any
+ * change means a device was reset under the driver). */
+static uint64_t resets_seen(void)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < nr_devs; i++) {
+		uint32_t now = devs[i].regs[FERRY_DMA_REG_RESETS / 4];
+
+		if (devs[i].resets_known && now != REG_GONE)
+			n += (uint32_t)(now - devs[i].resets_base);
+	}
+	return n;
+}
+
+/* The one FAIL verdict line: reason, then the counters. A device reset
+ * under the driver explains whatever went wrong after it, so that is the
+ * reason given (the symptom goes on a detail line before). */
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...)
 {
@@ -177,9 +204,26 @@ static int fail(const char *fmt, ...)
 	va_start(ap, fmt);
 	fmt_vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	say("FAIL %s jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu",
-	    reason, total_jobs, total_bytes, irqs_total(), nr_devs,
-	    stall_max_us());
+	for (unsigned int i = 0; i < nr_devs; i++) {
+		struct fdev *d = &devs[i];
+		uint32_t now;
+
+		if (!d->resets_known)
+			continue;
+		now = d->regs[FERRY_DMA_REG_RESETS / 4];
+		if (now == d->resets_base || now == REG_GONE)
+			continue;
+		if (memcmp(reason, "reset_seen ", 11)) {
+			say("%s, after a reset of device %u", reason, i);
+			fmt_snprintf(reason, sizeof(reason), "reset_seen dev=%u "
+				     "device_resets=%u expected=%u", i, now,
+				     d->resets_base);
+		}
+		break;
+	}
+	say("FAIL %s jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu "
+	    "resets=%lu", reason, total_jobs, total_bytes, irqs_total(),
+	    nr_devs, stall_max_us(), resets_seen());
 	return -1;
 }
 
@@ -332,6 +376,9 @@ static int dev_reset(struct fdev *d)
 			break;
 	if (spin == RESET_SPIN_MAX)
 		return fail("reset_stuck dev=%u", d->idx);
+	/* Ours was the last reset this device may see. */
+	d->resets_base = reg_read(d, FERRY_DMA_REG_RESETS);
+	d->resets_known = true;
 	reg_write(d, FERRY_DMA_REG_IRQ_MASK, 0);
 	reg_write(d, FERRY_DMA_REG_RING_BASE_LO, (uint64_t)d->ring);
 	reg_write(d, FERRY_DMA_REG_RING_BASE_HI, (uint64_t)d->ring >> 32);
@@ -805,12 +852,19 @@ static int dev_prime(struct fdev *d)
 	return 0;
 }
 
-/* Registers against the shadow: RUNNING_CRC, COMPLETED, ERRORS. */
+/* Registers against the shadow: RESETS, RUNNING_CRC, COMPLETED, ERRORS. */
 static int dev_check_regs(struct fdev *d)
 {
+	uint32_t resets = reg_read(d, FERRY_DMA_REG_RESETS);
 	uint32_t crc = reg_read(d, FERRY_DMA_REG_RUNNING_CRC);
 	uint64_t done = reg_read64(d, FERRY_DMA_REG_COMPLETED_LO);
 	uint32_t errors = reg_read(d, FERRY_DMA_REG_ERRORS);
+
+	if (resets == REG_GONE)
+		return fail("device_gone dev=%u", d->idx);
+	if (resets != d->resets_base)
+		return fail("reset_seen dev=%u device_resets=%u expected=%u",
+			    d->idx, resets, d->resets_base);
 
 	if (crc != crc32c_final(d->run) || done != d->seq || errors)
 		return fail("bad_registers dev=%u running_crc=0x%08x "
@@ -982,7 +1036,7 @@ int guest_main(void)
 		return 1;
 	}
 	say("PASS jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu "
-	    "rewrites=%lu", total_jobs, total_bytes, irqs_total(), nr_devs,
-	    stall_max_us(), pages.rewrites);
+	    "rewrites=%lu resets=%lu", total_jobs, total_bytes, irqs_total(),
+	    nr_devs, stall_max_us(), pages.rewrites, resets_seen());
 	return 0;
 }

@@ -914,27 +914,63 @@ static void server_handle_msg(struct vfu_server *srv, struct vfu_msg *msg)
 	vfu_msg_release(msg);
 }
 
-/* Wait for input on conn or a stop request. 1: readable, 0: stop. */
+enum {
+	WAIT_STOP,
+	WAIT_READABLE,
+	WAIT_HOLD,		/* a live update wants the dispatcher */
+};
+
+/* Wait for input on fd, a stop request or a hold request. WAIT_* or
+ * -errno. */
 static int server_wait(struct vfu_server *srv, int fd)
 {
-	struct pollfd p[2] = {
+	struct pollfd p[3] = {
 		{ .fd = fd, .events = POLLIN },
 		{ .fd = srv->stop_fd, .events = POLLIN },
+		{ .fd = srv->hold_fd, .events = POLLIN },
 	};
 
 	for (;;) {
 		if (atomic_load(&srv->stopping))
-			return 0;
-		if (poll(p, 2, -1) < 0) {
+			return WAIT_STOP;
+		if (poll(p, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
 		if (p[1].revents)
-			return 0;
+			return WAIT_STOP;
+		if (p[2].revents)
+			return WAIT_HOLD;
 		if (p[0].revents)
-			return 1;
+			return WAIT_READABLE;
 	}
+}
+
+/*
+ * A message boundary: if a live update asked for the dispatcher, park
+ * here -- nothing is read from the client and nothing is sent to it --
+ * until the hold is released (serve on, as if nothing happened) or the
+ * session is handed over (true: leave without touching the connection).
+ */
+static bool server_hold_point(struct vfu_server *srv)
+{
+	uint64_t v;
+	bool handed;
+
+	pthread_mutex_lock(&srv->lock);
+	/* The wake-up is consumed whatever it was for. */
+	if (read(srv->hold_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		pr_debug("%s: hold eventfd: %d", srv->desc.name, -errno);
+	if (srv->hold == VFU_HOLD_WANTED) {
+		srv->hold = VFU_HOLD_PARKED;
+		pthread_cond_broadcast(&srv->cond);
+		while (srv->hold == VFU_HOLD_PARKED)
+			pthread_cond_wait(&srv->cond, &srv->lock);
+	}
+	handed = srv->hold == VFU_HOLD_HANDOVER;
+	pthread_mutex_unlock(&srv->lock);
+	return handed;
 }
 
 /* Forget everything the client set up; keep the device state. */
@@ -975,32 +1011,30 @@ static void server_conn_cleanup(struct vfu_server *srv)
 		srv->desc.ops->detach(srv->desc.dev);
 }
 
-int vfu_server_serve_conn(struct vfu_server *srv, struct vfu_conn *conn)
+#define SERVE_HANDED_OVER	1
+
+/*
+ * The dispatcher's loop over one connection: 0 when the client is gone
+ * (or stop), -errno if waiting failed, SERVE_HANDED_OVER if the session
+ * went to another process -- then nothing was cleaned up (the client's
+ * maps, IRQ fds and logs are the new process's now; this one only closes
+ * its copies when it is destroyed) and nothing was sent.
+ */
+static int server_serve_loop(struct vfu_server *srv, struct vfu_conn *conn)
 {
 	int ret = 0;
-
-	pthread_mutex_lock(&srv->lock);
-	if (srv->conn) {
-		pthread_mutex_unlock(&srv->lock);
-		return -EBUSY;
-	}
-	srv->conn = conn;
-	srv->dispatcher = pthread_self();
-	srv->negotiated = false;
-	srv->xfer_max = srv->cfg.max_data_xfer_size;
-	srv->lim.max_data_xfer_size = srv->cfg.max_data_xfer_size;
-	vfu_caps_defaults(&srv->client_caps);
-	pthread_mutex_unlock(&srv->lock);
-	conn->max_fds = srv->cfg.max_msg_fds;
-	if (srv->desc.ops->attach)
-		srv->desc.ops->attach(srv->desc.dev);
 
 	for (;;) {
 		struct vfu_msg msg;
 
 		if (conn->fd >= 0) {
 			ret = server_wait(srv, conn->fd);
-			if (ret <= 0)
+			if (ret == WAIT_HOLD) {
+				if (server_hold_point(srv))
+					goto handed_over;
+				continue;
+			}
+			if (ret != WAIT_READABLE)
 				break;
 		} else if (atomic_load(&srv->stopping)) {
 			break;
@@ -1026,6 +1060,44 @@ int vfu_server_serve_conn(struct vfu_server *srv, struct vfu_conn *conn)
 		server_handle_msg(srv, &msg);
 	}
 	server_conn_cleanup(srv);
+	return ret < 0 ? ret : 0;
+
+handed_over:
+	pthread_mutex_lock(&srv->lock);
+	srv->conn = NULL;
+	srv->negotiated = false;
+	pthread_mutex_unlock(&srv->lock);
+	return SERVE_HANDED_OVER;
+}
+
+/* Make conn the client: fresh negotiation. -EBUSY if one is served. */
+static int server_attach(struct vfu_server *srv, struct vfu_conn *conn)
+{
+	pthread_mutex_lock(&srv->lock);
+	if (srv->conn) {
+		pthread_mutex_unlock(&srv->lock);
+		return -EBUSY;
+	}
+	srv->conn = conn;
+	srv->dispatcher = pthread_self();
+	srv->negotiated = false;
+	srv->xfer_max = srv->cfg.max_data_xfer_size;
+	srv->lim.max_data_xfer_size = srv->cfg.max_data_xfer_size;
+	vfu_caps_defaults(&srv->client_caps);
+	pthread_mutex_unlock(&srv->lock);
+	conn->max_fds = srv->cfg.max_msg_fds;
+	if (srv->desc.ops->attach)
+		srv->desc.ops->attach(srv->desc.dev);
+	return 0;
+}
+
+int vfu_server_serve_conn(struct vfu_server *srv, struct vfu_conn *conn)
+{
+	int ret = server_attach(srv, conn);
+
+	if (ret)
+		return ret;
+	ret = server_serve_loop(srv, conn);
 	return ret < 0 ? ret : 0;
 }
 
@@ -1111,9 +1183,12 @@ struct vfu_server *vfu_server_create(const struct vfu_device_desc *desc,
 	srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (srv->stop_fd < 0)
 		goto err_free_irqs;
+	srv->hold_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (srv->hold_fd < 0)
+		goto err_close_stop;
 	if (vfu_dma_table_init(&srv->dma, srv->cfg.max_dma_maps,
 			       srv->cfg.max_dma_size))
-		goto err_close_stop;
+		goto err_close_hold;
 	pthread_mutex_init(&srv->lock, NULL);
 	{
 		pthread_condattr_t ca;
@@ -1127,6 +1202,8 @@ struct vfu_server *vfu_server_create(const struct vfu_device_desc *desc,
 	}
 	return srv;
 
+err_close_hold:
+	close_safely(&srv->hold_fd);
 err_close_stop:
 	close_safely(&srv->stop_fd);
 err_free_irqs:
@@ -1143,6 +1220,10 @@ void vfu_server_destroy(struct vfu_server *srv)
 		return;
 	close_safely(&srv->listen_fd);
 	close_safely(&srv->stop_fd);
+	close_safely(&srv->hold_fd);
+	/* Taken over but never served: only our copy of the socket. */
+	if (srv->has_adopted)
+		vfu_conn_close(&srv->adopted);
 	for (uint32_t i = 0; i < VFU_PCI_NUM_IRQS; i++) {
 		for (uint32_t v = 0; v < srv->desc.irq_count[i]; v++)
 			close_safely(&srv->irq_fds[i][v]);
@@ -1167,18 +1248,48 @@ int vfu_server_listen(struct vfu_server *srv, const char *path,
 	return 0;
 }
 
+/* The client a previous server process was serving: no VERSION, no
+ * attach (for the client nothing happened). */
+static int server_serve_adopted(struct vfu_server *srv)
+{
+	int ret;
+
+	pthread_mutex_lock(&srv->lock);
+	srv->dispatcher = pthread_self();
+	pthread_mutex_unlock(&srv->lock);
+	pr_info("%s: serving the client taken over", srv->desc.name);
+	ret = server_serve_loop(srv, &srv->adopted);
+	vfu_conn_close(&srv->adopted);
+	srv->has_adopted = false;
+	if (ret != SERVE_HANDED_OVER)
+		pr_info("%s: client gone, device state kept", srv->desc.name);
+	return ret;
+}
+
 int vfu_server_run(struct vfu_server *srv)
 {
+	int ret;
+
 	if (srv->listen_fd < 0)
 		return -EINVAL;
+	if (srv->has_adopted) {
+		ret = server_serve_adopted(srv);
+		if (ret)
+			return ret == SERVE_HANDED_OVER ? 0 : ret;
+	}
 	for (;;) {
 		struct vfu_conn conn;
 		uid_t peer = 0;
-		int ret, fd;
+		int fd;
 
 		ret = server_wait(srv, srv->listen_fd);
-		if (ret <= 0)
-			return ret;
+		if (ret == WAIT_HOLD) {
+			if (server_hold_point(srv))
+				return 0;
+			continue;
+		}
+		if (ret != WAIT_READABLE)
+			return ret < 0 ? ret : 0;
 		fd = accept4(srv->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED ||
@@ -1195,8 +1306,12 @@ int vfu_server_run(struct vfu_server *srv)
 		}
 		vfu_conn_init_sock(&conn, fd);
 		pr_info("%s: client connected", srv->desc.name);
-		vfu_server_serve_conn(srv, &conn);
+		ret = server_attach(srv, &conn);
+		if (!ret)
+			ret = server_serve_loop(srv, &conn);
 		vfu_conn_close(&conn);
+		if (ret == SERVE_HANDED_OVER)
+			return 0;
 		pr_info("%s: client gone, device state kept", srv->desc.name);
 	}
 }

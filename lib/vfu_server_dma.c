@@ -32,12 +32,82 @@ int vfu_dma_table_init(struct vfu_dma_table *t, uint32_t max_maps,
 	return -pthread_rwlock_init(&t->lock, NULL);
 }
 
-static void region_release(struct vfu_dma_region *r)
+/*
+ * The file table. A region keeps its file open (file_get) until it is
+ * unmapped (file_put): the mapping alone would serve the device, but a
+ * live update must be able to hand the file to the next process.
+ */
+
+/* Take ownership of fd for a new region: its file's index, or -errno
+ * (fd closed on every path but the one that keeps it). */
+static int32_t file_get(struct vfu_dma_table *t, int fd,
+			const struct stat *st)
+{
+	bool regular = S_ISREG(st->st_mode);
+	int32_t free_slot = -1;
+	struct vfu_dma_file *f;
+
+	for (uint32_t i = 0; i < t->nr_files; i++) {
+		f = &t->files[i];
+		if (f->fd < 0) {
+			if (free_slot < 0)
+				free_slot = (int32_t)i;
+			continue;
+		}
+		/* Same inode: mmap of either fd reaches the same pages. */
+		if (regular && f->regular && f->dev == st->st_dev &&
+		    f->ino == st->st_ino) {
+			f->refs++;
+			close_safely(&fd);
+			return (int32_t)i;
+		}
+	}
+	if (free_slot < 0) {
+		if (t->nr_files >= INT32_MAX - 1)
+			goto err_close;
+		f = realloc(t->files, (t->nr_files + 1) * sizeof(*f));
+		if (!f)
+			goto err_close;
+		t->files = f;
+		free_slot = (int32_t)t->nr_files++;
+	}
+	t->files[free_slot] = (struct vfu_dma_file){
+		.fd = fd, .dev = st->st_dev, .ino = st->st_ino,
+		.regular = regular, .refs = 1,
+	};
+	return free_slot;
+
+err_close:
+	close_safely(&fd);
+	return -ENOMEM;
+}
+
+static void file_put(struct vfu_dma_table *t, int32_t i)
+{
+	struct vfu_dma_file *f;
+
+	if (i < 0 || (uint32_t)i >= t->nr_files)
+		return;
+	f = &t->files[i];
+	if (f->fd >= 0 && --f->refs == 0)
+		close_safely(&f->fd);
+}
+
+int vfu_dma_table_file_fd(const struct vfu_dma_table *t, int32_t i)
+{
+	if (i < 0 || (uint32_t)i >= t->nr_files)
+		return -1;
+	return t->files[i].fd;
+}
+
+static void region_release(struct vfu_dma_table *t, struct vfu_dma_region *r)
 {
 	if (r->map)
 		munmap(r->map, r->map_len);
 	free(r->dirty);
+	file_put(t, r->file);
 	memset(r, 0, sizeof(*r));
+	r->file = -1;
 }
 
 void vfu_dma_table_destroy(struct vfu_dma_table *t)
@@ -46,6 +116,9 @@ void vfu_dma_table_destroy(struct vfu_dma_table *t)
 	free(t->regions);
 	t->regions = NULL;
 	t->cap = 0;
+	free(t->files);
+	t->files = NULL;
+	t->nr_files = 0;
 	pthread_rwlock_destroy(&t->lock);
 }
 
@@ -94,20 +167,19 @@ static int region_alloc_dirty(const struct vfu_dma_table *t,
 /* mmap the client's fd for [offset, offset+size), refusing a file that
  * is shorter than the mapping (touching past EOF would SIGBUS us). */
 static int region_mmap(struct vfu_dma_region *r, const struct vfu_dma_map *m,
-		       int fd)
+		       int fd, struct stat *st)
 {
 	long pgsz = sysconf(_SC_PAGESIZE);
 	uint64_t aligned = m->offset & ~((uint64_t)pgsz - 1);
 	uint64_t delta = m->offset - aligned, len, end;
 	int prot = 0;
-	struct stat st;
 	void *p;
 
-	if (fstat(fd, &st) < 0)
+	if (fstat(fd, st) < 0)
 		return -errno;
 	if (check_add_overflow(m->offset, m->size, &end))
 		return -EINVAL;
-	if (S_ISREG(st.st_mode) && end > (uint64_t)st.st_size)
+	if (S_ISREG(st->st_mode) && end > (uint64_t)st->st_size)
 		return -EINVAL;
 	if (check_add_overflow(m->size, delta, &len) || len > SIZE_MAX)
 		return -EINVAL;
@@ -123,6 +195,7 @@ static int region_mmap(struct vfu_dma_region *r, const struct vfu_dma_map *m,
 	r->map = p;
 	r->map_len = (size_t)len;
 	r->addr = (uint8_t *)p + delta;
+	r->fd_offset = m->offset;
 	return 0;
 }
 
@@ -131,8 +204,9 @@ int vfu_dma_table_map(struct vfu_dma_table *t, const struct vfu_dma_map *m,
 {
 	struct vfu_dma_region r = {
 		.iova = m->addr, .size = m->size,
-		.prot = m->flags & VFU_DMA_MAP_FLAGS_ALL,
+		.prot = m->flags & VFU_DMA_MAP_FLAGS_ALL, .file = -1,
 	};
+	struct stat st;
 	uint32_t i;
 	int ret;
 
@@ -160,7 +234,7 @@ int vfu_dma_table_map(struct vfu_dma_table *t, const struct vfu_dma_map *m,
 		t->cap = ncap;
 	}
 	if (fd >= 0) {
-		ret = region_mmap(&r, m, fd);
+		ret = region_mmap(&r, m, fd, &st);
 		if (ret)
 			goto err_unlock;
 	}
@@ -170,17 +244,25 @@ int vfu_dma_table_map(struct vfu_dma_table *t, const struct vfu_dma_map *m,
 		if (ret)
 			goto err_release;
 	}
+	if (fd >= 0) {
+		/* fd belongs to the file table from here on. */
+		r.file = file_get(t, fd, &st);
+		fd = -1;
+		if (r.file < 0) {
+			ret = r.file;
+			r.file = -1;
+			goto err_release;
+		}
+	}
 	memmove(&t->regions[i + 1], &t->regions[i],
 		(t->nr - i) * sizeof(*t->regions));
 	t->regions[i] = r;
 	t->nr++;
 	pthread_rwlock_unlock(&t->lock);
-	/* The mapping holds its own reference to the file. */
-	close_safely(&fd);
 	return 0;
 
 err_release:
-	region_release(&r);
+	region_release(t, &r);
 err_unlock:
 	pthread_rwlock_unlock(&t->lock);
 	close_safely(&fd);
@@ -200,7 +282,7 @@ int vfu_dma_table_unmap(struct vfu_dma_table *t, uint64_t iova, uint64_t size)
 		return -ENOENT;
 	}
 	i = (uint32_t)(r - t->regions);
-	region_release(r);
+	region_release(t, r);
 	memmove(&t->regions[i], &t->regions[i + 1],
 		(t->nr - i - 1) * sizeof(*t->regions));
 	t->nr--;
@@ -212,7 +294,7 @@ void vfu_dma_table_unmap_all(struct vfu_dma_table *t)
 {
 	pthread_rwlock_wrlock(&t->lock);
 	for (uint32_t i = 0; i < t->nr; i++)
-		region_release(&t->regions[i]);
+		region_release(t, &t->regions[i]);
 	t->nr = 0;
 	pthread_rwlock_unlock(&t->lock);
 }

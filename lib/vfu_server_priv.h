@@ -27,7 +27,10 @@ struct vfu_dma_region {
 	uint64_t iova;
 	uint64_t size;
 	uint32_t prot;		/* VFU_DMA_FLAG_READ | WRITE */
-	/* fd-backed: the mapping; message-based: map == NULL */
+	/* fd-backed: the file (index in the table's files) and offset of
+	 * the mapping; message-based: file -1, map == NULL */
+	int32_t file;
+	uint64_t fd_offset;
 	void *map;
 	size_t map_len;
 	uint8_t *addr;		/* iova maps here (inside map) */
@@ -39,11 +42,28 @@ struct vfu_dma_region {
 	uint64_t dirty_pages;
 };
 
+/*
+ * A file the client mapped, kept open so that a live update can hand the
+ * mapping to a new process. One entry per regular file (guest RAM is one
+ * memfd however many maps cut it), whatever number of fds it came with;
+ * other kinds of fd each get their own. fd -1: a free slot (indexes held
+ * by regions never move).
+ */
+struct vfu_dma_file {
+	int fd;
+	dev_t dev;
+	ino_t ino;
+	bool regular;
+	uint32_t refs;		/* regions mapping it */
+};
+
 struct vfu_dma_table {
 	/* Readers: device DMA. Writer: map/unmap/log changes. */
 	pthread_rwlock_t lock;
 	struct vfu_dma_region *regions;	/* sorted by iova, disjoint */
 	uint32_t nr, cap;
+	struct vfu_dma_file *files;
+	uint32_t nr_files;		/* slots in use or free */
 	uint32_t max_maps;
 	uint64_t max_size;
 	/* DMA dirty logging */
@@ -62,6 +82,14 @@ struct vfu_dma_waiter {
 	struct vfu_msg reply;		/* owned by the waiter once done */
 };
 
+/* Where the dispatcher stands with respect to a live update's hold. */
+enum vfu_hold {
+	VFU_HOLD_NONE,		/* serving */
+	VFU_HOLD_WANTED,	/* asked to park at the next message boundary */
+	VFU_HOLD_PARKED,	/* parked: reads nothing, sends nothing */
+	VFU_HOLD_HANDOVER,	/* the session went to another process */
+};
+
 struct vfu_server {
 	struct vfu_device_desc desc;
 	struct vfu_server_config cfg;
@@ -69,6 +97,12 @@ struct vfu_server {
 	struct sock_access access;	/* who may connect */
 	int stop_fd;			/* eventfd: vfu_server_stop() */
 	atomic_bool stopping;
+	int hold_fd;			/* eventfd: wakes the dispatcher */
+	enum vfu_hold hold;		/* under lock */
+	/* A client taken over from a previous server process: served
+	 * first by vfu_server_run(), already negotiated. */
+	struct vfu_conn adopted;
+	bool has_adopted;
 
 	/* Protects conn, waiters, conn_users, next_msg_id, mig_state
 	 * reads from device threads and the IRQ fd table. */
@@ -104,6 +138,8 @@ int vfu_dma_table_map(struct vfu_dma_table *t, const struct vfu_dma_map *m,
 int vfu_dma_table_unmap(struct vfu_dma_table *t, uint64_t iova,
 			uint64_t size);
 void vfu_dma_table_unmap_all(struct vfu_dma_table *t);
+/* fd of file index i, -1 if the slot is free or out of range. */
+int vfu_dma_table_file_fd(const struct vfu_dma_table *t, int32_t i);
 int vfu_dma_log_start(struct vfu_dma_table *t, uint64_t pgsize,
 		      const struct vfu_dma_log_range *ranges, uint32_t nr);
 /* Idempotent: a STOP with logging off is not an error. */

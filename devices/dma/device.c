@@ -35,9 +35,10 @@ int ferry_dma_config_check(const struct ferry_dma_config *cfg,
 	return 0;
 }
 
-int ferry_dma_create(const struct ferry_dma_config *cfg,
-		     const struct ferry_dma_host_ops *host_ops, void *host,
-		     struct ferry_dma **out)
+/* A device object with its locks, no memory and no threads yet. */
+int fdma_new(const struct ferry_dma_config *cfg,
+	     const struct ferry_dma_host_ops *host_ops, void *host,
+	     struct ferry_dma **out)
 {
 	struct ferry_dma *d;
 	char err[128];
@@ -65,33 +66,65 @@ int ferry_dma_create(const struct ferry_dma_config *cfg,
 	d->mig_state = VFU_MIG_STATE_RUNNING;
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_cond_init(&d->cond, NULL);
-
-	ret = fdma_devmem_init(d);
-	if (ret)
-		goto err_free;
-	fdma_config_init(d);
-	fdma_regs_soft_reset(d);
-	ret = fdma_engine_start(d);
-	if (ret)
-		goto err_devmem;
-	ret = fdma_dirty_start(d);
-	if (ret)
-		goto err_engine;
 	*out = d;
 	return 0;
+}
 
-err_engine:
+void fdma_free(struct ferry_dma *d)
+{
+	pthread_cond_destroy(&d->cond);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+}
+
+/* The engine and the dirtier; on failure neither runs. */
+int fdma_start(struct ferry_dma *d)
+{
+	int ret;
+
+	ret = fdma_engine_start(d);
+	if (ret)
+		return ret;
+	ret = fdma_dirty_start(d);
+	if (ret)
+		goto err_stop_engine;
+	return 0;
+
+err_stop_engine:
 	pthread_mutex_lock(&d->lock);
 	d->stopping = true;
 	pthread_cond_broadcast(&d->cond);
 	pthread_mutex_unlock(&d->lock);
 	fdma_engine_join(d);
+	d->stopping = false;
+	return ret;
+}
+
+int ferry_dma_create(const struct ferry_dma_config *cfg,
+		     const struct ferry_dma_host_ops *host_ops, void *host,
+		     struct ferry_dma **out)
+{
+	struct ferry_dma *d;
+	int ret;
+
+	ret = fdma_new(cfg, host_ops, host, &d);
+	if (ret)
+		return ret;
+	ret = fdma_devmem_init(d);
+	if (ret)
+		goto err_free;
+	fdma_config_init(d);
+	fdma_regs_soft_reset(d);
+	ret = fdma_start(d);
+	if (ret)
+		goto err_devmem;
+	*out = d;
+	return 0;
+
 err_devmem:
 	fdma_devmem_fini(d);
 err_free:
-	pthread_cond_destroy(&d->cond);
-	pthread_mutex_destroy(&d->lock);
-	free(d);
+	fdma_free(d);
 	return ret;
 }
 
@@ -107,9 +140,7 @@ void ferry_dma_destroy(struct ferry_dma *d)
 	fdma_dirty_join(d);
 	fdma_mig_reset(d);
 	fdma_devmem_fini(d);
-	pthread_cond_destroy(&d->cond);
-	pthread_mutex_destroy(&d->lock);
-	free(d);
+	fdma_free(d);
 }
 
 static ssize_t fdma_region_access(void *dev, uint32_t index, uint64_t offset,
@@ -144,6 +175,7 @@ static int fdma_reset(void *dev)
 	memset(d->msix_table, 0, sizeof(d->msix_table));
 	fdma_devmem_zero(d);
 	fdma_devmem_clear_all(d);
+	d->resets++;
 	pthread_cond_broadcast(&d->cond);
 	pthread_mutex_unlock(&d->lock);
 	pr_info("%s: device reset", d->name);

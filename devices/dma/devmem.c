@@ -12,9 +12,11 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,24 +26,13 @@
 
 #define DIRTY_TICK_MS	10u
 
-int fdma_devmem_init(struct ferry_dma *d)
+/* Map d->devmem_fd and size the dirty bitmap; d->devmem_fd is closed on
+ * failure. */
+static int devmem_map(struct ferry_dma *d)
 {
 	uint64_t size = d->cfg.devmem_size;
-	uint64_t words;
 	int ret;
 
-	d->devmem_fd = memfd_create("ferry-dma-devmem",
-				    MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (d->devmem_fd < 0)
-		return -errno;
-	/* Sealed at its size: a client that maps BAR2 into a guest knows
-	 * it can never shrink under it (a mapping past the end of a file
-	 * faults). */
-	if (ftruncate(d->devmem_fd, (off_t)size) < 0 ||
-	    fcntl(d->devmem_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
-		ret = -errno;
-		goto err_close_fd;
-	}
 	d->devmem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
 			 d->devmem_fd, 0);
 	if (d->devmem == MAP_FAILED) {
@@ -50,8 +41,7 @@ int fdma_devmem_init(struct ferry_dma *d)
 		goto err_close_fd;
 	}
 	d->nr_chunks = size / FERRY_DMA_MIG_CHUNK;
-	words = DIV_ROUND_UP(d->nr_chunks, 64);
-	d->dirty = calloc(words, sizeof(uint64_t));
+	d->dirty = calloc(DIV_ROUND_UP(d->nr_chunks, 64), sizeof(uint64_t));
 	if (!d->dirty) {
 		ret = -ENOMEM;
 		goto err_unmap;
@@ -64,6 +54,57 @@ err_unmap:
 err_close_fd:
 	close_safely(&d->devmem_fd);
 	return ret;
+}
+
+int fdma_devmem_init(struct ferry_dma *d)
+{
+	int ret;
+
+	d->devmem_fd = memfd_create("ferry-dma-devmem",
+				    MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (d->devmem_fd < 0)
+		return -errno;
+	/* Sealed at its size: a client that maps BAR2 into a guest knows
+	 * it can never shrink under it (a mapping past the end of a file
+	 * faults). */
+	if (ftruncate(d->devmem_fd, (off_t)d->cfg.devmem_size) < 0 ||
+	    fcntl(d->devmem_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+		ret = -errno;
+		close_safely(&d->devmem_fd);
+		return ret;
+	}
+	return devmem_map(d);
+}
+
+/*
+ * The device memory of the process this one takes over from: the same
+ * memfd, mapped again -- no copy, and the client's own mapping of BAR2
+ * (the guest's) stays valid. Checked as a client would: the configured
+ * size, sealed at it. fd is ours from here on (closed on failure).
+ */
+int fdma_devmem_adopt(struct ferry_dma *d, int fd, char *err, size_t errlen)
+{
+	const int want = F_SEAL_SHRINK | F_SEAL_GROW;
+	struct stat st = { 0 };
+	int seals;
+
+	d->devmem_fd = fd;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (uint64_t)st.st_size != d->cfg.devmem_size) {
+		snprintf(err, errlen, "device memory fd: %lld bytes, %llu "
+			 "expected", (long long)st.st_size,
+			 (unsigned long long)d->cfg.devmem_size);
+		close_safely(&d->devmem_fd);
+		return -EINVAL;
+	}
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & want) != want) {
+		snprintf(err, errlen, "device memory fd is not sealed at its "
+			 "size (seals 0x%x)", seals);
+		close_safely(&d->devmem_fd);
+		return -EINVAL;
+	}
+	return devmem_map(d);
 }
 
 void fdma_devmem_fini(struct ferry_dma *d)
@@ -171,7 +212,7 @@ static void *dirty_thread_fn(void *arg)
 		}
 		pthread_cond_timedwait(&d->cond, &d->lock, &ts);
 		now = clock_ns();
-		if (!fdma_is_running(d)) {
+		if (!fdma_is_running(d) || d->paused) {
 			/* No state change while stopped, and no catching up
 			 * afterwards either. */
 			credit = 0;

@@ -64,6 +64,40 @@ struct fdma_regs {
 	bool halted;		/* ring fetch failed: stop until reset */
 };
 
+/*
+ * The device state as the migration stream's STATE record carries it
+ * (docs/ferry-dma.md), and inside a live update's state too. Packed:
+ * its layout is the wire format.
+ */
+struct fdma_mig_state {
+	uint32_t ctrl;
+	uint32_t ring_size;
+	uint64_t ring_base;
+	uint32_t ring_head;
+	uint32_t ring_tail;
+	uint32_t irq_status;
+	uint32_t irq_mask;
+	uint32_t irq_pending;
+	uint32_t errors;
+	uint64_t completed;
+	uint64_t bytes;
+	uint64_t irqs_raised;
+	uint32_t running_crc;
+	uint32_t scratch;
+	uint32_t latch[FDMA_LATCH_NR];
+	uint32_t halted;
+	uint32_t inflight_valid;
+	int32_t inflight_status;
+	uint32_t inflight_crc;
+	uint32_t inflight_run_crc;
+	uint32_t msix_pba;
+	uint64_t inflight_done;
+	struct ferry_dma_desc inflight_desc;
+	uint8_t msix_table[FERRY_DMA_MAX_VECTORS * PCI_MSIX_ENTRY_SIZE];
+	uint8_t config[FDMA_CONFIG_SAVED];
+	uint32_t resets;	/* stream 2.0 */
+} __attribute__((packed));
+
 struct fdma_save {
 	bool active;
 	bool stop_copy;		/* STOP_COPY: state + end follow the memory */
@@ -122,11 +156,15 @@ struct ferry_dma {
 	struct fdma_save save;
 	struct fdma_load load;
 
+	uint32_t resets;	/* RESETS: survives every reset */
+
 	pthread_t engine_thread;
 	bool engine_started;
 	bool engine_busy;
 	bool reset_pending;	/* CTRL_RESET while the engine was busy */
 	bool stopping;		/* destroy: threads exit */
+	/* Live update: engine and dirtier take no new step (takeover.c). */
+	bool paused;
 
 	pthread_t dirty_thread;
 	bool dirty_started;
@@ -136,6 +174,11 @@ struct ferry_dma {
 
 /* device.c */
 bool fdma_is_running(const struct ferry_dma *d);
+int fdma_new(const struct ferry_dma_config *cfg,
+	     const struct ferry_dma_host_ops *host_ops, void *host,
+	     struct ferry_dma **out);
+int fdma_start(struct ferry_dma *d);
+void fdma_free(struct ferry_dma *d);
 
 /* regs.c */
 void fdma_config_init(struct ferry_dma *d);
@@ -173,9 +216,19 @@ ssize_t fdma_bar2_access(struct ferry_dma *d, uint64_t off, void *buf,
 int fdma_dirty_start(struct ferry_dma *d);
 void fdma_dirty_join(struct ferry_dma *d);
 
+int fdma_devmem_adopt(struct ferry_dma *d, int fd, char *err, size_t errlen);
+
 /* migration.c */
 extern const struct vfu_mig_ops fdma_mig_ops;
 extern const struct vfu_mig_ops fdma_mig_ops_stop_copy;
 void fdma_mig_reset(struct ferry_dma *d);
+/* Lock held. A saving or resuming session is open (PRE_COPY, STOP_COPY,
+ * RESUMING...): state that only a migration stream carries. */
+bool fdma_mig_session_open(const struct ferry_dma *d);
+/* The device state in and out of struct fdma_mig_state; check validates
+ * what apply trusts (pr_err says why; -EINVAL). Lock held. */
+void fdma_state_capture(struct ferry_dma *d, struct fdma_mig_state *s);
+int fdma_state_check(struct ferry_dma *d, const struct fdma_mig_state *s);
+void fdma_state_apply(struct ferry_dma *d, const struct fdma_mig_state *s);
 
 #endif /* FERRY_DMA_INTERNAL_H */

@@ -23,7 +23,7 @@
 
 bool fdma_engine_has_work(const struct ferry_dma *d)
 {
-	if (!fdma_is_running(d) || d->regs.halted ||
+	if (!fdma_is_running(d) || d->paused || d->regs.halted ||
 	    !(d->regs.ctrl & FERRY_DMA_CTRL_ENABLE))
 		return false;
 	return d->inflight.valid || d->regs.ring_head != d->regs.ring_tail;
@@ -55,6 +55,7 @@ static bool window_close(struct ferry_dma *d)
 	pthread_cond_broadcast(&d->cond);
 	if (d->reset_pending) {
 		fdma_regs_soft_reset(d);
+		d->resets++;
 		return false;
 	}
 	return true;

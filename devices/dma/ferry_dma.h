@@ -72,9 +72,59 @@ void *ferry_dma_devmem(struct ferry_dma *d);
  * -ETIMEDOUT. */
 int ferry_dma_wait_idle(struct ferry_dma *d, uint32_t timeout_ms);
 
+/*
+ * Live update (ferry-dev --takeover): the device moves to a new process
+ * with no reset and nothing lost.
+ *
+ * pause: the engine ends the step it is in (one 64 KiB slice at most; a
+ * descriptor stays in flight with its progress, as when the device stops
+ * for migration) and takes no new one; the internal dirtier stops too.
+ * 0, or -ETIMEDOUT if the step did not end within timeout_ms (nothing is
+ * paused then). A paused device raises no interrupt of its own.
+ * unpause: signal what became deliverable and run again.
+ *
+ * save: while paused, and with the server held so that no request
+ * changes the device under it: the state as a versioned blob (malloc'd),
+ * for adopt. -EBUSY while a migration data session is open (PRE_COPY,
+ * STOP_COPY, RESUMING: the stream position is not carried; update the
+ * server before or after a migration, not during it).
+ *
+ * adopt: a device rebuilt from a saved state over the old process's
+ * device memory (devmem_fd, the memfd of ferry_dma_devmem_fd(): the same
+ * pages, mapped again, no copy; ours from here on, closed on failure).
+ * It starts paused: nothing runs, no interrupt is signalled and device
+ * memory is not written until ferry_dma_unpause(). cfg must describe the
+ * same device (memory size, vectors, pre-copy or not); the knobs (dirty
+ * rate, load latency, name) may change. Every field of the blob is
+ * checked; err says what was refused.
+ */
+int ferry_dma_pause(struct ferry_dma *d, uint32_t timeout_ms);
+void ferry_dma_unpause(struct ferry_dma *d);
+int ferry_dma_save(struct ferry_dma *d, void **blob, size_t *len);
+int ferry_dma_devmem_fd(struct ferry_dma *d);
+enum vfu_mig_state ferry_dma_mig_state(struct ferry_dma *d);
+
+/* Debug only: state a broken live update would lose, for the negative
+ * controls of the tests (the field is left as a fresh device has it). */
+#define FERRY_DMA_X_LOSE_IRQ_PENDING	(1u << 0)	/* pending causes, PBA */
+#define FERRY_DMA_X_LOSE_RING_TAIL	(1u << 1)
+
+struct ferry_dma_adopt {
+	int devmem_fd;
+	const void *blob;
+	size_t len;
+	uint32_t x_lose;		/* FERRY_DMA_X_LOSE_*: tests only */
+};
+
+int ferry_dma_adopt(const struct ferry_dma_config *cfg,
+		    const struct ferry_dma_host_ops *host_ops, void *host,
+		    const struct ferry_dma_adopt *from, char *err,
+		    size_t errlen, struct ferry_dma **out);
+
 /* Migration stream format constants (docs/ferry-dma.md). */
 #define FERRY_DMA_MIG_MAGIC		0x314d47494d414446ull	/* "FDAMIGM1" */
-#define FERRY_DMA_MIG_MAJOR		1u
+/* 2.0: RESETS in the STATE record (1.x streams are refused). */
+#define FERRY_DMA_MIG_MAJOR		2u
 #define FERRY_DMA_MIG_MINOR		0u
 #define FERRY_DMA_MIG_CHUNK		(64u * 1024u)
 

@@ -56,34 +56,6 @@ struct fdma_mig_rec {
 	uint32_t crc;	/* over this header with crc = 0, then the payload */
 } __attribute__((packed));
 
-struct fdma_mig_state {
-	uint32_t ctrl;
-	uint32_t ring_size;
-	uint64_t ring_base;
-	uint32_t ring_head;
-	uint32_t ring_tail;
-	uint32_t irq_status;
-	uint32_t irq_mask;
-	uint32_t irq_pending;
-	uint32_t errors;
-	uint64_t completed;
-	uint64_t bytes;
-	uint64_t irqs_raised;
-	uint32_t running_crc;
-	uint32_t scratch;
-	uint32_t latch[FDMA_LATCH_NR];
-	uint32_t halted;
-	uint32_t inflight_valid;
-	int32_t inflight_status;
-	uint32_t inflight_crc;
-	uint32_t inflight_run_crc;
-	uint32_t msix_pba;
-	uint64_t inflight_done;
-	struct ferry_dma_desc inflight_desc;
-	uint8_t msix_table[FERRY_DMA_MAX_VECTORS * PCI_MSIX_ENTRY_SIZE];
-	uint8_t config[FDMA_CONFIG_SAVED];
-} __attribute__((packed));
-
 _Static_assert(sizeof(struct fdma_mig_hdr) == 48, "stream header");
 _Static_assert(sizeof(struct fdma_mig_rec) == 24, "record header");
 _Static_assert(FDMA_MIG_HDR_CRC_LEN ==
@@ -195,7 +167,7 @@ static void encode_chunk(struct ferry_dma *d, uint64_t chunk)
 	encode_rec(d, FDMA_REC_DEVMEM, FERRY_DMA_MIG_CHUNK, off);
 }
 
-static void state_capture(struct ferry_dma *d, struct fdma_mig_state *s)
+void fdma_state_capture(struct ferry_dma *d, struct fdma_mig_state *s)
 {
 	const struct fdma_regs *r = &d->regs;
 	const struct fdma_inflight *f = &d->inflight;
@@ -226,6 +198,7 @@ static void state_capture(struct ferry_dma *d, struct fdma_mig_state *s)
 	s->msix_pba = d->msix_pba;
 	memcpy(s->msix_table, d->msix_table, sizeof(s->msix_table));
 	memcpy(s->config, d->config, sizeof(s->config));
+	s->resets = d->resets;
 }
 
 /* Produce the next unit of the stream into save.out; false: none now. */
@@ -262,7 +235,8 @@ static bool save_next(struct ferry_dma *d)
 	if (!s->stop_copy)
 		return false;
 	if (!s->state_done) {
-		state_capture(d, (struct fdma_mig_state *)(s->out + REC_HDR));
+		fdma_state_capture(d,
+				   (struct fdma_mig_state *)(s->out + REC_HDR));
 		encode_rec(d, FDMA_REC_STATE, sizeof(struct fdma_mig_state), 0);
 		s->state_done = true;
 		s->out_initial = false;
@@ -484,7 +458,7 @@ static int load_rec_hdr(struct ferry_dma *d, const struct fdma_mig_rec *rec)
 	return load_fail(d);
 }
 
-static int state_check(struct ferry_dma *d, const struct fdma_mig_state *s)
+int fdma_state_check(struct ferry_dma *d, const struct fdma_mig_state *s)
 {
 	struct ferry_dma_desc desc = s->inflight_desc;
 	uint16_t vendor, device;
@@ -560,7 +534,7 @@ static int load_rec(struct ferry_dma *d)
 		memcpy(d->devmem + rec.offset, payload, rec.len);
 		break;
 	case FDMA_REC_STATE:
-		if (state_check(d, (const struct fdma_mig_state *)payload))
+		if (fdma_state_check(d, (const struct fdma_mig_state *)payload))
 			return load_fail(d);
 		memcpy(d->load.state, payload, rec.len);
 		d->load.have_state = true;
@@ -666,7 +640,7 @@ out_unlock:
 	return ret ? ret : (ssize_t)len;
 }
 
-static void state_apply(struct ferry_dma *d, const struct fdma_mig_state *s)
+void fdma_state_apply(struct ferry_dma *d, const struct fdma_mig_state *s)
 {
 	struct fdma_regs *r = &d->regs;
 	struct fdma_inflight *f = &d->inflight;
@@ -695,6 +669,7 @@ static void state_apply(struct ferry_dma *d, const struct fdma_mig_state *s)
 	f->done = s->inflight_done;
 	f->desc = s->inflight_desc;
 	d->msix_pba = s->msix_pba;
+	d->resets = s->resets;
 	memcpy(d->msix_table, s->msix_table, sizeof(d->msix_table));
 	/* Only what the guest could have written; identity stays ours. */
 	for (i = 0; i < FDMA_CONFIG_SAVED; i++) {
@@ -721,7 +696,7 @@ static int load_finish(struct ferry_dma *d)
 		l->err = -EINVAL;
 		return -EINVAL;
 	}
-	state_apply(d, (const struct fdma_mig_state *)l->state);
+	fdma_state_apply(d, (const struct fdma_mig_state *)l->state);
 	load_end(d);
 	fdma_devmem_clear_all(d);
 	return 0;
@@ -771,6 +746,11 @@ static int fdma_set_state(void *dev, enum vfu_mig_state from,
 out_unlock:
 	pthread_mutex_unlock(&d->lock);
 	return ret;
+}
+
+bool fdma_mig_session_open(const struct ferry_dma *d)
+{
+	return d->save.active || d->load.active;
 }
 
 void fdma_mig_reset(struct ferry_dma *d)

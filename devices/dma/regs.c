@@ -229,6 +229,8 @@ static uint32_t reg_read(struct ferry_dma *d, uint32_t off)
 		return r->latch[FDMA_LATCH_IRQS_RAISED];
 	case FERRY_DMA_REG_SCRATCH:
 		return r->scratch;
+	case FERRY_DMA_REG_RESETS:
+		return d->resets;
 	default:
 		return 0;
 	}
@@ -243,10 +245,12 @@ static void reg_write(struct ferry_dma *d, uint32_t off, uint32_t v)
 		if (v & FERRY_DMA_CTRL_RESET) {
 			/* The engine may be mid-slice with the lock dropped;
 			 * it applies the reset when the slice ends. */
-			if (d->engine_busy)
+			if (d->engine_busy) {
 				d->reset_pending = true;
-			else
+			} else {
 				fdma_regs_soft_reset(d);
+				d->resets++;
+			}
 			break;
 		}
 		r->ctrl = v & FERRY_DMA_CTRL_ENABLE;

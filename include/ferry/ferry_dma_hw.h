@@ -31,6 +31,13 @@
  * has completed, over the bytes each one produced (see ferry_dma_desc).
  * It only matches a driver's own shadow computation if the device state
  * migrated exactly.
+ *
+ * RESETS counts the resets the device went through since it was created:
+ * soft resets (CTRL_RESET) and function resets from the host (vfio-user
+ * DEVICE_RESET). It survives both (only creating the device zeroes it),
+ * and travels with the device when it is migrated or its server is
+ * live-updated, so a driver that sees it change knows its device was
+ * reset under it.
  */
 #ifndef FERRY_DMA_HW_H
 #define FERRY_DMA_HW_H
@@ -79,6 +86,7 @@ enum {
 	FERRY_DMA_REG_IRQS_RAISED_LO	= 0x50,	/* ro: interrupts signalled */
 	FERRY_DMA_REG_IRQS_RAISED_HI	= 0x54,
 	FERRY_DMA_REG_SCRATCH		= 0x58,	/* rw: free for drivers */
+	FERRY_DMA_REG_RESETS		= 0x5c,	/* ro: resets, see above */
 	FERRY_DMA_REG_END		= 0x60,
 };
 

@@ -38,6 +38,12 @@
  * Disconnect. When the client goes away the server unmaps every DMA
  * region, closes every IRQ eventfd, stops DMA logging, keeps the device
  * state (migration state included) and accepts the next client.
+ *
+ * Live update. A server process can hand its whole session -- listening
+ * socket, client connection, DMA maps (their files stay open for this),
+ * IRQ eventfds, negotiated caps, migration state, dirty logs -- to a new
+ * process, the client seeing only a pause (see "Live update" below and
+ * docs/vfio-user-extensions.md).
  */
 #ifndef FERRY_VFU_SERVER_H
 #define FERRY_VFU_SERVER_H
@@ -157,6 +163,49 @@ int vfu_server_dma_write(struct vfu_server *srv, uint64_t iova,
  * written, 0 if none is assigned (the device keeps it pending), -errno. */
 int vfu_server_irq_trigger(struct vfu_server *srv, uint32_t index,
 			   uint32_t sub);
+/*
+ * Live update (a new server process takes over this one's session).
+ *
+ * hold: ask the dispatcher to park at the next message boundary (between
+ * two messages, or while waiting to accept) and wait until it did, at
+ * most timeout_ms: 0, or -ETIMEDOUT (the request is withdrawn and the
+ * dispatcher serves on), -EBUSY (already held, or a device thread is in
+ * the middle of a DMA message exchange: stop the device first). While
+ * held, nothing is read from the client socket (requests wait in it) and
+ * the server sends nothing; vfu_server_run() must be running.
+ * release: serve again exactly as before.
+ * handover: the held dispatcher returns from vfu_server_run() with 0
+ * without touching the session: no message, no shutdown of the socket,
+ * no cleanup callback. Destroying the server then only closes this
+ * process's copies of the fds and unmaps its own mappings.
+ */
+struct cpr_fds;
+int vfu_server_hold(struct vfu_server *srv, unsigned int timeout_ms);
+void vfu_server_release(struct vfu_server *srv);
+void vfu_server_handover(struct vfu_server *srv);
+
+/*
+ * While held: register the session's fds in fds (borrowed; names
+ * "listen", "client", "dma.<n>", "irq.<index>.<vector>") and return a
+ * description of the session in *blob (malloc'd, versioned). -errno.
+ */
+int vfu_server_save(struct vfu_server *srv, struct cpr_fds *fds,
+		    void **blob, size_t *len);
+
+/*
+ * Into a server just created for the same device (never run, no listen):
+ * rebuild the session from blob and take its fds out of fds. Every field
+ * is checked (lengths, counts, ranges, the device's region and IRQ
+ * layout, every fd the blob names must be there); on error nothing is
+ * kept, err says why and -errno is returned. Nothing is sent to the
+ * client and no eventfd is signalled; vfu_server_run() later serves the
+ * client first, as negotiated. acc: who may connect from now on.
+ */
+int vfu_server_restore(struct vfu_server *srv, struct cpr_fds *fds,
+		       const void *blob, size_t len,
+		       const struct sock_access *acc, char *err,
+		       size_t errlen);
+
 /* Current migration state (for the device's own bookkeeping). */
 enum vfu_mig_state vfu_server_mig_state(struct vfu_server *srv);
 /* Negotiated dirty-log page size (0 when logging is off). */

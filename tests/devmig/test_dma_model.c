@@ -3,7 +3,10 @@
  * In-process tests of the ferry-dma model (no vfio-user server): every
  * descriptor kind against a shadow computation, interrupt masking and
  * pending delivery, stop with a descriptor in flight and migration of it
- * to a second device, and the resume path rejecting bad streams.
+ * to a second device, the resume path rejecting bad streams, the RESETS
+ * counter, and the live-update state: a device paused mid-descriptor
+ * with an interrupt pending is adopted over the same device memory and
+ * finishes exactly; every truncated or mis-fielded state is refused.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -11,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "ferry/crc32c.h"
@@ -748,6 +752,305 @@ static void test_dirty_rate(uint8_t *mem)
 	free(s.buf);
 }
 
+/*
+ * RESETS counts soft resets (CTRL_RESET, also one applied late because
+ * the engine was busy) and function resets (DEVICE_RESET), and a
+ * migrated device keeps the count of the device it came from.
+ */
+static void test_resets(uint8_t *mem)
+{
+	struct host ha, hb;
+	struct ferry_dma *a, *b;
+	struct stream s = { 0 };
+	pthread_t rel;
+
+	host_init(&ha, mem);
+	host_init(&hb, mem);
+	a = make(&ha, 64 << 10, 2);
+	b = make(&hb, 64 << 10, 2);
+	CHECK(rd(a, FERRY_DMA_REG_RESETS) == 0, "fresh device: %u",
+	      rd(a, FERRY_DMA_REG_RESETS));
+	wr(a, FERRY_DMA_REG_CTRL, FERRY_DMA_CTRL_RESET);
+	CHECK(rd(a, FERRY_DMA_REG_RESETS) == 1, "soft reset: %u",
+	      rd(a, FERRY_DMA_REG_RESETS));
+	CHECK(ferry_dma_vfu_ops.reset(a) == 0, "DEVICE_RESET");
+	CHECK(rd(a, FERRY_DMA_REG_RESETS) == 2, "DEVICE_RESET: %u",
+	      rd(a, FERRY_DMA_REG_RESETS));
+
+	/* A soft reset while the engine is inside a DMA is applied when
+	 * the DMA ends: counted once, then. */
+	ring_setup(a);
+	ha.block_at = 1;
+	submit(a, &ha, 0, (struct ferry_dma_desc){ .op = FERRY_DMA_OP_FILL,
+		.dst = DATA_IOVA, .len = 4096 });
+	pthread_mutex_lock(&ha.lock);
+	while (!ha.blocked)
+		pthread_cond_wait(&ha.cond, &ha.lock);
+	pthread_mutex_unlock(&ha.lock);
+	wr(a, FERRY_DMA_REG_CTRL, FERRY_DMA_CTRL_RESET);
+	CHECK(rd(a, FERRY_DMA_REG_CTRL) & FERRY_DMA_CTRL_RESET,
+	      "reset pending while busy");
+	pthread_create(&rel, NULL, release_later, &ha);
+	pthread_join(rel, NULL);
+	CHECK(ferry_dma_wait_idle(a, IDLE_TIMEOUT_MS) == 0, "idle");
+	CHECK(rd(a, FERRY_DMA_REG_RESETS) == 3, "late soft reset: %u",
+	      rd(a, FERRY_DMA_REG_RESETS));
+	CHECK(!(rd(a, FERRY_DMA_REG_CTRL) & FERRY_DMA_CTRL_RESET),
+	      "reset applied");
+
+	/* Through a migration stream. */
+	wr(b, FERRY_DMA_REG_CTRL, FERRY_DMA_CTRL_RESET);
+	set_state(a, VFU_MIG_STATE_RUNNING, VFU_MIG_STATE_STOP);
+	set_state(a, VFU_MIG_STATE_STOP, VFU_MIG_STATE_STOP_COPY);
+	CHECK(drain(a, &s) > 0, "stream");
+	CHECK(resume(b, s.buf, s.len) == 0, "resume");
+	CHECK(rd(b, FERRY_DMA_REG_RESETS) == 3, "migrated RESETS %u",
+	      rd(b, FERRY_DMA_REG_RESETS));
+	ferry_dma_destroy(a);
+	ferry_dma_destroy(b);
+	host_fini(&ha);
+	host_fini(&hb);
+	free(s.buf);
+}
+
+/* Offsets in the live-update state blob (devices/dma/takeover.c). */
+#define TK_OFF_VERSION		4
+#define TK_OFF_RESERVED		6
+#define TK_OFF_DEVMEM		8
+#define TK_OFF_VECTORS		16
+#define TK_OFF_FLAGS		20
+#define TK_OFF_MIG_STATE	24
+#define TK_OFF_STATE_LEN	28
+#define TK_OFF_STATE		32
+
+static const uint32_t tk_regs[] = {
+	FERRY_DMA_REG_CTRL, FERRY_DMA_REG_STATUS, FERRY_DMA_REG_RING_BASE_LO,
+	FERRY_DMA_REG_RING_SIZE, FERRY_DMA_REG_RING_HEAD,
+	FERRY_DMA_REG_RING_TAIL, FERRY_DMA_REG_IRQ_STATUS,
+	FERRY_DMA_REG_IRQ_MASK, FERRY_DMA_REG_COMPLETED_LO,
+	FERRY_DMA_REG_BYTES_LO, FERRY_DMA_REG_RUNNING_CRC,
+	FERRY_DMA_REG_ERRORS, FERRY_DMA_REG_IRQS_RAISED_LO,
+	FERRY_DMA_REG_SCRATCH, FERRY_DMA_REG_RESETS,
+};
+
+/* A device adopted from blob over a dup of a's device memory. */
+static int adopt(struct ferry_dma *a, struct host *h,
+		 const struct ferry_dma_config *cfg, const void *blob,
+		 size_t len, struct ferry_dma **out)
+{
+	struct ferry_dma_adopt from = {
+		.devmem_fd = dup(ferry_dma_devmem_fd(a)),
+		.blob = blob, .len = len,
+	};
+	char err[256];
+
+	return ferry_dma_adopt(cfg, &hops, h, &from, err, sizeof(err), out);
+}
+
+static void expect_adopt_reject(struct ferry_dma *a, struct host *h,
+				const struct ferry_dma_config *cfg,
+				const uint8_t *blob, size_t len,
+				const char *what)
+{
+	struct ferry_dma *b = NULL;
+	int ret = adopt(a, h, cfg, blob, len, &b);
+
+	CHECK(ret < 0, "%s: adopted", what);
+	if (!ret)
+		ferry_dma_destroy(b);
+}
+
+static void test_takeover_state(uint8_t *mem)
+{
+	const uint64_t len = 4u << 20;
+	const uint64_t src = DATA_IOVA, dst = DATA_IOVA + len;
+	struct ferry_dma_config cfg = {
+		.name = "adopted", .devmem_size = 1 << 20, .msix_vectors = 2,
+	};
+	struct ferry_dma_completion *c;
+	struct host ha, hb;
+	struct ferry_dma *a, *b = NULL;
+	uint8_t *blob = NULL, *bad;
+	size_t blob_len;
+	uint32_t v, shadow;
+	pthread_t rel;
+	int fds0 = count_open_fds(), accepted = 0, ret;
+
+	host_init(&ha, mem);
+	host_init(&hb, mem);
+	a = make(&ha, 1 << 20, 2);
+	ring_setup(a);
+	fill_random(gptr(&ha, src), len, 5);
+	fill_random(ferry_dma_devmem(a), 1 << 20, 6);
+	memset(gptr(&ha, dst), 0, len);
+	wr(a, FERRY_DMA_REG_SCRATCH, 0x5ca1ab1e);
+	wr(a, FERRY_DMA_REG_CTRL, FERRY_DMA_CTRL_RESET);	/* RESETS 1 */
+	ring_setup(a);
+	/* A completion interrupt pending behind IRQ_MASK, and a long COPY
+	 * stopped half-way by the pause. */
+	wr(a, FERRY_DMA_REG_IRQ_MASK, FERRY_DMA_IRQ_COMPLETION);
+	submit(a, &ha, 0, (struct ferry_dma_desc){ .op = FERRY_DMA_OP_FILL,
+		.dst = dst + len - 4096, .len = 64,
+		.flags = FERRY_DMA_DESC_F_IRQ });
+	CHECK(ferry_dma_wait_idle(a, IDLE_TIMEOUT_MS) == 0, "idle");
+	ha.block_at = ha.writes + 20;
+	c = submit(a, &ha, 1, (struct ferry_dma_desc){
+		.op = FERRY_DMA_OP_COPY, .src = src, .dst = dst, .len = len,
+		.flags = FERRY_DMA_DESC_F_IRQ });
+	pthread_mutex_lock(&ha.lock);
+	while (!ha.blocked)
+		pthread_cond_wait(&ha.cond, &ha.lock);
+	pthread_mutex_unlock(&ha.lock);
+
+	CHECK(ferry_dma_save(a, (void **)&blob, &blob_len) == -EINVAL,
+	      "save while running");
+	pthread_create(&rel, NULL, release_later, &ha);
+	CHECK(ferry_dma_pause(a, IDLE_TIMEOUT_MS) == 0, "pause");
+	pthread_join(rel, NULL);
+	CHECK(rd(a, FERRY_DMA_REG_STATUS) & FERRY_DMA_STATUS_BUSY,
+	      "descriptor in flight at the pause");
+	CHECK(ferry_dma_save(a, (void **)&blob, &blob_len) == 0, "save");
+	if (!blob) {
+		ferry_dma_destroy(a);
+		host_fini(&ha);
+		host_fini(&hb);
+		return;
+	}
+
+	/* The intact state: the same device, paused until unpaused. */
+	ret = adopt(a, &hb, &cfg, blob, blob_len, &b);
+	CHECK(ret == 0, "adopt: %d", ret);
+	if (!ret) {
+		for (size_t i = 0; i < ARRAY_SIZE(tk_regs); i++)
+			CHECK(rd(a, tk_regs[i]) == rd(b, tk_regs[i]),
+			      "register 0x%02x: 0x%08x then 0x%08x", tk_regs[i],
+			      rd(a, tk_regs[i]), rd(b, tk_regs[i]));
+		CHECK(rd(b, FERRY_DMA_REG_RESETS) == 1, "RESETS %u",
+		      rd(b, FERRY_DMA_REG_RESETS));
+		CHECK(ferry_dma_devmem(b) != ferry_dma_devmem(a) &&
+		      ferry_dma_devmem_crc(b) == ferry_dma_devmem_crc(a),
+		      "device memory: the same pages, mapped again");
+		usleep(20000);
+		CHECK(rd(b, FERRY_DMA_REG_RING_TAIL) == 1 && c->seq == 0,
+		      "adopted device ran before it was unpaused");
+		ferry_dma_unpause(b);
+		CHECK(ferry_dma_wait_idle(b, IDLE_TIMEOUT_MS) == 0, "B idle");
+		shadow = crc32c(gptr(&hb, src), len);
+		v = crc32c(gptr(&hb, dst + len - 4096), 64);
+		CHECK(c->status == FERRY_DMA_ST_OK && c->seq == 2 &&
+		      c->crc == shadow, "completion from B: st %d seq %llu "
+		      "crc %08x want %08x", c->status,
+		      (unsigned long long)c->seq, c->crc, shadow);
+		CHECK(!memcmp(gptr(&hb, dst), gptr(&hb, src), len),
+		      "data complete");
+		CHECK(host_irqs(&hb, 0) == 0, "still masked");
+		wr(b, FERRY_DMA_REG_IRQ_MASK, 0);
+		CHECK(host_irqs(&hb, 0) == 1, "B delivers the pending "
+		      "interrupt once: %u", host_irqs(&hb, 0));
+		CHECK(host_irqs(&ha, 0) == 0, "A delivered nothing");
+		ferry_dma_destroy(b);
+		(void)v;
+	}
+
+	/* Another device, or an unfit device memory, is refused. */
+	cfg.devmem_size = 2 << 20;
+	expect_adopt_reject(a, &hb, &cfg, blob, blob_len, "devmem size");
+	cfg.devmem_size = 1 << 20;
+	cfg.msix_vectors = 4;
+	expect_adopt_reject(a, &hb, &cfg, blob, blob_len, "vectors");
+	cfg.msix_vectors = 2;
+	cfg.no_precopy = true;
+	expect_adopt_reject(a, &hb, &cfg, blob, blob_len, "no-precopy");
+	cfg.no_precopy = false;
+	{
+		struct ferry_dma_adopt from = {
+			.devmem_fd = memfd_create("unsealed", MFD_CLOEXEC),
+			.blob = blob, .len = blob_len,
+		};
+		char err[256];
+
+		CHECK(from.devmem_fd >= 0 &&
+		      ftruncate(from.devmem_fd, 1 << 20) == 0, "memfd");
+		ret = ferry_dma_adopt(&cfg, &hops, &hb, &from, err,
+				      sizeof(err), &b);
+		CHECK(ret < 0, "unsealed device memory adopted");
+		if (!ret)
+			ferry_dma_destroy(b);
+	}
+
+	/* Every truncation, every field. */
+	bad = malloc(blob_len + 1);
+	for (size_t n = 0; n < blob_len; n++)
+		expect_adopt_reject(a, &hb, &cfg, blob, n, "truncated");
+	memcpy(bad, blob, blob_len);
+	bad[blob_len] = 0;
+	expect_adopt_reject(a, &hb, &cfg, bad, blob_len + 1, "trailing byte");
+	{
+		static const struct { size_t off; uint8_t x; const char *what; }
+		fields[] = {
+			{ 0, 0x01, "magic" },
+			{ TK_OFF_VERSION, 0x01, "version" },
+			{ TK_OFF_RESERVED, 0x01, "reserved" },
+			{ TK_OFF_DEVMEM + 2, 0x01, "devmem size" },
+			{ TK_OFF_VECTORS, 0x04, "vectors" },
+			{ TK_OFF_FLAGS, 0x02, "flags" },
+			{ TK_OFF_MIG_STATE, 0x01, "mig state 3 (STOP_COPY)" },
+			{ TK_OFF_MIG_STATE, 0x06, "mig state 4 (RESUMING)" },
+			{ TK_OFF_MIG_STATE + 3, 0x80, "mig state huge" },
+			{ TK_OFF_STATE_LEN, 0x01, "state length" },
+			{ TK_OFF_STATE + ST_INFLIGHT_VALID, 0x02,
+			  "in-flight flag 3" },
+			{ TK_OFF_STATE + ST_INFLIGHT_STATUS, 0x01,
+			  "in-flight status" },
+			{ TK_OFF_STATE + ST_INFLIGHT_DONE + 7, 0x01,
+			  "in-flight progress beyond its length" },
+			{ TK_OFF_STATE + ST_INFLIGHT_DESC, 0x07,
+			  "in-flight op" },
+		};
+
+		for (size_t i = 0; i < ARRAY_SIZE(fields); i++) {
+			memcpy(bad, blob, blob_len);
+			bad[fields[i].off] ^= fields[i].x;
+			expect_adopt_reject(a, &hb, &cfg, bad, blob_len,
+					    fields[i].what);
+		}
+	}
+	/* Any single flipped byte: refused or a consistent device (the
+	 * blob's integrity is the envelope's CRC, not this parser's). */
+	for (size_t off = 0; off < blob_len; off++) {
+		memcpy(bad, blob, blob_len);
+		bad[off] ^= 0xa5;
+		ret = adopt(a, &hb, &cfg, bad, blob_len, &b);
+		if (!ret) {
+			accepted++;
+			ferry_dma_destroy(b);
+		}
+	}
+	printf("takeover state: %zu bytes, %d of %zu byte flips are "
+	       "consistent devices\n", blob_len, accepted, blob_len);
+	free(bad);
+	free(blob);
+
+	/* Migration sessions do not travel. */
+	ferry_dma_unpause(a);
+	CHECK(ferry_dma_wait_idle(a, IDLE_TIMEOUT_MS) == 0, "A idle");
+	CHECK(set_state(a, VFU_MIG_STATE_RUNNING, VFU_MIG_STATE_PRE_COPY) == 0,
+	      "PRE_COPY");
+	CHECK(ferry_dma_pause(a, IDLE_TIMEOUT_MS) == 0, "pause");
+	blob = NULL;
+	CHECK(ferry_dma_save(a, (void **)&blob, &blob_len) == -EBUSY,
+	      "save in PRE_COPY");
+	free(blob);
+	ferry_dma_unpause(a);
+	set_state(a, VFU_MIG_STATE_PRE_COPY, VFU_MIG_STATE_RUNNING);
+
+	ferry_dma_destroy(a);
+	host_fini(&ha);
+	host_fini(&hb);
+	CHECK(count_open_fds() == fds0, "fds: %d before, %d after", fds0,
+	      count_open_fds());
+}
+
 int main(void)
 {
 	uint8_t *mem = calloc(1, GUEST_SIZE);
@@ -762,6 +1065,8 @@ int main(void)
 	free(s.buf);
 	test_bad_streams(mem);
 	test_dirty_rate(mem);
+	test_resets(mem);
+	test_takeover_state(mem);
 	free(mem);
 	if (failures) {
 		fprintf(stderr, "%d check(s) failed\n", failures);
