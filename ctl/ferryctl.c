@@ -34,6 +34,8 @@ struct ctl {
 	char buf[4096];
 	size_t len, off;	/* unparsed bytes in buf */
 	size_t pending;
+	bool eof_expected;	/* cpr-exec: the VMM becomes another */
+	bool eof;
 };
 
 static void usage(FILE *f)
@@ -58,6 +60,14 @@ static void usage(FILE *f)
 "  migrate-outcome here|destination\n"
 "                after a hand-over the destination never confirmed:\n"
 "                say where the guest runs (here: resume it here)\n"
+"  cpr-transfer --to PATH [--main URI]\n"
+"                live update: hand the VM to a new ferry-vmm started with\n"
+"                --incoming '{\"channel-type\":\"cpr\",\"addr\":{...PATH}}'\n"
+"                --incoming URI (main URI default: unix:PATH.main);\n"
+"                prints the guest pause\n"
+"  cpr-exec --file PATH -- COMMAND [ARG...]\n"
+"                live update in place: exec COMMAND (a ferry-vmm with the\n"
+"                same machine and --incoming file:PATH), same PID\n"
 "\n"
 "Options:\n"
 "  -q, --qmp PATH       the VMM's QMP socket (unix:PATH also accepted)\n"
@@ -156,8 +166,10 @@ static struct json_object *ctl_read(struct ctl *c)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			fail(0, "the VMM closed the connection%s",
-			     n < 0 ? " with an error" : "");
+			c->eof = true;
+			if (!c->eof_expected)
+				fail(0, "the VMM closed the connection%s",
+				     n < 0 ? " with an error" : "");
 			return NULL;
 		}
 		c->len = (size_t)n;
@@ -186,6 +198,10 @@ static int ctl_send(struct ctl *c, struct json_object *o)
 	ret = fd_write_full(c->fd, s, strlen(s));
 	if (!ret)
 		ret = fd_write_full(c->fd, "\n", 1);
+	if (ret && (ret == -EPIPE || ret == -ECONNRESET) && c->eof_expected) {
+		c->eof = true;
+		return EXIT_CONNECT;
+	}
 	if (ret)
 		return fail(EXIT_CONNECT, "cannot send to the VMM: %s",
 			    strerror(-ret));
@@ -327,6 +343,11 @@ struct mig_opts {
 	long long downtime_limit;	/* -1: leave as is */
 	long long max_bandwidth;
 	int channels;			/* 0: leave as is, 1: no multifd */
+	const char *cpr_to;		/* cpr-transfer: the cpr socket */
+	const char *cpr_main;		/* ...and the main channel's URI */
+	const char *cpr_file;		/* cpr-exec: the state file */
+	char **exec_argv;		/* cpr-exec: the new image */
+	int exec_argc;
 	bool switchover_ack;
 	bool no_wait;
 };
@@ -404,6 +425,13 @@ static void print_mig_summary(struct json_object *info)
 
 	if (!st) {
 		puts("No migration has run.");
+		return;
+	}
+	if (!strcmp(st, "completed") && jget_str(info, "x-mode")) {
+		printf("Live update (%s) completed in %.3f s: the guest paused "
+		       "%.2f ms\n", jget_str(info, "x-mode"),
+		       jget_u64(info, "total-time") / 1000.0,
+		       jget_u64(info, "downtime-us") / 1000.0);
 		return;
 	}
 	if (!strcmp(st, "completed")) {
@@ -583,6 +611,157 @@ static int mig_follow(struct ctl *c, bool json)
 	return status;
 }
 
+static struct json_object *unix_channel(const char *type, const char *path)
+{
+	struct json_object *ch = json_object_new_object();
+	struct json_object *addr = json_object_new_object();
+
+	json_object_object_add(addr, "transport",
+			       json_object_new_string("socket"));
+	json_object_object_add(addr, "type", json_object_new_string("unix"));
+	json_object_object_add(addr, "path", json_object_new_string(path));
+	json_object_object_add(ch, "channel-type",
+			       json_object_new_string(type));
+	json_object_object_add(ch, "addr", addr);
+	return ch;
+}
+
+/* The main channel as a QEMU address: unix: or tcp:HOST:PORT. */
+static struct json_object *main_channel(const char *uri)
+{
+	struct json_object *ch, *addr;
+	const char *colon;
+
+	if (!strncmp(uri, "unix:", 5))
+		return unix_channel("main", uri + 5);
+	if (strncmp(uri, "tcp:", 4) || !(colon = strrchr(uri + 4, ':')))
+		return NULL;
+	ch = json_object_new_object();
+	addr = json_object_new_object();
+	json_object_object_add(addr, "transport",
+			       json_object_new_string("socket"));
+	json_object_object_add(addr, "type", json_object_new_string("inet"));
+	json_object_object_add(addr, "host", json_object_new_string_len(
+		uri + 4, (int)(colon - uri - 4)));
+	json_object_object_add(addr, "port", json_object_new_string(colon + 1));
+	json_object_object_add(ch, "channel-type",
+			       json_object_new_string("main"));
+	json_object_object_add(ch, "addr", addr);
+	return ch;
+}
+
+/* Until the exec: the connection ends (the new image runs), or the
+ * migration fails (the exec failed: the guest runs on here). */
+static int cpr_exec_follow(struct ctl *c, bool json)
+{
+	c->eof_expected = true;
+	for (;;) {
+		struct json_object *cmd = json_object_new_object();
+		struct json_object *reply = NULL, *ret;
+		const char *st;
+		int status;
+
+		json_object_object_add(cmd, "execute",
+				       json_object_new_string("query-migrate"));
+		status = ctl_execute(c, cmd, &reply);
+		json_object_put(cmd);
+		if (status && c->eof) {
+			json_object_put(reply);
+			if (json)
+				puts("{\"status\": \"exec\"}");
+			else
+				puts("The new image took over (same process): "
+				     "it loads the state and runs the guest; "
+				     "its QMP socket is the one its command "
+				     "names");
+			return 0;
+		}
+		if (status) {
+			json_object_put(reply);
+			return status;
+		}
+		json_object_object_get_ex(reply, "return", &ret);
+		st = jget_str(ret, "status");
+		if (st && (!strcmp(st, "failed") || !strcmp(st, "cancelled"))) {
+			if (json)
+				print_json(ret);
+			else
+				print_mig_summary(ret);
+			json_object_put(reply);
+			return EXIT_QMP_ERROR;
+		}
+		json_object_put(reply);
+		poll(NULL, 0, 20);
+	}
+}
+
+static int cpr_set_mode(struct ctl *c, const char *mode,
+			const struct mig_opts *mo)
+{
+	struct json_object *args = json_object_new_object();
+
+	json_object_object_add(args, "mode", json_object_new_string(mode));
+	if (mo->exec_argv) {
+		struct json_object *cmd = json_object_new_array();
+
+		for (int i = 0; i < mo->exec_argc; i++)
+			json_object_array_add(cmd, json_object_new_string(
+				mo->exec_argv[i]));
+		json_object_object_add(args, "cpr-exec-command", cmd);
+	}
+	return ctl_simple(c, "migrate-set-parameters", args);
+}
+
+/*
+ * Live update. cpr-transfer: the old VMM exits once the new one runs the
+ * guest; its final figures come in the MIGRATION event. cpr-exec: this
+ * VMM becomes the new image (same PID) and the connection ends; a
+ * failed exec shows as a failed migration instead.
+ */
+static int run_cpr(struct ctl *c, const char *verb, const struct mig_opts *mo,
+		   bool json)
+{
+	struct json_object *args = json_object_new_object(), *chans, *m;
+	char main_uri[300];
+	int status;
+
+	if (!strcmp(verb, "cpr-exec")) {
+		json_object_put(args);
+		status = cpr_set_mode(c, "cpr-exec", mo);
+		if (status)
+			return status;
+		args = json_object_new_object();
+		snprintf(main_uri, sizeof(main_uri), "file:%s", mo->cpr_file);
+		json_object_object_add(args, "uri",
+				       json_object_new_string(main_uri));
+		status = ctl_simple(c, "migrate", args);
+		return status ? status : cpr_exec_follow(c, json);
+	}
+	if (mo->cpr_main)
+		snprintf(main_uri, sizeof(main_uri), "%s", mo->cpr_main);
+	else
+		snprintf(main_uri, sizeof(main_uri), "unix:%s.main",
+			 mo->cpr_to);
+	m = main_channel(main_uri);
+	if (!m) {
+		json_object_put(args);
+		return fail(EXIT_USAGE, "--main '%s': expected unix:PATH or "
+			    "tcp:HOST:PORT", main_uri);
+	}
+	status = cpr_set_mode(c, "cpr-transfer", mo);
+	if (status) {
+		json_object_put(m);
+		json_object_put(args);
+		return status;
+	}
+	chans = json_object_new_array();
+	json_object_array_add(chans, m);
+	json_object_array_add(chans, unix_channel("cpr", mo->cpr_to));
+	json_object_object_add(args, "channels", chans);
+	status = ctl_simple(c, "migrate", args);
+	return status ? status : mig_follow(c, json);
+}
+
 static int run_migrate(struct ctl *c, const char *verb, const char *uri,
 		       const struct mig_opts *mo, bool json)
 {
@@ -615,6 +794,8 @@ static int run_migrate(struct ctl *c, const char *verb, const char *uri,
 			       "exits");
 		return status;
 	}
+	if (!strcmp(verb, "cpr-transfer") || !strcmp(verb, "cpr-exec"))
+		return run_cpr(c, verb, mo, json);
 	if (!strcmp(verb, "migrate-status")) {
 		cmd = json_object_new_object();
 		json_object_object_add(cmd, "execute",
@@ -674,6 +855,9 @@ int main(int argc, char **argv)
 		{ "switchover-ack", no_argument, NULL, 'A' },
 		{ "no-wait", no_argument, NULL, 'n' },
 		{ "channels", required_argument, NULL, 'c' },
+		{ "to", required_argument, NULL, 'T' },
+		{ "main", required_argument, NULL, 'M' },
+		{ "file", required_argument, NULL, 'F' },
 		{ 0 }
 	};
 	struct mig_opts mo = { .downtime_limit = -1, .max_bandwidth = -1 };
@@ -691,7 +875,7 @@ int main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);	/* a VMM that exits is an error code */
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":q:jt:hD:B:Anc:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":q:jt:hD:B:Anc:T:M:F:", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'q':
 			path = strncmp(optarg, "unix:", 5) ? optarg : optarg + 5;
@@ -732,6 +916,15 @@ int main(int argc, char **argv)
 		case 'n':
 			mo.no_wait = true;
 			break;
+		case 'T':
+			mo.cpr_to = optarg;
+			break;
+		case 'M':
+			mo.cpr_main = optarg;
+			break;
+		case 'F':
+			mo.cpr_file = optarg;
+			break;
 		case 'c':
 			errno = 0;
 			t = strtol(optarg, &end, 10);
@@ -757,6 +950,18 @@ int main(int argc, char **argv)
 		if (optind != argc - 1)
 			return fail(EXIT_USAGE, "%s takes exactly one URI", verb);
 		mig_uri = argv[optind];
+		is_mig = true;
+	} else if (!strcmp(verb, "cpr-transfer")) {
+		if (optind != argc || !mo.cpr_to)
+			return fail(EXIT_USAGE, "cpr-transfer takes --to PATH "
+				    "(and --main URI), no argument");
+		is_mig = true;
+	} else if (!strcmp(verb, "cpr-exec")) {
+		if (!mo.cpr_file || optind >= argc)
+			return fail(EXIT_USAGE, "cpr-exec takes --file PATH and, "
+				    "after --, the new image's command");
+		mo.exec_argv = argv + optind;
+		mo.exec_argc = argc - optind;
 		is_mig = true;
 	} else if (!strcmp(verb, "migrate-outcome")) {
 		if (optind != argc - 1 || (strcmp(argv[optind], "here") &&

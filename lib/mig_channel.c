@@ -21,6 +21,8 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "ferry/mig_channel.h"
 #include "ferry/util.h"
 #include "mig_door.h"
@@ -575,4 +577,76 @@ uint64_t mig_channel_unsent(struct mig_channel *ch)
 	    n < 0)
 		return 0;
 	return (uint64_t)n;
+}
+
+/* ---- QEMU's channel objects ---- */
+
+static const char *addr_str(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v) ||
+	    !json_object_is_type(v, json_type_string))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+int mig_uri_from_addr(struct json_object *addr, char *uri, size_t len,
+		      char *err, size_t errlen)
+{
+	const char *transport, *type, *s, *host;
+	struct json_object *port;
+	struct mig_uri u;
+	int n = -1;
+
+	if (!addr || !json_object_is_type(addr, json_type_object) ||
+	    !(transport = addr_str(addr, "transport"))) {
+		snprintf(err, errlen, "a channel address needs a 'transport'");
+		return -EINVAL;
+	}
+	type = addr_str(addr, "type");
+	if (!strcmp(transport, "file") && (s = addr_str(addr, "filename"))) {
+		n = snprintf(uri, len, "file:%s", s);
+	} else if (!strcmp(transport, "socket") && type &&
+		   !strcmp(type, "unix") && (s = addr_str(addr, "path"))) {
+		n = snprintf(uri, len, "unix:%s", s);
+	} else if (!strcmp(transport, "socket") && type &&
+		   !strcmp(type, "inet") && (host = addr_str(addr, "host")) &&
+		   json_object_object_get_ex(addr, "port", &port)) {
+		/* QEMU's port is a string; a number is as good. */
+		n = snprintf(uri, len, "tcp:%s:%s", host,
+			     json_object_get_string(port));
+	} else {
+		snprintf(err, errlen, "unsupported channel address (socket "
+			 "unix/inet or file, with path, host and port, or "
+			 "filename)");
+		return -EINVAL;
+	}
+	if (n < 0 || (size_t)n >= len) {
+		snprintf(err, errlen, "channel address too long");
+		return -EINVAL;
+	}
+	return mig_uri_parse(uri, &u, err, errlen);
+}
+
+int mig_uri_from_channel(struct json_object *chan, bool *cpr, char *uri,
+			 size_t len, char *err, size_t errlen)
+{
+	struct json_object *addr;
+	const char *type;
+
+	if (!chan || !json_object_is_type(chan, json_type_object) ||
+	    !(type = addr_str(chan, "channel-type")) ||
+	    !json_object_object_get_ex(chan, "addr", &addr)) {
+		snprintf(err, errlen, "a channel needs 'channel-type' and "
+			 "'addr'");
+		return -EINVAL;
+	}
+	if (strcmp(type, "main") && strcmp(type, "cpr")) {
+		snprintf(err, errlen, "channel-type '%s': expected main or cpr",
+			 type);
+		return -EINVAL;
+	}
+	*cpr = !strcmp(type, "cpr");
+	return mig_uri_from_addr(addr, uri, len, err, errlen);
 }

@@ -16,6 +16,7 @@
 #include "ferry/mig_converge.h"
 #include "ferry/trace.h"
 #include "ferry/util.h"
+#include "mig_cpr.h"
 #include "mig_devstate.h"
 #include "mig_engine_priv.h"
 #include "mig_multifd.h"
@@ -134,6 +135,11 @@ int mig_engine_set_params(struct mig_engine *e, const struct mig_params *p,
 			 MIG_MAX_MULTIFD_CHANNELS);
 		return -EINVAL;
 	}
+	if (p->mode >= MIG_MODE_NR) {
+		snprintf(err, errlen, "Parameter 'mode' expects normal, "
+			 "cpr-transfer or cpr-exec");
+		return -EINVAL;
+	}
 	if (p->io_timeout_ms > MIG_MAX_IO_TIMEOUT_MS) {
 		snprintf(err, errlen, "Parameter 'x-io-timeout' expects an "
 			 "integer in the range of 0 to %d milliseconds",
@@ -148,7 +154,8 @@ int mig_engine_set_params(struct mig_engine *e, const struct mig_params *p,
 	     p->no_device_dirty_log != e->params.no_device_dirty_log ||
 	     p->multifd != e->params.multifd ||
 	     p->multifd_channels != e->params.multifd_channels ||
-	     p->multifd_device_state != e->params.multifd_device_state)) {
+	     p->multifd_device_state != e->params.multifd_device_state ||
+	     p->mode != e->params.mode)) {
 		snprintf(err, errlen, "There's a migration process in progress");
 		ret = -EBUSY;
 	} else {
@@ -311,6 +318,7 @@ void mig_publish(struct mig_engine *e)
 	p->dirty_rate = e->conv.dirty_rate;
 	p->expected_downtime_ms = e->conv.expected_downtime_ms;
 	p->nr_devs = e->devs.nr;
+	p->mode = p->incoming ? e->cpr_in_mode : e->run_params.mode;
 	p->dev_packets = __atomic_load_n(&e->cnt.dev_packets, __ATOMIC_RELAXED);
 	p->dev_packets_early = __atomic_load_n(&e->cnt.dev_packets_early,
 					       __ATOMIC_RELAXED);
@@ -433,9 +441,9 @@ void mig_engine_wait(struct mig_engine *e)
  */
 static int engine_start(struct mig_engine *e, bool incoming,
 			struct mig_channel *ch, struct mig_listener *l,
-			const struct mig_uri *uri, const char *what,
-			int hello_minor, void *(*fn)(void *), char *err,
-			size_t errlen)
+			const struct mig_uri *uri, const struct mig_uri *cpr_uri,
+			const char *what, int hello_minor,
+			void *(*fn)(void *), char *err, size_t errlen)
 {
 	int ret = -EINVAL;
 
@@ -486,6 +494,11 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	e->connect = uri != NULL;
 	if (uri)
 		e->uri = *uri;
+	memset(&e->cpr_uri, 0, sizeof(e->cpr_uri));
+	if (cpr_uri)
+		e->cpr_uri = *cpr_uri;
+	e->cpr_id[0] = '\0';
+	e->cpr_frozen = false;
 	snprintf(e->uri_str, sizeof(e->uri_str), "%s", what);
 	memset(&e->cnt, 0, sizeof(e->cnt));
 	memset(&e->devs, 0, sizeof(e->devs));
@@ -514,7 +527,8 @@ static int engine_start(struct mig_engine *e, bool incoming,
 		mig_set_status(e, MIG_STATUS_SETUP);
 	memset(&e->mf_seen, 0, sizeof(e->mf_seen));
 	e->mf_pass = 0;
-	if (!incoming) {
+	/* A live update keeps the devices as they are: none migrates. */
+	if (!incoming && e->run_params.mode == MIG_MODE_NORMAL) {
 		ret = mig_engine_devs_init(e);
 		if (ret) {
 			mig_error_copy(e, err, errlen);
@@ -547,53 +561,82 @@ err_close:
 	return ret;
 }
 
-int mig_save_start(struct mig_engine *e, const char *uri, char *err,
-		   size_t errlen)
+static int parse_dest_uri(const char *uri, struct mig_uri *u, char *err,
+			  size_t errlen)
 {
-	struct mig_uri u;
 	int ret;
 
 	if (!uri) {
 		snprintf(err, errlen, "no migration URI");
 		return -EINVAL;
 	}
-	ret = mig_uri_parse(uri, &u, err, errlen);
+	ret = mig_uri_parse(uri, u, err, errlen);
 	if (ret)
 		return ret;
-	if (u.kind == MIG_URI_TCP && !atoi(u.port)) {
+	if (u->kind == MIG_URI_TCP && !atoi(u->port)) {
 		snprintf(err, errlen, "migration URI '%s': port 0 is no "
 			 "destination", uri);
 		return -EINVAL;
 	}
-	return engine_start(e, false, NULL, NULL, &u, uri, -1,
+	return 0;
+}
+
+int mig_save_start(struct mig_engine *e, const char *uri, char *err,
+		   size_t errlen)
+{
+	struct mig_uri u;
+	int ret = parse_dest_uri(uri, &u, err, errlen);
+
+	if (ret)
+		return ret;
+	return engine_start(e, false, NULL, NULL, &u, NULL, uri, -1,
+			    mig_save_thread, err, errlen);
+}
+
+int mig_save_start_cpr(struct mig_engine *e, const char *uri,
+		       const char *cpr_uri, char *err, size_t errlen)
+{
+	struct mig_uri u, c;
+	int ret = parse_dest_uri(uri, &u, err, errlen);
+
+	if (!ret)
+		ret = parse_dest_uri(cpr_uri, &c, err, errlen);
+	if (ret)
+		return ret;
+	if (c.kind != MIG_URI_UNIX) {
+		snprintf(err, errlen, "the cpr channel must be a unix: socket "
+			 "(fds pass only there)");
+		return -EINVAL;
+	}
+	return engine_start(e, false, NULL, NULL, &u, &c, uri, -1,
 			    mig_save_thread, err, errlen);
 }
 
 int mig_save_start_channel(struct mig_engine *e, struct mig_channel *ch,
 			   char *err, size_t errlen)
 {
-	return engine_start(e, false, ch, NULL, NULL, ch->ops->name, -1,
+	return engine_start(e, false, ch, NULL, NULL, NULL, ch->ops->name, -1,
 			    mig_save_thread, err, errlen);
 }
 
 int mig_load_start(struct mig_engine *e, struct mig_channel *ch, char *err,
 		   size_t errlen)
 {
-	return engine_start(e, true, ch, NULL, NULL, ch->ops->name, -1,
+	return engine_start(e, true, ch, NULL, NULL, NULL, ch->ops->name, -1,
 			    mig_load_thread, err, errlen);
 }
 
 int mig_load_listen(struct mig_engine *e, struct mig_listener *l, char *err,
 		    size_t errlen)
 {
-	return engine_start(e, true, NULL, l, NULL, "the incoming listener",
-			    -1, mig_load_thread, err, errlen);
+	return engine_start(e, true, NULL, l, NULL, NULL,
+			    "the incoming listener", -1, mig_load_thread, err, errlen);
 }
 
 int mig_load_start_accepted(struct mig_engine *e, struct mig_channel *ch,
 			    uint16_t minor, char *err, size_t errlen)
 {
-	return engine_start(e, true, ch, NULL, NULL, ch->ops->name, minor,
+	return engine_start(e, true, ch, NULL, NULL, NULL, ch->ops->name, minor,
 			    mig_load_thread, err, errlen);
 }
 
@@ -613,6 +656,7 @@ int mig_engine_resolve(struct mig_engine *e, bool here, char *err,
 		pr_warn("migration: told that the guest never ran on the "
 			"destination: it runs here again");
 		mig_devs_finish(&e->devs, VFU_MIG_STATE_RUNNING);
+		mig_cpr_thaw(e);
 		if (e->paused) {
 			e->host_ops->resume(e->host);
 			e->paused = false;
@@ -628,6 +672,8 @@ int mig_engine_resolve(struct mig_engine *e, bool here, char *err,
 	e->outcome_unknown = false;
 	pthread_mutex_unlock(&e->lock);
 	mig_publish(e);
+	if (!here && e->cpr_frozen)
+		e->host_ops->cpr_release(e->host);
 	if (!here)
 		e->host_ops->handed_over(e->host);
 	return 0;

@@ -125,7 +125,20 @@ struct mig_engine {
 	bool init_done[MIG_MAX_DEVICES];
 	bool want_ack;
 	bool acked;
+	/* live update (mig_cpr.c) */
+	struct mig_uri cpr_uri;		/* cpr-transfer: where the fds go */
+	char cpr_id[33];		/* this migration's, hex */
+	bool cpr_frozen;		/* source: host cpr_freeze() done */
+	enum mig_mode cpr_in_mode;	/* destination: what was adopted */
+	char cpr_in_id[33];
 };
+
+/* This migration is a live update (either side). */
+static inline bool mig_is_cpr(const struct mig_engine *e)
+{
+	return e->pub.incoming ? e->cpr_in_mode != MIG_MODE_NORMAL :
+				 e->run_params.mode != MIG_MODE_NORMAL;
+}
 
 void mig_set_status(struct mig_engine *e, enum mig_status s);
 /*

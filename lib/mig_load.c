@@ -15,6 +15,7 @@
 #include "ferry/log.h"
 #include "ferry/mig_stream.h"
 #include "ferry/util.h"
+#include "mig_cpr.h"
 #include "mig_devstate.h"
 #include "mig_door.h"
 #include "mig_engine_priv.h"
@@ -93,6 +94,9 @@ static int load_check_config(struct mig_engine *e, const char *json,
 			       (unsigned long long)ram);
 		goto out_put;
 	}
+	ret = mig_cpr_check_config(e, src);
+	if (ret)
+		goto out_put;
 	ret = load_check_multifd(e, src);
 	if (ret)
 		goto out_put;
@@ -108,7 +112,10 @@ static int load_ack_if_ready(struct mig_engine *e)
 {
 	int ret;
 
-	if (!e->want_ack || e->acked)
+	/* A live update's source waits for the ack whatever it asked:
+	 * it means this VMM is built and checked, ready to take over. */
+	if ((!e->want_ack && !mig_is_cpr(e)) || e->acked ||
+	    !e->ch->has_return_path)
 		return 0;
 	for (unsigned i = 0; i < e->devs.nr; i++)
 		if (!e->init_done[i])
@@ -149,8 +156,10 @@ static int load_config(struct mig_engine *e, const void *p, size_t len)
 		return ret;
 	pr_info("migration: configuration matches; loading");
 	mig_set_status(e, MIG_STATUS_ACTIVE);
-	/* The device takes its state in RESUMING. */
-	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_RESUMING);
+	/* The device takes its state in RESUMING -- unless it was kept
+	 * (live update): then it never stops. */
+	ret = mig_is_cpr(e) ? 0 :
+	      mig_devs_set_all(&e->devs, VFU_MIG_STATE_RESUMING);
 	if (!ret)
 		ret = load_ack_if_ready(e);
 	if (!ret && !e->mf_channels)
@@ -229,7 +238,8 @@ static int load_finish(struct mig_engine *e, const void *p, size_t len)
 					strerror(-ret));
 	}
 	/* Device state first: RESUMING -> STOP validates the stream. */
-	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_STOP);
+	ret = mig_is_cpr(e) ? 0 : mig_devs_set_all(&e->devs,
+						   VFU_MIG_STATE_STOP);
 	if (ret)
 		return ret;
 	/* The VMM's state: irqchip and vCPUs (LAPIC) before any device may
@@ -245,7 +255,8 @@ static int load_finish(struct mig_engine *e, const void *p, size_t len)
 		if (ret)
 			return ret;
 	}
-	ret = mig_devs_set_all(&e->devs, VFU_MIG_STATE_RUNNING);
+	ret = mig_is_cpr(e) ? mig_cpr_activate(e) :
+	      mig_devs_set_all(&e->devs, VFU_MIG_STATE_RUNNING);
 	if (ret)
 		return ret;
 	e->guest_may_run = true;
@@ -321,8 +332,9 @@ static int load_stream(struct mig_engine *e)
 		if (ret)
 			return mig_fail(e, ret, "%s", err);
 	}
-	ret = mig_engine_devs_init(e);
-	if (!ret)
+	/* A live update takes devices that keep running: none resumes. */
+	ret = mig_is_cpr(e) ? 0 : mig_engine_devs_init(e);
+	if (!ret && !mig_is_cpr(e))
 		ret = mig_devs_resume_prepare(&e->devs);
 	if (ret)
 		return ret;
@@ -332,6 +344,9 @@ static int load_stream(struct mig_engine *e)
 		void *p;
 
 		ret = mig_section_read_header(e->ch, &sec, err, sizeof(err));
+		if (!ret && sec.type == MIG_SEC_RAM && mig_is_cpr(e))
+			return mig_fail(e, -EBADMSG, "RAM in a live update: "
+					"this guest's memory is the source's");
 		if (!ret && got_config && sec.type == MIG_SEC_RAM) {
 			/* The bulk of the stream: straight into guest RAM. */
 			ret = mig_ram_load_from(&e->ram, e->ch, &sec, err,

@@ -18,6 +18,7 @@
 #include "ferry/mig_stream.h"
 #include "ferry/trace.h"
 #include "ferry/util.h"
+#include "mig_cpr.h"
 #include "mig_devstate.h"
 #include "mig_engine_priv.h"
 #include "mig_multifd.h"
@@ -260,6 +261,8 @@ static int save_send_config(struct mig_engine *e)
 							       MIG_PAGE_SIZE)));
 	json_object_object_add(cfg, "switchover_ack",
 			       json_object_new_boolean(e->run_params.switchover_ack));
+	if (mig_is_cpr(e))
+		mig_cpr_config(e, cfg);
 	if (e->run_params.multifd) {
 		struct json_object *mf = json_object_new_object();
 		char id[2 * sizeof(e->mf_id) + 1];
@@ -321,7 +324,23 @@ static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 		return mig_fail(e, -ENOMEM, "out of memory");
 	if (e->host_ops->dirty_log_clear)
 		mig_ram_sender_set_clear(e->ram_sender, save_clear_dirty, e);
-	if (e->connect) {
+	if (mig_is_cpr(e)) {
+		ret = mig_cpr_setup(e);
+		if (ret)
+			return ret;
+	}
+	if (e->connect && e->run_params.mode == MIG_MODE_CPR_TRANSFER) {
+		/* The new process listens once its VM is built. */
+		ret = mig_cpr_connect_main(e, &ch);
+		pthread_mutex_lock(&e->lock);
+		e->ch = ch;
+		pthread_mutex_unlock(&e->lock);
+		if (ret)
+			return mig_fail(e, ret, "the new process did not "
+					"listen on %s (%s): did it refuse the "
+					"fds? (its log says why)", e->uri_str,
+					strerror(-ret));
+	} else if (e->connect) {
 		ret = mig_channel_connect(&e->uri,
 					  mig_io_timeout(e, MIG_WRITE_TIMEOUT_MS),
 					  &ch);
@@ -353,6 +372,13 @@ static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 					strerror(errno));
 	}
 	ret = save_send_config(e);
+	if (!ret && mig_is_cpr(e)) {
+		/* Nothing is copied: no dirty tracking, no device saving. */
+		e->cnt.setup_ns = clock_ns() - e->cnt.start_ns;
+		mig_publish(e);
+		mig_set_status(e, MIG_STATUS_ACTIVE);
+		return 0;
+	}
 	if (!ret && e->run_params.multifd) {
 		struct mf_set *mf;
 
@@ -448,8 +474,38 @@ static bool save_decide(struct mig_engine *e, uint64_t t_iter,
 	return ready && acked;
 }
 
+static int save_wait_rp(struct mig_engine *e, const bool *flag,
+			uint64_t deadline_ns);
+
+/*
+ * Live update: no pass to make. cpr-transfer waits for the new process
+ * to say it is ready (its VM built over the fds, CONFIG checked), so
+ * that the guest pauses only for the hand-over itself.
+ */
+static int save_cpr_wait_ready(struct mig_engine *e)
+{
+	unsigned ms = mig_io_timeout(e, MIG_READ_TIMEOUT_MS);
+	int ret;
+
+	if (e->run_params.mode != MIG_MODE_CPR_TRANSFER)
+		return 0;
+	ret = save_wait_rp(e, &e->switchover_acked,
+			   clock_ns() + ms * 1000000ull);
+	if (ret && atomic_load(&e->cancel))
+		return -ECANCELED;
+	if (ret == -ETIMEDOUT)
+		return mig_fail(e, ret, "the new process did not get ready "
+				"within %u ms", ms);
+	if (ret)
+		return mig_fail_io(e, ret, "the new process closed before it "
+				   "was ready");
+	return 0;
+}
+
 static int save_iterate(struct mig_engine *e)
 {
+	if (mig_is_cpr(e))
+		return save_cpr_wait_ready(e);
 	for (;;) {
 		uint64_t t_iter = clock_ns(), sent0 = e->cnt.transferred;
 		int ret = save_pass(e, t_iter, sent0);
@@ -573,12 +629,10 @@ static int save_devices(struct mig_engine *e)
 	return mig_devstate_save(e, e->mf);
 }
 
-/* Stop the devices and send everything that is left, up to END. */
+/* Stop the devices and send the RAM and device data that is left. */
 static int save_stop_copy(struct mig_engine *e)
 {
 	uint64_t t0 = e->cnt.downtime_start_ns, t_sync, t_ram;
-	char err[256] = "";
-	uint32_t run;
 	bool more;
 	int ret;
 
@@ -606,10 +660,18 @@ static int save_stop_copy(struct mig_engine *e)
 		ret = mf_save_finish(e->mf);
 		save_count_multifd(e);
 	}
-	if (ret)
-		return ret;
-	/* VMM state, the devices' PCI config last: the destination applies
-	 * it after the device state, as vfio-pci does. */
+	return ret;
+}
+
+/* VMM state, the devices' PCI config last (the destination applies it
+ * after the device state, as vfio-pci does), then END. */
+static int save_state_end(struct mig_engine *e)
+{
+	uint64_t t0 = e->cnt.downtime_start_ns;
+	char err[256] = "";
+	uint32_t run;
+	int ret;
+
 	ret = e->host_ops->state_save(e->host, save_put_state, e, err,
 				      sizeof(err));
 	if (ret)
@@ -646,10 +708,18 @@ static int save_switchover(struct mig_engine *e)
 	if (e->mf)
 		mf_set_deadline(e->mf, e->ch->deadline_ns);
 
-	ret = save_stop_copy(e);
-	/* A file has no return path: the stream is complete once written
-	 * (the guest stays paused here, as QEMU does). */
-	if (!ret && e->ch->has_return_path)
+	/* A live update copies nothing: the devices keep running, only
+	 * their interrupts are held in their eventfds. */
+	ret = mig_is_cpr(e) ? mig_cpr_freeze(e) : save_stop_copy(e);
+	if (!ret)
+		ret = save_state_end(e);
+	/* cpr-exec: the new image takes over from the file (returns only
+	 * when the exec failed). A file has no return path otherwise: the
+	 * stream is complete once written (the guest stays paused here, as
+	 * QEMU does). */
+	if (!ret && e->run_params.mode == MIG_MODE_CPR_EXEC)
+		ret = mig_cpr_exec(e);
+	else if (!ret && e->ch->has_return_path)
 		ret = save_handover(e);
 	if (ret && e->ch->deadline_ns && clock_ns() >= e->ch->deadline_ns)
 		mig_fail_cause(e, "the switchover took more than %llu ms (%u x "
@@ -683,6 +753,7 @@ static void save_end_devices(struct mig_engine *e, enum vfu_mig_state state)
 static void save_rollback(struct mig_engine *e)
 {
 	save_end_devices(e, VFU_MIG_STATE_RUNNING);
+	mig_cpr_thaw(e);
 	if (e->paused) {
 		e->host_ops->resume(e->host);
 		e->paused = false;
@@ -713,6 +784,9 @@ static void save_completed(struct mig_engine *e)
 		(unsigned long long)e->devs.log_pages,
 		(unsigned long long)e->devs.log_only_pages);
 	if (handed_over) {
+		/* Live update: the devices are the new process's now. */
+		if (e->cpr_frozen)
+			e->host_ops->cpr_release(e->host);
 		e->host_ops->handed_over(e->host);
 		return;
 	}

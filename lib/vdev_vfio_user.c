@@ -5,11 +5,13 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ferry/cpr_fds.h"
 #include "ferry/log.h"
 #include "ferry/util.h"
 #include "ferry/vdev.h"
@@ -255,6 +257,59 @@ static int vu_log_report(struct vdev *d, uint64_t iova, uint64_t length,
 					 bitmap);
 }
 
+/* ---- live update ---- */
+
+static int vu_cpr_save(struct vdev *d, struct cpr_fds *reg,
+		       const char *prefix, struct json_object **state)
+{
+	struct vfu_client *c = to_client(d);
+	const struct vfu_caps *caps = vfu_client_caps(c);
+	char name[CPR_NAME_MAX], *json;
+	struct json_object *s;
+	int ret;
+
+	if (snprintf(name, sizeof(name), "%ssock", prefix) >= (int)sizeof(name))
+		return -ENAMETOOLONG;
+	ret = cpr_fds_add(reg, name, vfu_client_fd(c));
+	if (ret)
+		return ret;
+	json = vfu_caps_format(caps);
+	if (!json)
+		return -ENOMEM;
+	s = json_object_new_object();
+	json_object_object_add(s, "major", json_object_new_int(caps->major));
+	json_object_object_add(s, "minor", json_object_new_int(caps->minor));
+	json_object_object_add(s, "caps", json_object_new_string(json));
+	free(json);
+	*state = s;
+	return 0;
+}
+
+static int vu_cpr_suspend(struct vdev *d, unsigned timeout_ms)
+{
+	return vfu_client_suspend(to_client(d), timeout_ms, NULL);
+}
+
+static int vu_cpr_resume(struct vdev *d)
+{
+	return vfu_client_resume(to_client(d));
+}
+
+static void vu_cpr_abandon(struct vdev *d)
+{
+	struct vdev_vu *v = container_of(d, struct vdev_vu, dev);
+
+	vfu_client_abandon(v->c);
+	v->c = NULL;
+	vu_close(d);
+}
+
+static int vu_dma_adopt(struct vdev *d, uint64_t iova, uint64_t size,
+			uint32_t prot, void *vaddr)
+{
+	return vfu_client_dma_adopt(to_client(d), iova, size, prot, vaddr);
+}
+
 static const struct vdev_ops vdev_vfio_user_ops = {
 	.name = "vfio-user",
 	.close = vu_close,
@@ -278,26 +333,39 @@ static const struct vdev_ops vdev_vfio_user_ops = {
 	.log_start = vu_log_start,
 	.log_stop = vu_log_stop,
 	.log_report = vu_log_report,
+	.cpr_save = vu_cpr_save,
+	.cpr_suspend = vu_cpr_suspend,
+	.cpr_resume = vu_cpr_resume,
+	.cpr_abandon = vu_cpr_abandon,
+	.dma_adopt = vu_dma_adopt,
 };
+
+static struct vdev_vu *vu_alloc(const char *id, const char *location)
+{
+	struct vdev_vu *v = calloc(1, sizeof(*v));
+
+	if (!v)
+		return NULL;
+	v->dev.ops = &vdev_vfio_user_ops;
+	v->dev.mig_state = VFU_MIG_STATE_RUNNING;
+	v->dev.id = strdup(id);
+	v->dev.location = strdup(location);
+	if (!v->dev.id || !v->dev.location) {
+		vu_close(&v->dev);
+		return NULL;
+	}
+	return v;
+}
 
 int vdev_vfio_user_open(const char *id, const char *socket_path,
 			struct vdev **out, char *err, size_t errlen)
 {
-	struct vdev_vu *v = calloc(1, sizeof(*v));
+	struct vdev_vu *v = vu_alloc(id, socket_path);
 	int ret;
 
 	if (!v) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
-	}
-	v->dev.ops = &vdev_vfio_user_ops;
-	v->dev.mig_state = VFU_MIG_STATE_RUNNING;
-	v->dev.id = strdup(id);
-	v->dev.location = strdup(socket_path);
-	if (!v->dev.id || !v->dev.location) {
-		snprintf(err, errlen, "out of memory");
-		ret = -ENOMEM;
-		goto err_free;
 	}
 	ret = vfu_client_connect(socket_path, NULL, &v->c);
 	if (ret) {
@@ -311,4 +379,58 @@ int vdev_vfio_user_open(const char *id, const char *socket_path,
 err_free:
 	vu_close(&v->dev);
 	return ret;
+}
+
+int vdev_vfio_user_adopt(const char *id, const char *location,
+			 struct cpr_fds *reg, const char *prefix,
+			 struct json_object *state, struct vdev **out,
+			 char *err, size_t errlen)
+{
+	struct vfu_client_cpr cpr;
+	struct json_object *v_caps, *v_maj, *v_min;
+	char name[CPR_NAME_MAX];
+	const char *caps;
+	struct vdev_vu *v;
+	int fd, ret;
+
+	snprintf(name, sizeof(name), "%ssock", prefix);
+	fd = cpr_fds_peek(reg, name);
+	if (fd < 0) {
+		snprintf(err, errlen, "no vfio-user connection (%s) handed "
+			 "over", name);
+		return -ENOENT;
+	}
+	if (!json_object_object_get_ex(state, "caps", &v_caps) ||
+	    !json_object_is_type(v_caps, json_type_string) ||
+	    !json_object_object_get_ex(state, "major", &v_maj) ||
+	    !json_object_object_get_ex(state, "minor", &v_min)) {
+		snprintf(err, errlen, "vfio-user session state incomplete");
+		return -EBADMSG;
+	}
+	caps = json_object_get_string(v_caps);
+	vfu_caps_defaults(&cpr.caps);
+	ret = vfu_caps_parse(caps, strlen(caps) + 1, &cpr.caps);
+	if (ret) {
+		snprintf(err, errlen, "vfio-user session capabilities: %s",
+			 strerror(-ret));
+		return ret;
+	}
+	cpr.caps.major = (uint16_t)json_object_get_int(v_maj);
+	cpr.caps.minor = (uint16_t)json_object_get_int(v_min);
+	cpr.next_id = 0;
+	v = vu_alloc(id, location);
+	if (!v) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	ret = vfu_client_adopt_suspended(fd, &cpr, NULL, &v->c);
+	if (ret) {
+		snprintf(err, errlen, "adopting the vfio-user connection: %s",
+			 strerror(-ret));
+		vu_close(&v->dev);
+		return ret;
+	}
+	cpr_fds_take(reg, name);	/* the client's now */
+	*out = &v->dev;
+	return 0;
 }

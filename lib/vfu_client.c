@@ -11,9 +11,11 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +71,11 @@ struct vfu_client {
 
 	pthread_t thread;
 	bool thread_started;
+	/* Live update: the receive thread leaves at a message boundary
+	 * when woken with thread_stop, and never touches the socket. */
+	int wake_fd;			/* eventfd */
+	bool thread_stop;		/* under lock */
+	bool suspended;			/* under lock: requests refused */
 
 	pthread_mutex_t lock;		/* pending list, state, callbacks */
 	struct vfu_pending *pending;
@@ -278,6 +285,37 @@ static void client_handle_request(struct vfu_client *c, struct vfu_msg *msg)
 	}
 }
 
+/* 1: a message is waiting; 0: asked to stop (suspend); -errno. */
+static int client_wait_message(struct vfu_client *c)
+{
+	struct pollfd p[2] = {
+		{ .fd = c->conn.fd, .events = POLLIN },
+		{ .fd = c->wake_fd, .events = POLLIN },
+	};
+	uint64_t v;
+	bool stop;
+
+	for (;;) {
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (p[1].revents) {
+			if (read(c->wake_fd, &v, sizeof(v)) < 0 &&
+			    errno != EAGAIN)
+				return -errno;
+			pthread_mutex_lock(&c->lock);
+			stop = c->thread_stop;
+			pthread_mutex_unlock(&c->lock);
+			if (stop)
+				return 0;
+		}
+		if (p[0].revents)
+			return 1;
+	}
+}
+
 static void *client_recv_thread(void *arg)
 {
 	struct vfu_client *c = arg;
@@ -288,7 +326,12 @@ static void *client_recv_thread(void *arg)
 	for (;;) {
 		struct vfu_msg msg;
 
-		ret = vfu_conn_recv(&c->conn, &msg);
+		/* Between messages only: a stop never splits one. */
+		ret = client_wait_message(c);
+		if (ret == 0)
+			return NULL;	/* suspended: the socket is untouched */
+		if (ret > 0)
+			ret = vfu_conn_recv(&c->conn, &msg);
 		if (ret)
 			break;
 		switch (msg.hdr.flags & VFU_F_TYPE_MASK) {
@@ -351,6 +394,11 @@ static int client_request(struct vfu_client *c, uint16_t cmd,
 	pthread_mutex_lock(&c->lock);
 	if (!c->connected) {
 		ret = -ENOTCONN;
+		goto out_unlock;
+	}
+	if (c->suspended) {
+		/* Handed over, or being: nothing goes out meanwhile. */
+		ret = -EAGAIN;
 		goto out_unlock;
 	}
 	do {
@@ -437,6 +485,11 @@ static int client_alloc(int sock_fd, const struct vfu_client_opts *opts,
 		free(c);
 		return -EINVAL;
 	}
+	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (c->wake_fd < 0) {
+		free(c);
+		return -errno;
+	}
 	vfu_conn_init_sock(&c->conn, sock_fd);
 	/* The transport refuses anything larger before allocating it. */
 	c->conn.max_msg_size = c->our_max_xfer + VFU_CLIENT_RECV_SLACK;
@@ -452,6 +505,7 @@ static int client_alloc(int sock_fd, const struct vfu_client_opts *opts,
 
 static void client_free(struct vfu_client *c)
 {
+	close_safely(&c->wake_fd);
 	vfu_conn_close(&c->conn);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->maps_lock);
@@ -461,7 +515,12 @@ static void client_free(struct vfu_client *c)
 
 static int client_start(struct vfu_client *c)
 {
-	int ret = pthread_create(&c->thread, NULL, client_recv_thread, c);
+	int ret;
+
+	pthread_mutex_lock(&c->lock);
+	c->thread_stop = false;
+	pthread_mutex_unlock(&c->lock);
+	ret = pthread_create(&c->thread, NULL, client_recv_thread, c);
 
 	if (ret)
 		return -ret;
@@ -570,6 +629,112 @@ err_close:
 err_free:
 	client_free(c);
 	return ret;
+}
+
+/* ---- live update ---- */
+
+/* Stop the receive thread where it waits for the next message. */
+static void client_stop_thread(struct vfu_client *c)
+{
+	uint64_t one = 1;
+
+	if (!c->thread_started)
+		return;
+	pthread_mutex_lock(&c->lock);
+	c->thread_stop = true;
+	pthread_mutex_unlock(&c->lock);
+	if (write(c->wake_fd, &one, sizeof(one)) < 0)
+		pr_warn("vfio-user client: waking the receive thread: %s",
+			strerror(errno));
+	pthread_join(c->thread, NULL);
+	c->thread_started = false;
+}
+
+int vfu_client_suspend(struct vfu_client *c, unsigned timeout_ms,
+		       struct vfu_client_cpr *out)
+{
+	uint64_t deadline = clock_ns() + timeout_ms * 1000000ull;
+	bool busy;
+
+	pthread_mutex_lock(&c->lock);
+	if (!c->connected) {
+		pthread_mutex_unlock(&c->lock);
+		return -ENOTCONN;
+	}
+	c->suspended = true;
+	pthread_mutex_unlock(&c->lock);
+	/* Requests already out finish (or time out) first: their replies
+	 * must not be left for the next owner. */
+	for (;;) {
+		pthread_mutex_lock(&c->lock);
+		busy = c->pending != NULL;
+		pthread_mutex_unlock(&c->lock);
+		if (!busy)
+			break;
+		if (clock_ns() > deadline) {
+			pthread_mutex_lock(&c->lock);
+			c->suspended = false;
+			pthread_mutex_unlock(&c->lock);
+			return -EBUSY;
+		}
+		usleep(200);
+	}
+	client_stop_thread(c);
+	pthread_mutex_lock(&c->lock);
+	if (out) {
+		out->caps = c->caps;
+		out->next_id = c->next_id;
+	}
+	busy = !c->connected;	/* lost while stopping */
+	pthread_mutex_unlock(&c->lock);
+	return busy ? -ENOTCONN : 0;
+}
+
+int vfu_client_resume(struct vfu_client *c)
+{
+	int ret;
+
+	if (c->thread_started)
+		return 0;
+	ret = client_start(c);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&c->lock);
+	c->suspended = false;
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+void vfu_client_abandon(struct vfu_client *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	c->closing = true;
+	c->suspended = true;
+	pthread_mutex_unlock(&c->lock);
+	/* No shutdown(): the connection lives on in its new owner. */
+	client_stop_thread(c);
+	client_free(c);
+}
+
+int vfu_client_adopt_suspended(int sock_fd, const struct vfu_client_cpr *cpr,
+			       const struct vfu_client_opts *opts,
+			       struct vfu_client **out)
+{
+	struct vfu_client *c;
+	int ret;
+
+	if (sock_fd < 0 || !cpr)
+		return -EINVAL;
+	ret = client_alloc(sock_fd, opts, &c);
+	if (ret)
+		return ret;
+	c->caps = cpr->caps;
+	c->next_id = cpr->next_id;
+	c->suspended = true;
+	*out = c;
+	return 0;
 }
 
 int vfu_client_adopt(int sock_fd, const struct vfu_caps *caps,
@@ -977,6 +1142,20 @@ static void maps_del(struct vfu_client *c, uint64_t iova, uint64_t size)
 			return;
 		}
 	}
+}
+
+int vfu_client_dma_adopt(struct vfu_client *c, uint64_t iova, uint64_t size,
+			 uint32_t prot, void *vaddr)
+{
+	int ret;
+
+	if (size == 0 || !range_within(iova, size, UINT64_MAX) ||
+	    (prot & ~VFU_DMA_MAP_FLAGS_ALL))
+		return -EINVAL;
+	pthread_mutex_lock(&c->maps_lock);
+	ret = maps_add(c, iova, size, prot, vaddr);
+	pthread_mutex_unlock(&c->maps_lock);
+	return ret;
 }
 
 int vfu_client_dma_map(struct vfu_client *c, uint64_t iova, uint64_t size,

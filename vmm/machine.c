@@ -4,22 +4,31 @@
  * (memory.c), torn down with the dirty log (dirty.c). Here, above the
  * three, so that none of them calls up into another.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vmm.h"
 
 int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
-	      char *err, size_t errlen)
+	      int ram_fd, char *err, size_t errlen)
 {
 	int ret;
 
 	vm->ram_fd = -1;
 	ret = kvm_vm_create(vm, nr_cpus, err, errlen);
-	if (ret)
+	if (ret) {
+		if (ram_fd >= 0)
+			close(ram_fd);
 		return ret;
-	ret = vm_ram_init(vm, ram_size);
-	if (ret)
+	}
+	ret = vm_ram_init(vm, ram_size, ram_fd);
+	if (ret == -EBADFD)
+		snprintf(err, errlen, "the guest RAM handed over is not %llu "
+			 "bytes (--memory must be the old process's)",
+			 (unsigned long long)ram_size);
+	else if (ret)
 		snprintf(err, errlen, "guest RAM of %llu bytes: %s",
 			 (unsigned long long)ram_size, strerror(-ret));
 	return ret;

@@ -17,10 +17,12 @@
 
 #include <json-c/json.h>
 
+#include "cpr.h"
 #include "debug_exit.h"
 #include "incoming.h"
 #include "migration.h"
 #include "ferry/log.h"
+#include "ferry/mig_channel.h"
 #include "ferry/util.h"
 #include "multiboot.h"
 #include "pci.h"
@@ -48,6 +50,8 @@ struct opts {
 	const char *qmp_path;
 	const char *serial_file;	/* NULL: stdio */
 	const char *incoming;		/* migration URI or "defer" */
+	char incoming_buf[256];		/* ...from a JSON main channel */
+	char cpr_path[108];		/* live update: the cpr channel */
 	struct sock_access sock_access;	/* --socket-mode, --allow-uid */
 	struct dev_opt devs[VM_MAX_DEVICES];
 	unsigned nr_devs;
@@ -74,7 +78,12 @@ static void usage(FILE *f)
 "                          where the COM1 console goes (default stdio)\n"
 "  -i, --incoming URI      receive a live migration instead of booting:\n"
 "                          tcp:HOST:PORT, unix:PATH, file:PATH, or defer\n"
-"                          (then QMP migrate-incoming gives the URI)\n"
+"                          (then QMP migrate-incoming gives the URI); or a\n"
+"                          QEMU channel object, e.g. for live update:\n"
+"                          '{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\n"
+"                          \"socket\",\"type\":\"unix\",\"path\":\"P\"}}' (given\n"
+"                          beside the main one: take over the VM of the\n"
+"                          process that migrates to P; docs/cpr.md)\n"
 "      --socket-mode MODE  file mode of the QMP and unix: migration sockets\n"
 "                          (octal, default 0600 whatever the umask)\n"
 "      --allow-uid UID     a user besides this one and root who may connect\n"
@@ -168,6 +177,47 @@ static void opts_free(struct opts *o)
 	}
 }
 
+/* A URI, "defer", or a QEMU channel object (main or cpr); repeatable
+ * once per channel type. */
+static int parse_incoming(struct opts *o, const char *arg)
+{
+	char uri[sizeof(o->incoming_buf)], err[256];
+	struct json_object *chan;
+	bool cpr;
+	int ret;
+
+	if (arg[0] != '{') {
+		if (o->incoming)
+			return usage_error("--incoming given twice");
+		o->incoming = arg;
+		return 0;
+	}
+	chan = json_tokener_parse(arg);
+	ret = chan ? mig_uri_from_channel(chan, &cpr, uri, sizeof(uri), err,
+					  sizeof(err)) : -EINVAL;
+	json_object_put(chan);
+	if (!chan)
+		return usage_error("--incoming '%s': not JSON", arg);
+	if (ret)
+		return usage_error("--incoming '%s': %s", arg, err);
+	if (cpr) {
+		if (strncmp(uri, "unix:", 5))
+			return usage_error("--incoming: the cpr channel must "
+					   "be a unix socket");
+		if (o->cpr_path[0])
+			return usage_error("--incoming: two cpr channels");
+		/* mig_uri_parse() bounded the path to a sun_path. */
+		memcpy(o->cpr_path, uri + 5, MIN(strlen(uri + 5) + 1,
+						 sizeof(o->cpr_path) - 1));
+		return 0;
+	}
+	if (o->incoming)
+		return usage_error("--incoming given twice");
+	snprintf(o->incoming_buf, sizeof(o->incoming_buf), "%s", uri);
+	o->incoming = o->incoming_buf;
+	return 0;
+}
+
 static int parse_args(struct opts *o, int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -241,7 +291,9 @@ static int parse_args(struct opts *o, int argc, char **argv)
 						   optarg);
 			break;
 		case 'i':
-			o->incoming = optarg;
+			ret = parse_incoming(o, optarg);
+			if (ret)
+				return ret;
 			break;
 		case 'M':
 			if (parse_sock_mode(optarg, &o->sock_access.mode))
@@ -270,6 +322,10 @@ static int parse_args(struct opts *o, int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (o->cpr_path[0] && !o->incoming)
+		return usage_error("--incoming with a cpr channel needs the main "
+				   "channel too (another --incoming: a URI or "
+				   "defer)");
 	if (!o->kernel && !o->incoming)
 		return usage_error("--kernel ELF is required (or --incoming URI)");
 	if (o->kernel && o->incoming)
@@ -380,11 +436,13 @@ static void emit_to_qmp(void *opaque, const char *name,
 }
 
 /* Everything a configuration error can hit; exit status 2 on failure. */
-static int vmm_setup(struct main_ctx *m, const struct opts *o)
+static int vmm_setup(struct main_ctx *m, const struct opts *o,
+		     struct cpr_in *cpr)
 {
 	struct vm *vm = &m->vm;
 	char err[ERR_LEN], cmdline[CMDLINE_MAX];
 	struct mb_boot boot;
+	int ram_fd = -1;
 	sigset_t sigs;
 	int ret;
 
@@ -392,7 +450,27 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o)
 		fprintf(stderr, "ferry-vmm: --append: command line too long\n");
 		return -E2BIG;
 	}
-	ret = vm_create(vm, o->memory, o->cpus, err, sizeof(err));
+	if (cpr) {
+		/* Live update: the old process's machine, over its RAM. */
+		if (!o->incoming) {
+			fprintf(stderr, "ferry-vmm: a live update needs "
+				"--incoming (file:PATH, a socket, or defer)\n");
+			return -EINVAL;
+		}
+		ret = cpr_in_check(cpr, o->memory, o->cpus, o->nr_devs, err,
+				   sizeof(err));
+		if (ret) {
+			fprintf(stderr, "ferry-vmm: live update: %s\n", err);
+			return ret;
+		}
+		ram_fd = cpr_in_take_ram(cpr);
+		if (ram_fd < 0) {
+			fprintf(stderr, "ferry-vmm: live update: guest RAM was "
+				"not handed over\n");
+			return -ENOENT;
+		}
+	}
+	ret = vm_create(vm, o->memory, o->cpus, ram_fd, err, sizeof(err));
 	if (ret) {
 		fprintf(stderr, "ferry-vmm: cannot create the VM: %s\n", err);
 		return ret;
@@ -439,9 +517,17 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o)
 	for (unsigned i = 0; i < o->nr_devs; i++) {
 		struct vdev *vdev;
 
-		ret = vdev_vfio_user_open(o->devs[i].id, o->devs[i].socket,
-					  &vdev, err, sizeof(err));
-		if (!ret)
+		if (cpr)
+			ret = cpr_in_adopt_device(vm, vm->pci, cpr, i,
+						  o->devs[i].id,
+						  o->devs[i].socket,
+						  &vm->devs[vm->nr_devs], err,
+						  sizeof(err));
+		else
+			ret = vdev_vfio_user_open(o->devs[i].id,
+						  o->devs[i].socket, &vdev,
+						  err, sizeof(err));
+		if (!ret && !cpr)
 			ret = vfio_pci_create(vm, vm->pci, vdev,
 					      &vm->devs[vm->nr_devs], err,
 					      sizeof(err));
@@ -456,6 +542,11 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o)
 	if (ret) {
 		fprintf(stderr, "ferry-vmm: %s\n", err);
 		return ret;
+	}
+	if (cpr) {
+		ret = migration_cpr_incoming(vm, cpr->mode, cpr->id);
+		if (ret)
+			return ret;
 	}
 
 	m->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -537,10 +628,32 @@ static void vmm_teardown(struct main_ctx *m)
 	close_safely(&m->epfd);
 }
 
+/* Live update: the old process's fds, from the cpr channel or across
+ * exec, before anything is built. */
+static int cpr_take(const struct opts *o, struct cpr_in *in, bool *have)
+{
+	char err[ERR_LEN];
+	int ret;
+
+	*have = false;
+	if (o->cpr_path[0]) {
+		ret = cpr_in_receive(o->cpr_path, &o->sock_access, in, err,
+				     sizeof(err));
+		*have = !ret;
+	} else {
+		ret = cpr_in_from_exec(in, have, err, sizeof(err));
+	}
+	if (ret)
+		fprintf(stderr, "ferry-vmm: live update: %s\n", err);
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
 	static struct main_ctx m;
 	struct opts o = { 0 };
+	struct cpr_in cpr;
+	bool have_cpr;
 	sigset_t sigs;
 	int ret, status;
 
@@ -564,11 +677,16 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	m.epfd = m.sig_fd = -1;
-	ret = vmm_setup(&m, &o);
+	ret = cpr_take(&o, &cpr, &have_cpr);
+	if (!ret)
+		ret = vmm_setup(&m, &o, have_cpr ? &cpr : NULL);
+	/* What nobody took is closed (and reported). */
+	if (have_cpr)
+		cpr_in_free(&cpr);
 	if (ret) {
 		vmm_teardown(&m);
 		opts_free(&o);
-		return EXIT_USAGE;
+		return ret == -EINTR ? 0 : EXIT_USAGE;
 	}
 	/* An incoming VM runs when its state has arrived (incoming.c). */
 	if (!o.incoming) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ferry/log.h"
@@ -17,21 +18,38 @@
 #define VM_RAM_MIN	(2 * MiB)
 #define VM_RAM_MAX	(1024 * GiB)
 
-int vm_ram_init(struct vm *vm, uint64_t size)
+int vm_ram_init(struct vm *vm, uint64_t size, int adopt_fd)
 {
 	uint64_t low, high;
+	struct stat st;
 	int ret, slot;
 	void *p;
 
 	if (size < VM_RAM_MIN || size > VM_RAM_MAX ||
-	    !IS_ALIGNED(size, VM_PAGE_SIZE))
+	    !IS_ALIGNED(size, VM_PAGE_SIZE)) {
+		if (adopt_fd >= 0)
+			close(adopt_fd);
 		return -EINVAL;
-	vm->ram_fd = memfd_create("ferry-ram", MFD_CLOEXEC);
-	if (vm->ram_fd < 0)
-		return -errno;
-	if (ftruncate(vm->ram_fd, (off_t)size) < 0) {
-		ret = -errno;
-		goto err_close_fd;
+	}
+	if (adopt_fd >= 0) {
+		/* Live update: the guest's RAM as it is, not a copy. */
+		vm->ram_fd = adopt_fd;
+		if (fstat(adopt_fd, &st) < 0) {
+			ret = -errno;
+			goto err_close_fd;
+		}
+		if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size) {
+			ret = -EBADFD;
+			goto err_close_fd;
+		}
+	} else {
+		vm->ram_fd = memfd_create("ferry-ram", MFD_CLOEXEC);
+		if (vm->ram_fd < 0)
+			return -errno;
+		if (ftruncate(vm->ram_fd, (off_t)size) < 0) {
+			ret = -errno;
+			goto err_close_fd;
+		}
 	}
 	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
 		 vm->ram_fd, 0);

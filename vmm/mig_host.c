@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpr.h"
 #include "cpu_state.h"
 #include "ferry/log.h"
 #include "ferry/mig_stream.h"
@@ -385,6 +386,49 @@ static void host_load_failed(void *host)
 	vm_request_exit(host_vm(host), VM_EXIT_ERROR, "migration-failed");
 }
 
+/* ---- live update ---- */
+
+static int host_cpr_prepare(void *host, struct cpr_fds *reg, const char *id,
+			    char *err, size_t errlen)
+{
+	struct vm_mig *m = host;
+	struct mig_params p;
+
+	mig_engine_get_params(m->engine, &p);
+	return vm_cpr_prepare(m->vm, reg, id, p.mode, err, errlen);
+}
+
+static int host_cpr_freeze(void *host, char *err, size_t errlen)
+{
+	struct vm_mig *m = host;
+
+	return vm_cpr_freeze(m->vm, !m->cpr_keep_irqfds, m->cpr_gap_ms, err,
+			     errlen);
+}
+
+static void host_cpr_thaw(void *host)
+{
+	vm_cpr_thaw(host_vm(host));
+}
+
+static void host_cpr_release(void *host)
+{
+	vm_cpr_release(host_vm(host));
+}
+
+static int host_cpr_exec(void *host, struct cpr_fds *reg, char *err,
+			 size_t errlen)
+{
+	struct vm_mig *m = host;
+
+	return vm_cpr_exec(m->vm, reg, m->cpr_exec_argv, err, errlen);
+}
+
+static int host_cpr_activate(void *host, char *err, size_t errlen)
+{
+	return vm_cpr_activate(host_vm(host), err, errlen);
+}
+
 const struct mig_host_ops vm_mig_host_ops = {
 	.ram_describe = host_ram_describe,
 	.dirty_log_start = host_dirty_log_start,
@@ -406,4 +450,10 @@ const struct mig_host_ops vm_mig_host_ops = {
 	.hold_paused = host_hold_paused,
 	.outcome_unknown = host_outcome_unknown,
 	.load_failed = host_load_failed,
+	.cpr_prepare = host_cpr_prepare,
+	.cpr_freeze = host_cpr_freeze,
+	.cpr_thaw = host_cpr_thaw,
+	.cpr_release = host_cpr_release,
+	.cpr_exec = host_cpr_exec,
+	.cpr_activate = host_cpr_activate,
 };

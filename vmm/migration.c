@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ferry/log.h"
+#include "ferry/mig_channel.h"
 #include "ferry/mig_converge.h"
 #include "ferry/util.h"
 #include "incoming.h"
@@ -59,6 +60,15 @@ static const struct mig_event_ops vm_mig_events = {
 	.device_state = ev_device_state,
 };
 
+#define CPR_EXEC_MAX_ARGS	256
+
+static void exec_argv_free(char **argv)
+{
+	for (size_t i = 0; argv && argv[i]; i++)
+		free(argv[i]);
+	free(argv);
+}
+
 /* ---- life cycle ---- */
 
 int migration_init(struct vm *vm, char *err, size_t errlen)
@@ -103,22 +113,81 @@ void migration_fini(struct vm *vm)
 		return;
 	/* Cancels an outgoing migration, ends a wait at the incoming
 	 * door, and joins the engine's thread. */
+	exec_argv_free(m->cpr_exec_argv);
 	mig_engine_destroy(m->engine);
 	pthread_mutex_destroy(&m->inc_lock);
 	free(m);
 	vm->mig = NULL;
 }
 
+int migration_cpr_incoming(struct vm *vm, enum mig_mode mode,
+			   const char *id)
+{
+	return mig_engine_set_cpr_incoming(vm->mig->engine, mode, id);
+}
+
 /* ---- commands ---- */
 
 int migration_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 {
+	struct mig_params p;
+
+	mig_engine_get_params(vm->mig->engine, &p);
+	if (p.mode == MIG_MODE_CPR_TRANSFER) {
+		snprintf(err, errlen, "mode cpr-transfer needs 'channels' with "
+			 "a main and a cpr channel");
+		return -EINVAL;
+	}
 	if (incoming_pending(vm)) {
 		snprintf(err, errlen, "Guest is waiting for an incoming "
 			 "migration");
 		return -EINVAL;
 	}
 	return mig_save_start(vm->mig->engine, uri, err, errlen);
+}
+
+int migration_start_channels(struct vm *vm, struct json_object *channels,
+			     char *err, size_t errlen)
+{
+	char main_uri[256] = "", cpr_uri[256] = "", uri[256];
+	struct mig_params p;
+	size_t n = json_object_array_length(channels);
+	bool cpr;
+
+	for (size_t i = 0; i < n; i++) {
+		int ret = mig_uri_from_channel(
+			json_object_array_get_idx(channels, i), &cpr, uri,
+			sizeof(uri), err, errlen);
+
+		if (ret)
+			return ret;
+		if ((cpr ? cpr_uri : main_uri)[0]) {
+			snprintf(err, errlen, "two %s channels",
+				 cpr ? "cpr" : "main");
+			return -EINVAL;
+		}
+		snprintf(cpr ? cpr_uri : main_uri, sizeof(uri), "%s", uri);
+	}
+	if (!main_uri[0]) {
+		snprintf(err, errlen, "no main channel");
+		return -EINVAL;
+	}
+	mig_engine_get_params(vm->mig->engine, &p);
+	if (!cpr_uri[0] != (p.mode != MIG_MODE_CPR_TRANSFER)) {
+		snprintf(err, errlen, cpr_uri[0] ? "a cpr channel is for mode "
+			 "cpr-transfer (migrate-set-parameters mode)" :
+			 "mode cpr-transfer needs a cpr channel");
+		return -EINVAL;
+	}
+	if (!cpr_uri[0])
+		return migration_start(vm, main_uri, err, errlen);
+	if (incoming_pending(vm)) {
+		snprintf(err, errlen, "Guest is waiting for an incoming "
+			 "migration");
+		return -EINVAL;
+	}
+	return mig_save_start_cpr(vm->mig->engine, main_uri, cpr_uri, err,
+				  errlen);
 }
 
 int migration_cancel(struct vm *vm)
@@ -254,16 +323,92 @@ struct json_object *migration_query(struct vm *vm)
 	if (st.outcome_unknown)
 		json_object_object_add(r, "x-outcome-unknown",
 				       json_object_new_boolean(true));
+	if (st.mode != MIG_MODE_NORMAL)
+		json_object_object_add(r, "x-mode", json_object_new_string(
+			mig_mode_name(st.mode)));
 	return r;
 }
 
-int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
-			    bool check_only, char *err, size_t errlen)
+/* cpr-exec-command: a non-empty list of strings. */
+static int exec_argv_parse(struct json_object *v, char ***out, char *err,
+			   size_t errlen)
 {
+	size_t n = json_object_is_type(v, json_type_array) ?
+		   json_object_array_length(v) : 0;
+	char **argv;
+
+	if (n == 0 || n > CPR_EXEC_MAX_ARGS) {
+		snprintf(err, errlen, "Parameter 'cpr-exec-command' expects a "
+			 "list of 1 to %d strings", CPR_EXEC_MAX_ARGS);
+		return -EINVAL;
+	}
+	argv = calloc(n + 1, sizeof(*argv));
+	if (!argv)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *s = json_object_array_get_idx(v, i);
+
+		if (!json_object_is_type(s, json_type_string) ||
+		    !json_object_get_string_len(s) ||
+		    !(argv[i] = strdup(json_object_get_string(s)))) {
+			exec_argv_free(argv);
+			snprintf(err, errlen, "Parameter 'cpr-exec-command': "
+				 "item %zu is not a non-empty string", i);
+			return -EINVAL;
+		}
+	}
+	*out = argv;
+	return 0;
+}
+
+/* What is not an engine parameter: live update's command and knobs. */
+static int set_vmm_parameter(struct vm *vm, const char *name,
+			     struct json_object *val, bool check_only,
+			     char *err, size_t errlen)
+{
+	struct vm_mig *m = vm->mig;
+	int64_t value = json_object_get_int64(val);
+	char **argv = NULL;
+	int ret;
+
+	if (!strcmp(name, "x-cpr-gap-ms")) {
+		if (value < 0 || value > 10000) {
+			snprintf(err, errlen, "Parameter 'x-cpr-gap-ms' expects "
+				 "0 to 10000 milliseconds");
+			return -EINVAL;
+		}
+		if (!check_only)
+			m->cpr_gap_ms = (unsigned)value;
+		return 0;
+	}
+	ret = exec_argv_parse(val, &argv, err, errlen);
+	if (ret || check_only) {
+		exec_argv_free(argv);
+		return ret;
+	}
+	exec_argv_free(m->cpr_exec_argv);
+	m->cpr_exec_argv = argv;
+	return 0;
+}
+
+int migration_set_parameter(struct vm *vm, const char *name,
+			    struct json_object *val, bool check_only,
+			    char *err, size_t errlen)
+{
+	int64_t value = json_object_get_int64(val);
 	struct mig_params p;
 
+	if (!strcmp(name, "x-cpr-gap-ms") || !strcmp(name, "cpr-exec-command"))
+		return set_vmm_parameter(vm, name, val, check_only, err,
+					 errlen);
 	mig_engine_get_params(vm->mig->engine, &p);
-	if (!strcmp(name, "downtime-limit")) {
+	if (!strcmp(name, "mode")) {
+		if (mig_mode_parse(json_object_get_string(val), &p.mode)) {
+			snprintf(err, errlen, "Parameter 'mode' expects "
+				 "normal, cpr-transfer or cpr-exec");
+			return -EINVAL;
+		}
+	} else if (!strcmp(name, "downtime-limit")) {
 		if (value < 0 || value > MIG_MAX_DOWNTIME_MS) {
 			snprintf(err, errlen, "Parameter 'downtime-limit' "
 				 "expects an integer in the range of 0 to %d "
@@ -336,6 +481,8 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 		cap = &p.devstate_reverse;
 	else if (!strcmp(name, "x-multifd-devstate-drop-first"))
 		cap = &p.devstate_drop_first;
+	else if (!strcmp(name, "x-cpr-keep-irqfds"))
+		cap = &vm->mig->cpr_keep_irqfds;
 	else {
 		snprintf(err, errlen, "Capability '%s' is not supported", name);
 		return -EINVAL;
@@ -365,6 +512,16 @@ struct json_object *migration_query_parameters(struct vm *vm)
 			       json_object_new_boolean(p.multifd_device_state));
 	json_add_u64(r, "x-migration-max-queued-buffers-size",
 		     p.max_queued_bytes);
+	json_object_object_add(r, "mode",
+			       json_object_new_string(mig_mode_name(p.mode)));
+	if (vm->mig->cpr_exec_argv) {
+		struct json_object *a = json_object_new_array();
+
+		for (char **s = vm->mig->cpr_exec_argv; *s; s++)
+			json_object_array_add(a, json_object_new_string(*s));
+		json_object_object_add(r, "cpr-exec-command", a);
+	}
+	json_add_u64(r, "x-cpr-gap-ms", vm->mig->cpr_gap_ms);
 	return r;
 }
 
@@ -382,6 +539,7 @@ struct json_object *migration_query_capabilities(struct vm *vm)
 		{ "x-multifd-no-reorder", p.no_reorder },
 		{ "x-multifd-devstate-reverse", p.devstate_reverse },
 		{ "x-multifd-devstate-drop-first", p.devstate_drop_first },
+		{ "x-cpr-keep-irqfds", vm->mig->cpr_keep_irqfds },
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(caps); i++) {

@@ -18,24 +18,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ferry/mig_engine.h"
+
 struct vm;
 struct json_object;
 
 /* Create the VM's migration engine, after its devices exist. */
 int migration_init(struct vm *vm, char *err, size_t errlen);
+/* This VM was built from a live update's fds (mode, id): the stream
+ * that comes must be that update's. */
+int migration_cpr_incoming(struct vm *vm, enum mig_mode mode,
+			   const char *id);
 /* Cancel or end what runs, join every migration thread, free. */
 void migration_fini(struct vm *vm);
 
 /* Source. Errors: -errno and a message in err. */
 int migration_start(struct vm *vm, const char *uri, char *err,
 		    size_t errlen);
+/* QEMU's "channels" form: a main channel, and a cpr one for mode
+ * cpr-transfer (ferry/mig_channel.h, mig_uri_from_channel()). */
+int migration_start_channels(struct vm *vm, struct json_object *channels,
+			     char *err, size_t errlen);
 /* 0, or -EBUSY once the whole state was sent (too late to cancel). */
 int migration_cancel(struct vm *vm);
 struct json_object *migration_query(struct vm *vm);
 /* With check_only, validate without changing anything (QMP applies a
  * command's settings all or none). */
-int migration_set_parameter(struct vm *vm, const char *name, int64_t value,
-			    bool check_only, char *err, size_t errlen);
+int migration_set_parameter(struct vm *vm, const char *name,
+			    struct json_object *value, bool check_only,
+			    char *err, size_t errlen);
 int migration_set_capability(struct vm *vm, const char *name, bool on,
 			     bool check_only, char *err, size_t errlen);
 struct json_object *migration_query_parameters(struct vm *vm);

@@ -7,6 +7,8 @@
  *   watched  anything else while MSI-X is enabled: the poll thread owns
  *            the eventfd and turns signals into pending bits
  *   idle     MSI-X disabled: the device holds no fd, nobody watches
+ *   frozen   live update: no irqfd, nobody drains; signals stay counted
+ *            in the eventfds until a thaw (here or in the new process)
  */
 #include <errno.h>
 #include <poll.h>
@@ -46,6 +48,8 @@ struct msix {
 	int *fds;		/* the vec[].fd values, contiguous for SET_IRQS */
 
 	int kick_fd;		/* wakes the poll thread to rescan */
+	bool frozen;		/* live update: see msix_freeze() */
+	bool keep_irqfds;	/* debug: freeze without detaching */
 	bool stop;
 	pthread_t thread;
 	bool thread_started;
@@ -106,7 +110,9 @@ static void update_vector(struct msix *m, unsigned v)
 		     !(ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT) && addr != 0;
 	int ret;
 
-	if (!route) {
+	if (m->frozen && vec->assigned && m->keep_irqfds)
+		return;		/* the negative control: left attached */
+	if (!route || m->frozen) {
 		if (vec->assigned) {
 			ret = vm_irqfd_deassign(m->vm, vec->fd, vec->gsi);
 			if (ret < 0)
@@ -182,7 +188,7 @@ static void *poll_thread(void *arg)
 		}
 		pfd[0] = (struct pollfd){ .fd = m->kick_fd, .events = POLLIN };
 		n = 1;
-		for (v = 0; m->enabled && v < m->nr; v++) {
+		for (v = 0; m->enabled && !m->frozen && v < m->nr; v++) {
 			if (m->vec[v].assigned)
 				continue;
 			pfd[n] = (struct pollfd){ .fd = m->vec[v].fd,
@@ -206,7 +212,7 @@ static void *poll_thread(void *arg)
 			v = map[i];
 			/* Re-check: the vector may have been routed since. */
 			if ((pfd[i].revents & POLLIN) && m->enabled &&
-			    !m->vec[v].assigned)
+			    !m->frozen && !m->vec[v].assigned)
 				drain_to_pending(m, v);
 		}
 		pthread_mutex_unlock(&m->lock);
@@ -219,7 +225,8 @@ out_free:
 }
 
 int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
-		msix_set_irqs_fn set_irqs, void *opaque, struct msix **out)
+		msix_set_irqs_fn set_irqs, void *opaque, const int *adopt_fds,
+		struct msix **out)
 {
 	struct msix *m;
 	unsigned v;
@@ -256,10 +263,14 @@ int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
 		m->vec[v].gsi = -1;
 		m->vec[v].fd = -1;
 	}
+	/* Adopted eventfds (live update) are the device's already, with
+	 * whatever signals they hold: frozen until thawed. */
+	m->frozen = adopt_fds != NULL;
 	for (v = 0; v < nr_vectors; v++) {
-		m->vec[v].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		m->vec[v].fd = adopt_fds ? adopt_fds[v] :
+				eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (m->vec[v].fd < 0) {
-			ret = -errno;
+			ret = adopt_fds ? -EBADF : -errno;
 			goto err_close;
 		}
 		m->fds[v] = m->vec[v].fd;
@@ -290,7 +301,9 @@ err_free:
 	return ret;
 }
 
-void msix_destroy(struct msix *m)
+/* Both ends of a destroy: quiet leaves the device and KVM alone (a
+ * hand-over gave them to another process). */
+static void msix_free(struct msix *m, bool quiet)
 {
 	unsigned v;
 	int ret;
@@ -299,14 +312,20 @@ void msix_destroy(struct msix *m)
 		return;
 
 	pthread_mutex_lock(&m->lock);
-	if (m->enabled) {
+	if (quiet) {
+		/* No SET_IRQS, no deassign: only our fds close. */
+		for (v = 0; v < m->nr; v++)
+			m->vec[v].assigned = false;
+		m->frozen = true;
+	} else if (m->enabled) {
 		ret = m->set_irqs(m->opaque, NULL, m->nr);
 		if (ret < 0)
 			pr_debug("device %s: MSI-X fds not taken back: %s",
 				 m->id, strerror(-ret));
 		m->enabled = false;
 	}
-	update_all(m);		/* detaches every irqfd */
+	if (!quiet)
+		update_all(m);	/* detaches every irqfd */
 	m->stop = true;
 	kick_poller(m);
 	pthread_mutex_unlock(&m->lock);
@@ -314,7 +333,7 @@ void msix_destroy(struct msix *m)
 		pthread_join(m->thread, NULL);
 
 	for (v = 0; v < m->nr; v++) {
-		if (m->vec[v].gsi >= 0)
+		if (m->vec[v].gsi >= 0 && !quiet)
 			vm_msi_route_free(m->vm, m->vec[v].gsi);
 		close_safely(&m->vec[v].fd);
 	}
@@ -325,6 +344,36 @@ void msix_destroy(struct msix *m)
 	free(m->table);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
+}
+
+void msix_destroy(struct msix *m)
+{
+	msix_free(m, false);
+}
+
+void msix_abandon(struct msix *m)
+{
+	msix_free(m, true);
+}
+
+void msix_freeze(struct msix *m, bool detach)
+{
+	pthread_mutex_lock(&m->lock);
+	m->frozen = true;
+	m->keep_irqfds = !detach;
+	update_all(m);
+	pthread_mutex_unlock(&m->lock);
+}
+
+void msix_thaw(struct msix *m)
+{
+	pthread_mutex_lock(&m->lock);
+	m->frozen = false;
+	m->keep_irqfds = false;
+	/* Attaching an irqfd injects what its eventfd counted meanwhile;
+	 * the poll thread drains the masked ones. */
+	update_all(m);
+	pthread_mutex_unlock(&m->lock);
 }
 
 uint64_t msix_table_size(const struct msix *m)
@@ -456,7 +505,8 @@ void msix_state_get(struct msix *m, void *buf)
 	pthread_mutex_unlock(&m->lock);
 }
 
-int msix_state_set(struct msix *m, const void *buf, size_t len)
+int msix_state_set(struct msix *m, const void *buf, size_t len,
+		   bool device_has_fds)
 {
 	const uint8_t *p = buf;
 	uint32_t nr;
@@ -471,7 +521,7 @@ int msix_state_set(struct msix *m, const void *buf, size_t len)
 	memcpy(m->table, p + MSIX_STATE_HDR, msix_table_size(m));
 	memcpy(m->pba, p + MSIX_STATE_HDR + msix_table_size(m),
 	       DIV_ROUND_UP(m->nr, 64) * sizeof(uint64_t));
-	if (p[0] && !m->enabled) {
+	if (p[0] && !m->enabled && !device_has_fds) {
 		ret = m->set_irqs(m->opaque, m->fds, m->nr);
 		if (ret < 0)
 			pr_err("device %s: cannot enable MSI-X on the device: %s",

@@ -32,11 +32,28 @@ struct msix;
  */
 typedef int (*msix_set_irqs_fn)(void *opaque, const int *fds, unsigned n);
 
+/* adopt_fds (live update: the device holds them already) are taken,
+ * whatever happens, and the msix starts frozen; NULL makes new ones. */
 int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
-		msix_set_irqs_fn set_irqs, void *opaque, struct msix **out);
+		msix_set_irqs_fn set_irqs, void *opaque, const int *adopt_fds,
+		struct msix **out);
 /* Detaches irqfds, frees routes, takes the fds back from the device if
  * enabled, stops the poll thread, closes the eventfds. */
 void msix_destroy(struct msix *m);
+/* The same without touching the device or KVM: after a hand-over (or a
+ * failed adoption), only this process's fds close. */
+void msix_abandon(struct msix *m);
+
+/*
+ * Live update. freeze: every irqfd detached (detach false: left attached
+ * -- the debug negative control) and nobody drains the eventfds, so a
+ * signal the device raises from now on stays counted in its eventfd.
+ * thaw: routed again; attaching an irqfd injects what it counted, the
+ * poll thread drains the masked ones into the PBA. Nothing is lost and
+ * nothing delivered twice as long as only one process thaws.
+ */
+void msix_freeze(struct msix *m, bool detach);
+void msix_thaw(struct msix *m);
 
 /* Byte sizes of the table and PBA as the guest sees them. */
 uint64_t msix_table_size(const struct msix *m);
@@ -65,11 +82,13 @@ bool msix_vector_pending(struct msix *m, unsigned vector);
  * in flight when the device stopped is carried as a pending bit (an
  * attached one was already delivered into the LAPIC, which migrates with
  * the vCPU). msix_state_set() loads a blob into a fresh msix of the same
- * size, hands the eventfds to the device if enabled and routes every
- * vector; an unmasked pending vector is then delivered once.
+ * size, hands the eventfds to the device if enabled (unless
+ * device_has_fds: live update) and routes every vector (unless frozen);
+ * an unmasked pending vector is then delivered once.
  */
 size_t msix_state_size(const struct msix *m);
 void msix_state_get(struct msix *m, void *buf);
-int msix_state_set(struct msix *m, const void *buf, size_t len);
+int msix_state_set(struct msix *m, const void *buf, size_t len,
+		   bool device_has_fds);
 
 #endif /* FERRY_VMM_MSIX_H */

@@ -89,7 +89,7 @@ struct qmp_arg {
 	bool required;
 };
 
-#define QMP_MAX_ARGS	8
+#define QMP_MAX_ARGS	12
 
 struct qmp_cmd {
 	const char *name;
@@ -403,12 +403,21 @@ static struct json_object *cmd_migrate(struct qmp_client *c,
 				       struct json_object *args,
 				       struct qmp_error *e)
 {
-	struct json_object *uri;
+	struct json_object *uri = NULL, *channels = NULL;
 	char err[QMP_ERR_LEN];
+	int ret;
 
 	json_object_object_get_ex(args, "uri", &uri);
-	if (migration_start(c->q->vm, json_object_get_string(uri), err,
-			    sizeof(err))) {
+	json_object_object_get_ex(args, "channels", &channels);
+	if (!uri == !channels) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "migrate takes either 'uri' "
+			   "or 'channels'");
+		return NULL;
+	}
+	ret = uri ? migration_start(c->q->vm, json_object_get_string(uri),
+				    err, sizeof(err)) :
+	      migration_start_channels(c->q->vm, channels, err, sizeof(err));
+	if (ret) {
 		qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
 		return NULL;
 	}
@@ -444,8 +453,7 @@ static struct json_object *cmd_migrate_set_parameters(struct qmp_client *c,
 	 * first, so a command applies all its settings or none. */
 	for (int pass = 0; args && pass < 2; pass++) {
 		json_object_object_foreach(args, key, val) {
-			if (migration_set_parameter(c->q->vm, key,
-						    json_object_get_int64(val),
+			if (migration_set_parameter(c->q->vm, key, val,
 						    pass == 0, err, sizeof(err))) {
 				qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
 				return NULL;
@@ -559,7 +567,8 @@ static const struct qmp_cmd qmp_cmds[] = {
 	{ "query-pci", cmd_query_pci, { { 0 } } },
 	{ "query-kvm", cmd_query_kvm, { { 0 } } },
 	{ "migrate", cmd_migrate,
-	  { { "uri", json_type_string, "string", true } } },
+	  { { "uri", json_type_string, "string", false },
+	    { "channels", json_type_array, "array", false } } },
 	{ "migrate_cancel", cmd_migrate_cancel, { { 0 } } },
 	{ "query-migrate", cmd_query_migrate, { { 0 } } },
 	{ "migrate-set-parameters", cmd_migrate_set_parameters,
@@ -570,7 +579,10 @@ static const struct qmp_cmd qmp_cmds[] = {
 	    { "x-migration-multifd-transfer", json_type_boolean, "bool",
 	      false },
 	    { "x-migration-max-queued-buffers-size", json_type_int, "int",
-	      false } } },
+	      false },
+	    { "mode", json_type_string, "string", false },
+	    { "cpr-exec-command", json_type_array, "array", false },
+	    { "x-cpr-gap-ms", json_type_int, "int", false } } },
 	{ "query-migrate-parameters", cmd_query_migrate_parameters, { { 0 } } },
 	{ "migrate-set-capabilities", cmd_migrate_set_capabilities,
 	  { { "capabilities", json_type_array, "array", true } } },

@@ -23,9 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 
+#include "ferry/cpr_fds.h"
 #include "ferry/log.h"
 #include "ferry/util.h"
 #include "ferry/vdev.h"
@@ -124,6 +126,18 @@ struct vfio_pci {
 
 	atomic_bool connected;
 	atomic_bool closing;
+	/* Live update: adopted and not taken over yet (the device talks to
+	 * the old process still), or handed over (another process owns it
+	 * now). Either way: not a word to the device, even at destroy. */
+	bool cpr_adopted;
+	bool cpr_released;
+};
+
+/* Where an adopted device's description comes from (live update). */
+struct vup_cpr {
+	struct cpr_fds *reg;
+	const char *prefix;		/* "dev0." */
+	struct json_object *desc;
 };
 
 static uint16_t cfg_u16(const struct vfio_pci *dev, unsigned off)
@@ -621,8 +635,172 @@ static int vup_set_irqs(void *opaque, const int *fds, unsigned n)
 
 /* ---- creation ----------------------------------------------------- */
 
-static int setup_bar(struct vfio_pci *dev, unsigned i, char *err,
-		     size_t errlen)
+/*
+ * An adopted device is described by its previous owner (live update):
+ * the same answers the device gave it, read back here instead of asking
+ * the device, which still talks to the old process. The description
+ * comes from our own previous process over a socket only our user may
+ * use, but it is still checked like any input.
+ */
+static int desc_u64(struct json_object *o, const char *key, uint64_t max,
+		    uint64_t *out)
+{
+	struct json_object *v;
+	int64_t x;
+
+	if (!json_object_object_get_ex(o, key, &v) ||
+	    !json_object_is_type(v, json_type_int))
+		return -EBADMSG;
+	x = json_object_get_int64(v);
+	if (x < 0 || (uint64_t)x > max)
+		return -EBADMSG;
+	*out = (uint64_t)x;
+	return 0;
+}
+
+static int cpr_take_fd(const struct vup_cpr *cpr, const char *what,
+		       unsigned n)
+{
+	char name[CPR_NAME_MAX];
+
+	snprintf(name, sizeof(name), "%s%s%u", cpr->prefix, what, n);
+	return cpr_fds_take(cpr->reg, name);
+}
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+static int cpr_device_info(struct vfio_pci *dev, const struct vup_cpr *cpr)
+{
+	struct json_object *info;
+	uint64_t flags, regions, irqs;
+
+	if (!json_object_object_get_ex(cpr->desc, "info", &info) ||
+	    desc_u64(info, "flags", UINT32_MAX, &flags) ||
+	    desc_u64(info, "num_regions", VFU_CLIENT_MAX_REGIONS, &regions) ||
+	    desc_u64(info, "num_irqs", VFU_CLIENT_MAX_IRQS, &irqs))
+		return -EBADMSG;
+	dev->info = (struct vfu_device_info){
+		.argsz = sizeof(dev->info), .flags = (uint32_t)flags,
+		.num_regions = (uint32_t)regions, .num_irqs = (uint32_t)irqs,
+	};
+	return 0;
+}
+
+static int cpr_config_space(struct vfio_pci *dev, const struct vup_cpr *cpr)
+{
+	struct json_object *v;
+	const char *hex;
+	size_t len;
+
+	if (!json_object_object_get_ex(cpr->desc, "cfg", &v) ||
+	    !json_object_is_type(v, json_type_string))
+		return -EBADMSG;
+	hex = json_object_get_string(v);
+	len = strlen(hex);
+	if (len % 2 || len / 2 < PCI_CFG_STD_SIZE ||
+	    len / 2 > PCI_CFG_MAX_SIZE)
+		return -EBADMSG;
+	for (size_t i = 0; i < len / 2; i++) {
+		int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return -EBADMSG;
+		dev->cfg[i] = (uint8_t)(hi << 4 | lo);
+	}
+	dev->cfg_size = (uint32_t)(len / 2);
+	return 0;
+}
+
+static int cpr_areas(struct json_object *b, const char *key,
+		     struct vfu_sparse_area *areas, uint32_t *nr,
+		     uint64_t region_size)
+{
+	struct json_object *a;
+	size_t n;
+
+	*nr = 0;
+	if (!json_object_object_get_ex(b, key, &a))
+		return 0;
+	if (!json_object_is_type(a, json_type_array) ||
+	    (n = json_object_array_length(a)) > VDEV_MAX_AREAS)
+		return -EBADMSG;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(a, i);
+		uint64_t off, len;
+
+		if (desc_u64(e, "offset", region_size, &off) ||
+		    desc_u64(e, "size", region_size, &len) ||
+		    !range_within(off, len, region_size))
+			return -EBADMSG;
+		areas[i] = (struct vfu_sparse_area){ .offset = off,
+						     .size = len };
+	}
+	*nr = (uint32_t)n;
+	return 0;
+}
+
+/* Region i as the old owner had it; -EINVAL: absent (as the device's
+ * own refusal), -EBADMSG: a bad description. */
+static int cpr_region_info(struct vfio_pci *dev, const struct vup_cpr *cpr,
+			   unsigned i, struct vdev_region *r)
+{
+	struct json_object *bars, *b = NULL, *v;
+	uint64_t idx, flags, size, off;
+	struct stat st;
+	size_t n;
+
+	memset(r, 0, sizeof(*r));
+	r->fd = -1;
+	if (!json_object_object_get_ex(cpr->desc, "bars", &bars) ||
+	    !json_object_is_type(bars, json_type_array))
+		return -EBADMSG;
+	n = json_object_array_length(bars);
+	for (size_t k = 0; k < n && !b; k++) {
+		struct json_object *o = json_object_array_get_idx(bars, k);
+
+		if (!desc_u64(o, "index", VUP_NR_BARS, &idx) && idx == i)
+			b = o;
+	}
+	if (!b)
+		return -EINVAL;
+	if (desc_u64(b, "flags", UINT32_MAX, &flags) ||
+	    desc_u64(b, "size", 1ull << 40, &size) ||
+	    desc_u64(b, "fd_offset", INT64_MAX, &off) ||
+	    cpr_areas(b, "mmap", r->mmap, &r->nr_mmap, size) ||
+	    cpr_areas(b, "trap", r->trap_while_saving,
+		      &r->nr_trap_while_saving, size))
+		return -EBADMSG;
+	r->index = i;
+	r->flags = (uint32_t)flags;
+	r->size = size;
+	r->fd_offset = off;
+	if (!json_object_object_get_ex(b, "fd", &v) ||
+	    !json_object_get_boolean(v)) {
+		r->flags &= ~VFU_REGION_FLAG_MMAP;
+		return 0;
+	}
+	r->fd = cpr_take_fd(cpr, "bar", i);
+	if (r->fd < 0)
+		return -ENOENT;
+	/* Mapped into the guest: it must cover the region (as checked
+	 * when the device first gave it). */
+	if (fstat(r->fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (uint64_t)st.st_size < off + ALIGN_UP(size, VUP_PAGE_SIZE)) {
+		vdev_region_release(r);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+static int setup_bar(struct vfio_pci *dev, unsigned i,
+		     const struct vup_cpr *cpr, char *err, size_t errlen)
 {
 	struct vup_bar *bar = &dev->bars[i];
 	uint32_t reg = cfg_u32(dev, PCI_BAR0 + 4 * i);
@@ -634,7 +812,8 @@ static int setup_bar(struct vfio_pci *dev, unsigned i, char *err,
 	bar->region.fd = -1;
 	if (i >= dev->info.num_regions)
 		return 0;
-	ret = vdev_region_info(dev->vdev, i, &bar->region);
+	ret = cpr ? cpr_region_info(dev, cpr, i, &bar->region) :
+	      vdev_region_info(dev->vdev, i, &bar->region);
 	/* An absent BAR is either size 0 (as VFIO reports it) or refused
 	 * with EINVAL (as some servers do): the same for us. */
 	if (ret == -EINVAL)
@@ -698,12 +877,14 @@ static int setup_bar(struct vfio_pci *dev, unsigned i, char *err,
 
 /* Walk the capability list (untrusted: bounded, inside the header's
  * 256 bytes) for MSI-X. */
-static int find_msix(struct vfio_pci *dev, char *err, size_t errlen)
+static int find_msix(struct vfio_pci *dev, const struct vup_cpr *cpr,
+		     char *err, size_t errlen)
 {
 	unsigned pos, n, cap = 0;
 	uint32_t tbl, pba;
-	uint64_t tsize, psize;
+	uint64_t tsize, psize, count;
 	struct vfu_irq_info irq;
+	int fds[MSIX_MAX_VECTORS];
 	unsigned nvec;
 	int ret;
 
@@ -755,13 +936,37 @@ static int find_msix(struct vfio_pci *dev, char *err, size_t errlen)
 		return -EINVAL;
 	}
 
-	ret = vdev_irq_info(dev->vdev, VFU_PCI_MSIX_IRQ_INDEX, &irq);
+	if (cpr) {
+		/* Its eventfds are the device's already: take them. */
+		if (desc_u64(cpr->desc, "msix_irq_count", MSIX_MAX_VECTORS,
+			     &count)) {
+			snprintf(err, errlen, "no MSI-X vector count");
+			return -EBADMSG;
+		}
+		irq = (struct vfu_irq_info){ .flags = VFU_IRQ_INFO_EVENTFD,
+					     .count = (uint32_t)count };
+		for (unsigned v = 0; v < nvec; v++) {
+			fds[v] = cpr_take_fd(cpr, "irq", v);
+			if (fds[v] < 0) {
+				snprintf(err, errlen, "MSI-X vector %u's "
+					 "eventfd was not handed over", v);
+				while (v--)
+					close(fds[v]);
+				return -ENOENT;
+			}
+		}
+		ret = 0;
+	} else {
+		ret = vdev_irq_info(dev->vdev, VFU_PCI_MSIX_IRQ_INDEX, &irq);
+	}
 	if (ret < 0) {
 		snprintf(err, errlen, "MSI-X irq info: %s", strerror(-ret));
 		return ret;
 	}
 	if (!(irq.flags & VFU_IRQ_INFO_EVENTFD) || irq.count == 0) {
 		snprintf(err, errlen, "device has an MSI-X capability but no MSI-X eventfd interrupts");
+		for (unsigned v = 0; cpr && v < nvec; v++)
+			close(fds[v]);
 		return -EINVAL;
 	}
 	dev->msix_irq_count = irq.count;
@@ -770,7 +975,7 @@ static int find_msix(struct vfio_pci *dev, char *err, size_t errlen)
 			dev->id, nvec, irq.count);
 
 	ret = msix_create(dev->vm, dev->id, nvec, vup_set_irqs, dev,
-			  &dev->msix);
+			  cpr ? fds : NULL, &dev->msix);
 	if (ret < 0) {
 		snprintf(err, errlen, "MSI-X setup: %s", strerror(-ret));
 		return ret;
@@ -781,19 +986,31 @@ static int find_msix(struct vfio_pci *dev, char *err, size_t errlen)
 	return 0;
 }
 
-static int map_guest_ram(struct vfio_pci *dev, char *err, size_t errlen)
+/* Adopted (live update): the device maps guest RAM already, from the
+ * same memfd; only our side of each mapping is recorded. */
+static int map_guest_ram(struct vfio_pci *dev, const struct vup_cpr *cpr,
+			 char *err, size_t errlen)
 {
+	const uint32_t prot = VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE;
 	const struct vm_ram_range *r;
 	unsigned n, i;
 	int fd = vm_ram_fd(dev->vm);
+	uint64_t nr_dma;
 	int ret;
 
 	n = vm_ram_ranges(dev->vm, &r);
+	if (cpr && (desc_u64(cpr->desc, "nr_dma", n, &nr_dma) ||
+		    nr_dma != n)) {
+		snprintf(err, errlen, "the device maps other RAM ranges than "
+			 "this VM has");
+		return -EBADMSG;
+	}
 	for (i = 0; i < n; i++) {
-		ret = vdev_dma_map(dev->vdev, r[i].gpa, r[i].size, fd,
-				   r[i].fd_offset,
-				   VFU_DMA_FLAG_READ | VFU_DMA_FLAG_WRITE,
-				   r[i].hva);
+		ret = cpr ? dev->vdev->ops->dma_adopt(dev->vdev, r[i].gpa,
+						      r[i].size, prot,
+						      r[i].hva) :
+		      vdev_dma_map(dev->vdev, r[i].gpa, r[i].size, fd,
+				   r[i].fd_offset, prot, r[i].hva);
 		if (ret < 0) {
 			snprintf(err, errlen, "DMA map of guest RAM [%#llx, +%#llx): %s",
 				 (unsigned long long)r[i].gpa,
@@ -827,7 +1044,8 @@ static void unmap_guest_ram(struct vfio_pci *dev)
 
 /* The VMM is the firmware: place every BAR and turn decode on, so a
  * simple guest can use the device without enumerating resources. */
-static int place_bars(struct vfio_pci *dev, char *err, size_t errlen)
+static int place_bars(struct vfio_pci *dev, bool adopted, char *err,
+		      size_t errlen)
 {
 	uint16_t cmd;
 	uint64_t gpa;
@@ -857,7 +1075,10 @@ static int place_bars(struct vfio_pci *dev, char *err, size_t errlen)
 
 	cmd = cfg_u16(dev, PCI_COMMAND) | PCI_COMMAND_MEMORY |
 	      PCI_COMMAND_MASTER;
-	cfg_forward(dev, PCI_COMMAND, &cmd, sizeof(cmd));
+	/* An adopted device has it, and its guest's own value follows
+	 * with the PCI state. */
+	if (!adopted)
+		cfg_forward(dev, PCI_COMMAND, &cmd, sizeof(cmd));
 	pthread_mutex_lock(&dev->lock);
 	dev->command = cmd;
 	bars_update(dev);
@@ -865,12 +1086,19 @@ static int place_bars(struct vfio_pci *dev, char *err, size_t errlen)
 	return 0;
 }
 
-static int read_config_space(struct vfio_pci *dev, char *err,
-			     size_t errlen)
+static int read_config_space(struct vfio_pci *dev, const struct vup_cpr *cpr,
+			     char *err, size_t errlen)
 {
 	struct vdev_region r = { .fd = -1 };
 	int ret;
 
+	if (cpr) {
+		ret = cpr_config_space(dev, cpr);
+		if (ret)
+			snprintf(err, errlen, "no usable config space in the "
+				 "description");
+		return ret;
+	}
 	if (dev->info.num_regions <= VFU_PCI_CONFIG_REGION_INDEX) {
 		snprintf(err, errlen, "device has %u regions, no config space",
 			 dev->info.num_regions);
@@ -909,10 +1137,12 @@ static const struct vdev_events vup_events = {
 	.dma_dirty = vup_dirty,
 };
 
-int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
-		    struct vfio_pci **out, char *err, size_t errlen)
+static int vup_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
+		      const struct vup_cpr *cpr, struct vfio_pci **out,
+		      char *err, size_t errlen)
 {
 	struct vfio_pci *dev;
+	uint64_t slot;
 	char why[256] = "";
 	unsigned i;
 	int ret;
@@ -931,9 +1161,11 @@ int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 	for (i = 0; i < VUP_NR_BARS; i++)
 		dev->bars[i].region.fd = -1;
 	atomic_store(&dev->connected, true);
+	dev->cpr_adopted = cpr != NULL;
 	vdev_set_events(vdev, &vup_events, dev);
 
-	ret = vdev_device_info(dev->vdev, &dev->info);
+	ret = cpr ? cpr_device_info(dev, cpr) :
+	      vdev_device_info(dev->vdev, &dev->info);
 	if (ret < 0) {
 		snprintf(why, sizeof(why), "device info: %s", strerror(-ret));
 		goto err_destroy;
@@ -944,23 +1176,23 @@ int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 			 dev->info.flags);
 		goto err_destroy;
 	}
-	ret = read_config_space(dev, why, sizeof(why));
+	ret = read_config_space(dev, cpr, why, sizeof(why));
 	if (ret < 0)
 		goto err_destroy;
 	for (i = 0; i < VUP_NR_BARS; i++) {
-		ret = setup_bar(dev, i, why, sizeof(why));
+		ret = setup_bar(dev, i, cpr, why, sizeof(why));
 		if (ret < 0)
 			goto err_destroy;
 		if (dev->bars[i].is64 && dev->bars[i].present)
 			i++;	/* the upper half is not a BAR of its own */
 	}
-	ret = find_msix(dev, why, sizeof(why));
+	ret = find_msix(dev, cpr, why, sizeof(why));
 	if (ret < 0)
 		goto err_destroy;
-	ret = map_guest_ram(dev, why, sizeof(why));
+	ret = map_guest_ram(dev, cpr, why, sizeof(why));
 	if (ret < 0)
 		goto err_destroy;
-	ret = place_bars(dev, why, sizeof(why));
+	ret = place_bars(dev, cpr != NULL, why, sizeof(why));
 	if (ret < 0)
 		goto err_destroy;
 
@@ -973,9 +1205,19 @@ int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 		goto err_destroy;
 	}
 	dev->on_bus = true;
-	pr_info("device %s: %04x:%04x from %s %s in slot %u", dev->id,
+	/* The guest found the device in its slot: it stays there. */
+	if (cpr && (desc_u64(cpr->desc, "slot", 31, &slot) ||
+		    slot != dev->pdev.slot)) {
+		snprintf(why, sizeof(why), "the old process had it in another "
+			 "PCI slot than %u: start the new process with the same "
+			 "devices in the same order", dev->pdev.slot);
+		ret = -EINVAL;
+		goto err_destroy;
+	}
+	pr_info("device %s: %04x:%04x from %s %s in slot %u%s", dev->id,
 		cfg_u16(dev, PCI_VENDOR_ID), cfg_u16(dev, PCI_DEVICE_ID),
-		vdev->ops->name, vdev->location, dev->pdev.slot);
+		vdev->ops->name, vdev->location, dev->pdev.slot,
+		cpr ? " (adopted: live update)" : "");
 	*out = dev;
 	return 0;
 
@@ -986,8 +1228,28 @@ err_destroy:
 	return ret;
 }
 
+int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
+		    struct vfio_pci **out, char *err, size_t errlen)
+{
+	return vup_create(vm, bus, vdev, NULL, out, err, errlen);
+}
+
+int vfio_pci_adopt(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
+		   struct cpr_fds *reg, const char *prefix,
+		   struct json_object *desc, struct vfio_pci **out, char *err,
+		   size_t errlen)
+{
+	const struct vup_cpr cpr = { .reg = reg, .prefix = prefix,
+				     .desc = desc };
+
+	return vup_create(vm, bus, vdev, &cpr, out, err, errlen);
+}
+
 void vfio_pci_destroy(struct vfio_pci *dev)
 {
+	/* Adopted and never taken over, or handed over: the device is
+	 * another process's; only our side goes. */
+	bool quiet = dev && (dev->cpr_adopted || dev->cpr_released);
 	unsigned i;
 
 	if (!dev)
@@ -996,7 +1258,10 @@ void vfio_pci_destroy(struct vfio_pci *dev)
 	if (dev->on_bus)
 		pci_bus_remove(dev->bus, &dev->pdev);
 
-	msix_destroy(dev->msix);	/* SET_IRQS de-assign, irqfds, routes */
+	if (quiet)
+		msix_abandon(dev->msix);
+	else
+		msix_destroy(dev->msix);	/* SET_IRQS de-assign, irqfds */
 	dev->msix = NULL;
 	pthread_mutex_lock(&dev->lock);
 	for (i = 0; i < VUP_NR_BARS; i++) {
@@ -1009,8 +1274,12 @@ void vfio_pci_destroy(struct vfio_pci *dev)
 		vdev_region_release(&bar->region);
 	}
 	pthread_mutex_unlock(&dev->lock);
-	unmap_guest_ram(dev);
-	vdev_close(dev->vdev);
+	if (quiet) {
+		dev->vdev->ops->cpr_abandon(dev->vdev);
+	} else {
+		unmap_guest_ram(dev);
+		vdev_close(dev->vdev);
+	}
 	pthread_mutex_destroy(&dev->lock);
 	free(dev);
 }
@@ -1201,7 +1470,7 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 	pthread_mutex_unlock(&dev->lock);
 	if (dev->msix) {
 		ret = msix_state_set(dev->msix, (const uint8_t *)blob + sizeof(s),
-				     mlen);
+				     mlen, dev->cpr_adopted);
 		if (ret) {
 			snprintf(err, errlen, "PCI state: MSI-X: %s",
 				 strerror(-ret));
@@ -1209,4 +1478,138 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 		}
 	}
 	return 0;
+}
+
+/* ---- live update (CPR) --------------------------------------------- */
+
+#define VUP_CPR_SUSPEND_MS	2000	/* requests in flight to finish */
+
+static void json_add_u64(struct json_object *o, const char *key, uint64_t v)
+{
+	json_object_object_add(o, key, json_object_new_int64((int64_t)v));
+}
+
+static struct json_object *cpr_areas_json(const struct vfu_sparse_area *a,
+					  uint32_t n)
+{
+	struct json_object *arr = json_object_new_array();
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_new_object();
+
+		json_add_u64(e, "offset", a[i].offset);
+		json_add_u64(e, "size", a[i].size);
+		json_object_array_add(arr, e);
+	}
+	return arr;
+}
+
+static int cpr_add_fd(struct cpr_fds *reg, const char *prefix,
+		      const char *what, unsigned n, int fd)
+{
+	char name[CPR_NAME_MAX];
+
+	snprintf(name, sizeof(name), "%s%s%u", prefix, what, n);
+	return cpr_fds_add(reg, name, fd);
+}
+
+int vfio_pci_cpr_save(struct vfio_pci *dev, struct cpr_fds *reg,
+		      const char *prefix, struct json_object **out)
+{
+	struct json_object *d, *info, *bars, *backend = NULL;
+	char *hex;
+	int ret;
+
+	ret = dev->vdev->ops->cpr_save ?
+	      dev->vdev->ops->cpr_save(dev->vdev, reg, prefix, &backend) :
+	      -EOPNOTSUPP;
+	if (ret)
+		return ret;
+	d = json_object_new_object();
+	json_object_object_add(d, "id", json_object_new_string(dev->id));
+	json_object_object_add(d, "backend", backend);
+	json_add_u64(d, "slot", dev->pdev.slot);
+	info = json_object_new_object();
+	json_add_u64(info, "flags", dev->info.flags);
+	json_add_u64(info, "num_regions", dev->info.num_regions);
+	json_add_u64(info, "num_irqs", dev->info.num_irqs);
+	json_object_object_add(d, "info", info);
+	hex = malloc(2 * dev->cfg_size + 1);
+	if (!hex) {
+		json_object_put(d);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < dev->cfg_size; i++)
+		snprintf(hex + 2 * i, 3, "%02x", dev->cfg[i]);
+	json_object_object_add(d, "cfg", json_object_new_string(hex));
+	free(hex);
+	bars = json_object_new_array();
+	for (unsigned i = 0; i < VUP_NR_BARS && !ret; i++) {
+		const struct vdev_region *r = &dev->bars[i].region;
+		struct json_object *b;
+
+		if (!dev->bars[i].present)
+			continue;
+		b = json_object_new_object();
+		json_add_u64(b, "index", i);
+		json_add_u64(b, "flags", r->flags);
+		json_add_u64(b, "size", r->size);
+		json_add_u64(b, "fd_offset", r->fd_offset);
+		json_object_object_add(b, "mmap", cpr_areas_json(r->mmap,
+								 r->nr_mmap));
+		json_object_object_add(b, "trap", cpr_areas_json(
+			r->trap_while_saving, r->nr_trap_while_saving));
+		json_object_object_add(b, "fd",
+				       json_object_new_boolean(r->fd >= 0));
+		json_object_array_add(bars, b);
+		if (r->fd >= 0)
+			ret = cpr_add_fd(reg, prefix, "bar", i, r->fd);
+	}
+	json_object_object_add(d, "bars", bars);
+	json_add_u64(d, "msix_irq_count", dev->msix_irq_count);
+	json_add_u64(d, "nr_dma", dev->nr_dma);
+	for (unsigned v = 0; dev->msix && !ret &&
+	     v < msix_nr_vectors(dev->msix); v++)
+		ret = cpr_add_fd(reg, prefix, "irq", v,
+				 msix_vector_fd(dev->msix, v));
+	if (ret) {
+		json_object_put(d);
+		return ret;
+	}
+	*out = d;
+	return 0;
+}
+
+int vfio_pci_cpr_freeze(struct vfio_pci *dev, bool detach_irqfds)
+{
+	int ret;
+
+	if (dev->msix)
+		msix_freeze(dev->msix, detach_irqfds);
+	ret = dev->vdev->ops->cpr_suspend(dev->vdev, VUP_CPR_SUSPEND_MS);
+	if (ret && dev->msix)
+		msix_thaw(dev->msix);
+	return ret;
+}
+
+int vfio_pci_cpr_resume(struct vfio_pci *dev)
+{
+	return dev->vdev->ops->cpr_resume(dev->vdev);
+}
+
+int vfio_pci_cpr_thaw(struct vfio_pci *dev)
+{
+	int ret = dev->vdev->ops->cpr_resume(dev->vdev);
+
+	/* Ours now (again): what the device signalled meanwhile is in
+	 * the eventfds, delivered as the irqfds attach. */
+	dev->cpr_adopted = false;
+	if (dev->msix)
+		msix_thaw(dev->msix);
+	return ret;
+}
+
+void vfio_pci_cpr_release(struct vfio_pci *dev)
+{
+	dev->cpr_released = true;
 }

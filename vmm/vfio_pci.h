@@ -21,6 +21,7 @@ struct pci_bus;
 struct vfio_pci;
 struct vdev;
 struct json_object;
+struct cpr_fds;
 
 /* Plug an open device into bus; the proxy owns vdev from here on (it is
  * closed on failure too). On failure returns -errno and writes a
@@ -28,6 +29,8 @@ struct json_object;
  * repeat the id or location, the caller prints those. */
 int vfio_pci_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 		    struct vfio_pci **out, char *err, size_t errlen);
+/* Destroy; a device adopted and never taken over, or handed over, is
+ * left as it is (not a word to it). */
 void vfio_pci_destroy(struct vfio_pci *dev);
 /* Describe the device for QMP (id, backend, socket, BARs, vectors). */
 struct json_object *vfio_pci_describe(struct vfio_pci *dev);
@@ -54,5 +57,30 @@ struct json_object *vfio_pci_identity(struct vfio_pci *dev);
 int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len);
 int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 			char *err, size_t errlen);
+
+/*
+ * Live update (CPR). cpr_save() registers the device's fds (connection,
+ * mmap'able regions, MSI-X eventfds) under prefix and describes the rest
+ * (what the device said at creation, its slot); vfio_pci_adopt() builds
+ * the same proxy in the new process from them, without asking the
+ * device anything or telling it anything: it keeps its DMA mappings,
+ * eventfds and state. An adopted device stays silent (interrupts frozen
+ * in their eventfds) until cpr_thaw(). freeze: vCPUs paused, interrupts
+ * held in the eventfds (detach_irqfds false: left attached, the debug
+ * negative control), no request in flight; thaw: the owner talks to the
+ * device again -- the old process after a failed hand-over, or the new
+ * one taking over. release: handed over for good (destroy is quiet).
+ */
+int vfio_pci_cpr_save(struct vfio_pci *dev, struct cpr_fds *reg,
+		      const char *prefix, struct json_object **desc);
+int vfio_pci_adopt(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
+		   struct cpr_fds *reg, const char *prefix,
+		   struct json_object *desc, struct vfio_pci **out, char *err,
+		   size_t errlen);
+int vfio_pci_cpr_freeze(struct vfio_pci *dev, bool detach_irqfds);
+/* The device's connection only (interrupts still held); thaw does both. */
+int vfio_pci_cpr_resume(struct vfio_pci *dev);
+int vfio_pci_cpr_thaw(struct vfio_pci *dev);
+void vfio_pci_cpr_release(struct vfio_pci *dev);
 
 #endif /* FERRY_VMM_VFIO_PCI_H */

@@ -37,6 +37,11 @@ struct vm_mig {
 	bool inc_listening;
 
 	struct vm_mig_loaded loaded;	/* mig_host.c */
+
+	/* live update (migration.c sets them, mig_host.c uses them) */
+	char **cpr_exec_argv;		/* cpr-exec-command, NULL-ended */
+	bool cpr_keep_irqfds;		/* debug: the negative control */
+	unsigned cpr_gap_ms;		/* debug: a longer freeze */
 };
 
 /* mig_host.c: the engine's view of the VM (host = struct vm_mig *). */

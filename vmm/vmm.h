@@ -152,9 +152,10 @@ struct vm {
 };
 
 /* machine.c: the whole VM, KVM and guest RAM; destroy is safe on a
- * partly created one. */
+ * partly created one. ram_fd >= 0: guest RAM handed over by a live
+ * update (taken, whatever happens). */
 int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
-	      char *err, size_t errlen);
+	      int ram_fd, char *err, size_t errlen);
 void vm_destroy(struct vm *vm);
 
 /* kvm.c */
@@ -165,8 +166,8 @@ int vm_irq_init(struct vm *vm);
 int vm_add_ram_slot(struct vm *vm, uint64_t gpa, uint64_t size, void *hva,
 		    int *slot);
 
-/* memory.c */
-int vm_ram_init(struct vm *vm, uint64_t size);
+/* memory.c: adopt_fd >= 0 is the guest RAM to use (taken). */
+int vm_ram_init(struct vm *vm, uint64_t size, int adopt_fd);
 void vm_ram_fini(struct vm *vm);
 int vm_slot_update_flags(struct vm *vm, int slot);
 

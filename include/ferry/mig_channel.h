@@ -35,6 +35,20 @@ struct mig_uri {
 /* Parse a URI; -EINVAL with a reason in err (errlen bytes). */
 int mig_uri_parse(const char *uri, struct mig_uri *out, char *err,
 		  size_t errlen);
+/*
+ * QEMU's MigrationChannel address, as QMP's migrate "channels" and
+ * --incoming '{"channel-type": ...}' give it: {"transport": "socket",
+ * "type": "unix", "path": P} | {"transport": "socket", "type": "inet",
+ * "host": H, "port": N} | {"transport": "file", "filename": F} -- as a
+ * URI (unix:P, tcp:H:N, file:F), then checked like one. The channel
+ * object {"channel-type": "main"|"cpr", "addr": {...}} gives its type
+ * too (*cpr). -EINVAL with a reason.
+ */
+struct json_object;
+int mig_uri_from_addr(struct json_object *addr, char *uri, size_t len,
+		      char *err, size_t errlen);
+int mig_uri_from_channel(struct json_object *chan, bool *cpr, char *uri,
+			 size_t len, char *err, size_t errlen);
 
 struct mig_channel;
 

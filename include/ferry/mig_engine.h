@@ -59,6 +59,7 @@
 #include "ferry/mig_ram.h"
 #include "ferry/vdev.h"
 
+struct cpr_fds;
 struct json_object;
 struct mig_engine;
 
@@ -76,6 +77,31 @@ enum mig_status {
 };
 
 const char *mig_status_name(enum mig_status s);
+
+/*
+ * What a migration moves (QEMU's MigMode names). normal: to another host,
+ * RAM and device state copied. The CPR modes move the VM to a new VMM
+ * process on this host without copying anything: guest RAM, the device
+ * connections and interrupt eventfds go as fds (ferry/cpr_fds.h), only
+ * the VMM's state (vCPUs, irqchip, PCI/MSI-X) goes on the stream; the
+ * devices never stop (they are not migrated, they are kept).
+ * cpr-transfer: a new process started with a cpr channel takes the fds
+ * over a UNIX socket, builds its VM while the guest still runs here, and
+ * takes over at a short pause (the three-step hand-over, so either this
+ * process or the new one runs the guest, never both). cpr-exec: this
+ * process exec()s the new image in place, fds kept open, the stream in a
+ * file.
+ */
+enum mig_mode {
+	MIG_MODE_NORMAL,
+	MIG_MODE_CPR_TRANSFER,
+	MIG_MODE_CPR_EXEC,
+	MIG_MODE_NR,
+};
+
+const char *mig_mode_name(enum mig_mode m);
+/* "normal", "cpr-transfer", "cpr-exec": 0, or -EINVAL. */
+int mig_mode_parse(const char *s, enum mig_mode *out);
 
 /* Emit one VMM state section (host->state_save()); type is the VMM's
  * own (MIG_SEC_VCPU...), not one the engine uses. 0 or -errno. */
@@ -141,6 +167,30 @@ struct mig_host_ops {
 	 * as it was on the source). */
 	int (*start)(void *host, bool run);
 
+	/*
+	 * Live update (CPR modes; optional: without them the modes are
+	 * refused). Source: prepare() registers the fds the new process
+	 * needs and sets the registry's blob (what else it needs to build
+	 * the same VM over them), the guest still running; freeze(), with
+	 * the vCPUs paused, makes every device interrupt stay counted in
+	 * its eventfd and stops talking to the devices; thaw() undoes it
+	 * (the hand-over failed: the guest runs here again); handed_over is
+	 * followed by cpr_release(): let go of the devices without a word,
+	 * they live on in the new process. exec() replaces this process
+	 * with the new image, reg's fds left open for it; it returns only
+	 * if the exec failed. Destination: activate() at COMMIT, before
+	 * start(): talk to the adopted devices, deliver what their
+	 * interrupts counted meanwhile.
+	 */
+	int (*cpr_prepare)(void *host, struct cpr_fds *reg, const char *id,
+			   char *err, size_t errlen);
+	int (*cpr_freeze)(void *host, char *err, size_t errlen);
+	void (*cpr_thaw)(void *host);
+	void (*cpr_release)(void *host);
+	int (*cpr_exec)(void *host, struct cpr_fds *reg, char *err,
+			size_t errlen);
+	int (*cpr_activate)(void *host, char *err, size_t errlen);
+
 	/* Outcomes. Source: the guest runs at the destination now (stop
 	 * this copy for good); the guest must stay paused when the engine
 	 * drops its pause (a file was written: QEMU's postmigrate); nobody
@@ -184,6 +234,7 @@ struct mig_params {
 	 * never send packet 0 (a loss the destination must notice). */
 	bool devstate_reverse;
 	bool devstate_drop_first;
+	enum mig_mode mode;		/* default normal */
 };
 
 #define MIG_MAX_IO_TIMEOUT_MS	3600000	/* an hour */
@@ -227,6 +278,7 @@ struct mig_stats {
 	uint64_t dev_packets;
 	uint64_t dev_packets_early;
 	uint64_t dev_queued_peak;
+	enum mig_mode mode;		/* what the last migration was */
 	bool outcome_unknown;		/* see mig_engine_resolve() */
 	char reason[256];		/* why not switched over yet */
 	char error[512];		/* the first error */
@@ -260,6 +312,15 @@ int mig_save_start(struct mig_engine *e, const char *uri, char *err,
 		   size_t errlen);
 int mig_save_start_channel(struct mig_engine *e, struct mig_channel *ch,
 			   char *err, size_t errlen);
+/* cpr-transfer: the main channel to uri, the fds first to cpr_uri (a
+ * unix: socket where the new process waits). */
+int mig_save_start_cpr(struct mig_engine *e, const char *uri,
+		       const char *cpr_uri, char *err, size_t errlen);
+/* Destination: this VMM adopted the fds of migration id (a CPR mode):
+ * the stream must say the same mode and id, and carries no RAM and no
+ * device data. */
+int mig_engine_set_cpr_incoming(struct mig_engine *e, enum mig_mode mode,
+				const char *id);
 /* Load a migration stream from ch (taken) on the engine's thread; or
  * one whose header mig_accept_source() already checked (minor: its
  * version). */

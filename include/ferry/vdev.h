@@ -35,6 +35,18 @@
  *  - DMA logging (mirrors vfio_log_ops): log_report() reads and clears.
  *  - reset() is the only way out of ERROR, and out of RESUMING without
  *    loading a complete stream.
+ *  - Live update (CPR: the device moves to a new VMM process on the same
+ *    host, untouched -- no reset, no reprogramming, its DMA mappings and
+ *    interrupt eventfds kept). cpr_save() registers the fds the backend
+ *    needs under names starting with prefix and returns what else it
+ *    needs (JSON, static for the session). cpr_suspend() stops talking
+ *    to the device at a message boundary, with nothing in flight (calls
+ *    meanwhile fail with -EAGAIN); cpr_resume() talks again (a hand-over
+ *    that failed, or the new owner taking over). cpr_abandon() frees the
+ *    backend without a word to the device: it lives on in another
+ *    process. vdev_vfio_user_adopt() is the new owner's side: suspended
+ *    until cpr_resume(). dma_adopt() records a mapping the device has
+ *    already (no message), for serving the device's DMA messages.
  *
  * Threads: ops may be called from any thread, concurrently (a vCPU's
  * BAR access while the migration thread reads state). The events a
@@ -50,6 +62,9 @@
 #include <sys/types.h>
 
 #include "ferry/vfio_user.h"
+
+struct cpr_fds;
+struct json_object;
 
 #define VDEV_MAX_AREAS		8
 #define VDEV_PAGE_SIZE		4096u	/* granule of mmap'able areas */
@@ -115,6 +130,15 @@ struct vdev_ops {
 	int (*log_stop)(struct vdev *d);
 	int (*log_report)(struct vdev *d, uint64_t iova, uint64_t length,
 			  uint64_t page_size, uint64_t *bitmap);
+
+	/* live update (CPR) */
+	int (*cpr_save)(struct vdev *d, struct cpr_fds *reg,
+			const char *prefix, struct json_object **state);
+	int (*cpr_suspend)(struct vdev *d, unsigned timeout_ms);
+	int (*cpr_resume)(struct vdev *d);
+	void (*cpr_abandon)(struct vdev *d);
+	int (*dma_adopt)(struct vdev *d, uint64_t iova, uint64_t size,
+			 uint32_t prot, void *vaddr);
 };
 
 /* The part every backend shares; a backend embeds it. */
@@ -133,6 +157,15 @@ struct vdev {
  */
 int vdev_vfio_user_open(const char *id, const char *socket_path,
 			struct vdev **out, char *err, size_t errlen);
+/*
+ * The new owner of a vfio-user device after live update: the connection
+ * is the fd named prefix + "sock" in reg (taken), state what cpr_save()
+ * returned. Suspended until cpr_resume(). -errno with a reason in err.
+ */
+int vdev_vfio_user_adopt(const char *id, const char *location,
+			 struct cpr_fds *reg, const char *prefix,
+			 struct json_object *state, struct vdev **out,
+			 char *err, size_t errlen);
 /* Close any device (NULL is fine). */
 void vdev_close(struct vdev *d);
 

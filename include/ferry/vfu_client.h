@@ -71,6 +71,38 @@ int vfu_client_adopt(int sock_fd, const struct vfu_caps *caps,
 		     struct vfu_client **out);
 /* Stop the receive thread and close the socket. */
 void vfu_client_close(struct vfu_client *c);
+
+/*
+ * Live update (CPR): the session moves to another process with the
+ * socket, without a message to the server.
+ *
+ * suspend: refuse new requests (-EAGAIN), wait up to timeout_ms for the
+ * ones in flight (-EBUSY if they do not finish: nothing changed), then
+ * stop the receive thread between two messages -- never in one -- and
+ * without touching the socket: what the server sends meanwhile waits in
+ * it for whoever reads next. *out (may be NULL) gets what a new owner
+ * needs. resume reads again: the same client after a hand-over that
+ * failed, or a new owner once the old one let go. abandon frees a
+ * suspended (or running) client without a word to the server and
+ * without shutting the connection down; only this process's fd closes.
+ * adopt_suspended takes sock_fd (on success) for a session described by
+ * cpr, suspended until resume; dma_adopt records a mapping the server
+ * already has, for serving its DMA messages, without a message.
+ */
+struct vfu_client_cpr {
+	struct vfu_caps caps;
+	uint16_t next_id;
+};
+
+int vfu_client_suspend(struct vfu_client *c, unsigned timeout_ms,
+		       struct vfu_client_cpr *out);
+int vfu_client_resume(struct vfu_client *c);
+void vfu_client_abandon(struct vfu_client *c);
+int vfu_client_adopt_suspended(int sock_fd, const struct vfu_client_cpr *cpr,
+			       const struct vfu_client_opts *opts,
+			       struct vfu_client **out);
+int vfu_client_dma_adopt(struct vfu_client *c, uint64_t iova, uint64_t size,
+			 uint32_t prot, void *vaddr);
 /* The socket fd (for handing over in live update; still owned by c). */
 int vfu_client_fd(struct vfu_client *c);
 

@@ -43,7 +43,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	fuzz_log_init();
 	vm.ram_fd = -1;
 	kernel_fd = memfd_create("fuzz-kernel", MFD_CLOEXEC);
-	if (kernel_fd < 0 || vm_ram_init(&vm, FZM_RAM_SIZE))
+	if (kernel_fd < 0 || vm_ram_init(&vm, FZM_RAM_SIZE, -1))
 		abort();
 	snprintf(kernel_path, sizeof(kernel_path), "/proc/self/fd/%d",
 		 kernel_fd);

@@ -158,7 +158,8 @@ class Vmm(Proc):
     """One ferry-vmm: a source (kernel=...) or a destination (incoming=...)."""
 
     def __init__(self, cluster, name, devices=(), memory="128M", cpus=1,
-                 kernel=None, append=None, incoming=None, may_exit=False):
+                 kernel=None, append=None, incoming=None, may_exit=False,
+                 extra=(), wait_ready=True):
         self.serial = cluster.join(name + ".serial")
         self.qmp_path = cluster.join(name + ".qmp")
         self.incoming = incoming
@@ -174,9 +175,18 @@ class Vmm(Proc):
         for dev_id, dev in devices:
             argv += ["--device", "vfio-user,socket=%s,id=%s" %
                      (dev.sock, dev_id)]
+        argv += list(extra)
         self.devices = list(devices)
         self._qmp = None
         super().__init__(cluster, name, argv)
+        if not wait_ready:
+            return      # e.g. a live update's new process: QMP comes later
+        self.wait_ready(may_exit)
+
+    def wait_ready(self, may_exit=False, listening=True):
+        """QMP is up (and, with listening, the incoming socket)."""
+        name = self.name
+        incoming = self.incoming if listening else None
         wait_until(lambda: os.path.exists(self.qmp_path) or
                    not self.alive(), "%s QMP socket" % name)
         if may_exit:
