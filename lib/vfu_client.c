@@ -1433,8 +1433,9 @@ int vfu_client_mig_write(struct vfu_client *c, const void *buf, size_t len)
 	const uint8_t *p = buf;
 
 	while (len) {
+		/* argsz covers the data: libvfio-user's server refuses
+		 * less ("argsz too small"); the spec allows either. */
 		struct vfu_mig_data req = {
-			.argsz = sizeof(req),
 			.size = (uint32_t)MIN(len, (size_t)chunk),
 		};
 		struct iovec iov[2] = {
@@ -1444,6 +1445,7 @@ int vfu_client_mig_write(struct vfu_client *c, const void *buf, size_t len)
 		struct vfu_msg reply;
 		int ret;
 
+		req.argsz = (uint32_t)sizeof(req) + req.size;
 		ret = client_request(c, VFU_CMD_MIG_DATA_WRITE, iov, 2, NULL, 0,
 				     0, &reply);
 		if (ret)

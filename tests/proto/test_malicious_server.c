@@ -254,6 +254,16 @@ static void fake_respond(struct fake *f, struct vfu_msg *req)
 		reply(f, &req->hdr, buf, plen, NULL, 0);
 		return;
 	}
+	case VFU_CMD_MIG_DATA_WRITE: {
+		struct vfu_mig_data md;
+
+		/* As libvfio-user's server: argsz must cover the data. */
+		memcpy(&md, req->payload, sizeof(md));
+		vfu_send_reply(&f->conn, &req->hdr,
+			       md.argsz < sizeof(md) + (uint64_t)md.size ?
+			       -EINVAL : 0, NULL, 0, NULL, 0);
+		return;
+	}
 	case VFU_CMD_DEVICE_FEATURE: {
 		struct vfu_device_feature df;
 
@@ -523,6 +533,9 @@ static void test_replies(struct vfu_client *c, struct fake *f)
 	atomic_store(&f->mode, M_MIG_READ_SHORT);
 	CHECK_RET(vfu_client_mig_read(c, buf, 64), -EINVAL);
 	CHECK_RET(vfu_client_mig_read(c, buf, CLIENT_XFER + 1), -EINVAL);
+	/* MIG_DATA_WRITE's argsz covers the data (libvfio-user needs it). */
+	memset(buf, 0x3c, 64);
+	CHECK_RET(vfu_client_mig_write(c, buf, 64), 0);
 
 	/* Extensions the server lacks: -ENOTSUP, probed only once. */
 	{
