@@ -128,72 +128,6 @@ static uint64_t deadline_in(unsigned int ms)
 	return clock_ns() + (uint64_t)ms * 1000000ull;
 }
 
-static int wait_io(int fd, short events, uint64_t deadline)
-{
-	struct pollfd p = { .fd = fd, .events = events };
-	uint64_t now = clock_ns();
-	int n;
-
-	if (now >= deadline)
-		return -ETIMEDOUT;
-	do {
-		n = poll(&p, 1, (int)MIN(DIV_ROUND_UP(deadline - now,
-						      1000000ull),
-					 (uint64_t)INT32_MAX));
-	} while (n < 0 && errno == EINTR && (now = clock_ns()) < deadline);
-	if (n < 0)
-		return errno == EINTR ? -ETIMEDOUT : -errno;
-	return n ? 0 : -ETIMEDOUT;
-}
-
-static int io_send(int fd, const void *buf, size_t len, uint64_t deadline)
-{
-	const uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n;
-		int ret = wait_io(fd, POLLOUT, deadline);
-
-		if (ret)
-			return ret;
-		n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Exactly len bytes: the fd registry may follow, not a byte of it is
- * read here. -EPIPE on EOF. */
-static int io_recv(int fd, void *buf, size_t len, uint64_t deadline)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n;
-		int ret = wait_io(fd, POLLIN, deadline);
-
-		if (ret)
-			return ret;
-		n = recv(fd, p, len, MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EPIPE;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 static int msg_send(int fd, enum tk_type type, const void *payload,
 		    size_t len, uint64_t deadline)
 {
@@ -205,9 +139,9 @@ static int msg_send(int fd, enum tk_type type, const void *payload,
 
 	if (len > TK_MSG_MAX)
 		return -EMSGSIZE;
-	ret = io_send(fd, &h, sizeof(h), deadline);
+	ret = sock_send_all(fd, &h, sizeof(h), deadline);
 	if (!ret && len)
-		ret = io_send(fd, payload, len, deadline);
+		ret = sock_send_all(fd, payload, len, deadline);
 	return ret;
 }
 
@@ -224,14 +158,14 @@ static int msg_recv(int fd, enum tk_type *type, void *buf, size_t cap,
 		    uint32_t *len, uint64_t deadline)
 {
 	struct tk_hdr h;
-	int ret = io_recv(fd, &h, sizeof(h), deadline);
+	int ret = sock_recv_all(fd, &h, sizeof(h), deadline);
 
 	if (ret)
 		return ret;
 	if (h.magic != TK_MAGIC || h.version != TK_PROTO_VERSION ||
 	    h.type < TK_HELLO || h.type > TK_COMMIT || h.len > cap)
 		return -EPROTO;
-	ret = io_recv(fd, buf, h.len, deadline);
+	ret = sock_recv_all(fd, buf, h.len, deadline);
 	if (ret)
 		return ret;
 	*type = (enum tk_type)h.type;

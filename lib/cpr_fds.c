@@ -329,74 +329,6 @@ err_free:
 
 /* ---- over a socket ---- */
 
-static int wait_fd(int fd, short events, uint64_t deadline)
-{
-	struct pollfd p = { .fd = fd, .events = events };
-	int ms = -1, n;
-
-	if (deadline) {
-		uint64_t now = clock_ns();
-
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		ms = (int)MIN(DIV_ROUND_UP(deadline - now, 1000000ull),
-			      (uint64_t)INT32_MAX);
-	}
-	do {
-		n = poll(&p, 1, ms);
-	} while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	return n ? 0 : -ETIMEDOUT;
-}
-
-static int send_all(int sock, const void *buf, size_t len, uint64_t deadline)
-{
-	const uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n;
-		int ret = wait_fd(sock, POLLOUT, deadline);
-
-		if (ret)
-			return ret;
-		n = send(sock, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Exactly len bytes, and never a byte of the fd chunks that follow. */
-static int recv_all(int sock, void *buf, size_t len, uint64_t deadline)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n;
-		int ret = wait_fd(sock, POLLIN, deadline);
-
-		if (ret)
-			return ret;
-		n = recv(sock, p, len, MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EPIPE;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 static uint64_t deadline_of(unsigned timeout_ms)
 {
 	return timeout_ms ? clock_ns() + timeout_ms * 1000000ull : 0;
@@ -411,7 +343,7 @@ int cpr_fds_send(const struct cpr_fds *r, int sock, unsigned timeout_ms)
 
 	if (!desc)
 		return -ENOMEM;
-	ret = send_all(sock, desc, len, deadline);
+	ret = sock_send_all(sock, desc, len, deadline);
 	free(desc);
 	for (unsigned i = 0; !ret && i < r->nr; i += CHUNK_FDS) {
 		uint32_t count = MIN(r->nr - i, (unsigned)CHUNK_FDS);
@@ -435,7 +367,7 @@ int cpr_fds_send(const struct cpr_fds *r, int sock, unsigned timeout_ms)
 		for (uint32_t k = 0; k < count; k++)
 			memcpy(CMSG_DATA(c) + k * sizeof(int),
 			       &r->e[i + k].fd, sizeof(int));
-		ret = wait_fd(sock, POLLOUT, deadline);
+		ret = fd_wait_until(sock, POLLOUT, deadline);
 		if (ret)
 			break;
 		do {
@@ -465,7 +397,7 @@ static int recv_chunk(int sock, int *fds, uint32_t want, uint64_t deadline,
 	};
 	unsigned got = 0, seen = 0;
 	ssize_t n;
-	int ret = wait_fd(sock, POLLIN, deadline);
+	int ret = fd_wait_until(sock, POLLIN, deadline);
 
 	if (ret) {
 		snprintf(err, errlen, "waiting for fds: %s", strerror(-ret));
@@ -518,7 +450,7 @@ int cpr_fds_recv(int sock, unsigned timeout_ms, struct cpr_fds **out,
 	int *fds = NULL;
 	int ret;
 
-	ret = recv_all(sock, &h, sizeof(h), deadline);
+	ret = sock_recv_all(sock, &h, sizeof(h), deadline);
 	if (ret) {
 		snprintf(err, errlen, "reading the fd registry: %s",
 			 strerror(-ret));
@@ -530,7 +462,7 @@ int cpr_fds_recv(int sock, unsigned timeout_ms, struct cpr_fds **out,
 	rest = malloc(len ? len : 1);
 	if (!rest)
 		return -ENOMEM;
-	ret = recv_all(sock, rest, len, deadline);
+	ret = sock_recv_all(sock, rest, len, deadline);
 	if (ret) {
 		snprintf(err, errlen, "reading the fd registry: %s",
 			 strerror(-ret));

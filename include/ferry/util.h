@@ -82,6 +82,18 @@ int fd_read_full(int fd, void *buf, size_t len);
 /* Monotonic clock in nanoseconds. */
 uint64_t clock_ns(void);
 
+/*
+ * Bounded socket I/O for peers that may stall: deadline is a clock_ns()
+ * instant, 0 for none. fd_wait_until() polls for events (0, -ETIMEDOUT,
+ * -errno); sock_send_all()/sock_recv_all() move exactly len bytes with
+ * non-blocking calls (MSG_NOSIGNAL: a gone peer is -EPIPE, not a signal),
+ * never reading past len (fds that follow stay in the socket). A
+ * receive that meets EOF is -EPIPE.
+ */
+int fd_wait_until(int fd, short events, uint64_t deadline);
+int sock_send_all(int fd, const void *buf, size_t len, uint64_t deadline);
+int sock_recv_all(int fd, void *buf, size_t len, uint64_t deadline);
+
 /* Parse a size like "64M", "1G", "4096", "2K" (binary units). 0 or -EINVAL. */
 int parse_size(const char *s, uint64_t *out);
 

@@ -30,6 +30,7 @@
 #include "ferry/log.h"
 #include "ferry/util.h"
 #include "ferry/vfu_client.h"
+#include "../check.h"
 
 #define SKIP		77
 #define START_WAIT_MS	10000
@@ -40,16 +41,6 @@ static int failures;
 static char tmpdir[64];
 static pid_t pids[MAX_DEVS];
 static int nr_pids;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__,	\
-			#cond);						\
-		fprintf(stderr, __VA_ARGS__);				\
-		fputc('\n', stderr);					\
-	}								\
-} while (0)
 
 static void sleep_ms(unsigned int ms)
 {

@@ -21,6 +21,7 @@
 #include "ferry/log.h"
 #include "ferry/util.h"
 #include "ferry_dma.h"
+#include "../check.h"
 
 #define GUEST_BASE	0x10000000ull
 #define GUEST_SIZE	(48ull << 20)
@@ -31,16 +32,6 @@
 #define IDLE_TIMEOUT_MS	20000u
 
 static int failures;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__,	\
-			#cond);						\
-		fprintf(stderr, __VA_ARGS__);				\
-		fputc('\n', stderr);					\
-	}								\
-} while (0)
 
 struct host {
 	uint8_t *mem;

@@ -53,6 +53,7 @@
 #include "ferry/log.h"
 #include "ferry/util.h"
 #include "ferry/vfu_client.h"
+#include "../check.h"
 
 #define SKIP		77
 #define TAKEOVERS	20
@@ -82,16 +83,6 @@
 static char tmpdir[64];
 static const char *dev_bin;
 static int failures;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__,	\
-			#cond);						\
-		fprintf(stderr, __VA_ARGS__);				\
-		fputc('\n', stderr);					\
-	}								\
-} while (0)
 
 static void sleep_us(unsigned int us)
 {

@@ -20,6 +20,7 @@
 #include "fake_host.h"
 #include "ferry/mig_channel.h"
 #include "ferry/mig_engine.h"
+#include "../check.h"
 
 #define SKIP			77
 #define VM_NAME			"engine-test-vm"
@@ -35,16 +36,6 @@ extern char tmpdir[64];
 extern const char *volatile current_case;
 extern const char *side_devmem;		/* ferry-dev --device-memory */
 extern bool side_no_precopy;		/* ferry-dev --no-precopy */
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		failures++;						\
-		fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__,	\
-			#cond);						\
-		fprintf(stderr, __VA_ARGS__);				\
-		fputc('\n', stderr);					\
-	}								\
-} while (0)
 
 void sleep_ms(unsigned int ms);
 unsigned int count_entries(const char *dir);
