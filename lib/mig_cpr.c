@@ -20,7 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "ferry/cpr_fds.h"
@@ -92,6 +95,62 @@ static int cpr_collect(struct mig_engine *e, struct cpr_fds **out)
 	return 0;
 }
 
+/* The process on the other end of the cpr channel, as a pidfd: its
+ * exit ends the wait for its main channel at once. -1 if the kernel
+ * cannot say (then the wait is bounded by time only). */
+static int cpr_peer_pidfd(int sock)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) ||
+	    cred.pid <= 0)
+		return -1;
+	return (int)syscall(SYS_pidfd_open, cred.pid, 0);
+}
+
+static bool cpr_peer_gone(struct mig_engine *e)
+{
+	struct pollfd p = { .fd = e->cpr_peer_pidfd, .events = POLLIN };
+
+	return e->cpr_peer_pidfd >= 0 && poll(&p, 1, 0) > 0;
+}
+
+/*
+ * A unix socket that is not listening yet (not there, or bound and not
+ * yet listening): the new process is still starting. Retried for
+ * MIG_CPR_READY_MS (or x-io-timeout), so that both processes may be
+ * started at once; migrate_cancel ends the wait.
+ */
+static int cpr_connect_retry(struct mig_engine *e, const struct mig_uri *uri,
+			     struct mig_channel **out)
+{
+	unsigned timeout = mig_io_timeout(e, MIG_WRITE_TIMEOUT_MS);
+	uint64_t deadline = clock_ns() +
+			    mig_io_timeout(e, MIG_CPR_READY_MS) * 1000000ull;
+	int ret;
+
+	for (bool gone = false;;) {
+		ret = mig_channel_connect(uri, timeout, out);
+		if (ret != -ECONNREFUSED && ret != -ENOENT)
+			return ret;
+		if (gone)
+			return -ESRCH;
+		if (clock_ns() > deadline || atomic_load(&e->cancel))
+			return ret;
+		/* The new process exited: one more try (it may have
+		 * listened and died since), then no point waiting. */
+		gone = cpr_peer_gone(e);
+		if (!gone)
+			usleep(CPR_CONNECT_RETRY_MS * 1000);
+	}
+}
+
+void mig_cpr_end(struct mig_engine *e)
+{
+	close_safely(&e->cpr_peer_pidfd);
+}
+
 int mig_cpr_setup(struct mig_engine *e)
 {
 	struct mig_channel *ch = NULL;
@@ -117,13 +176,14 @@ int mig_cpr_setup(struct mig_engine *e)
 	ret = cpr_collect(e, &reg);
 	if (ret)
 		return ret;
-	ret = mig_channel_connect(&e->cpr_uri, timeout, &ch);
+	ret = cpr_connect_retry(e, &e->cpr_uri, &ch);
 	if (ret) {
 		cpr_fds_free(reg);
 		return mig_fail(e, ret, "cannot reach the new process's cpr "
 				"channel %s: %s", e->cpr_uri.path,
 				strerror(-ret));
 	}
+	e->cpr_peer_pidfd = cpr_peer_pidfd(ch->fd);
 	ret = cpr_fds_send(reg, ch->fd, timeout);
 	pr_info("live update: %u fds handed to the new process (%s)",
 		cpr_fds_count(reg), ret ? strerror(-ret) : "ok");
@@ -141,18 +201,7 @@ int mig_cpr_setup(struct mig_engine *e)
  */
 int mig_cpr_connect_main(struct mig_engine *e, struct mig_channel **out)
 {
-	unsigned timeout = mig_io_timeout(e, MIG_WRITE_TIMEOUT_MS);
-	uint64_t deadline = clock_ns() + timeout * 1000000ull;
-	int ret;
-
-	for (;;) {
-		ret = mig_channel_connect(&e->uri, timeout, out);
-		if (ret != -ECONNREFUSED && ret != -ENOENT)
-			return ret;
-		if (clock_ns() > deadline || atomic_load(&e->cancel))
-			return ret;
-		usleep(CPR_CONNECT_RETRY_MS * 1000);
-	}
+	return cpr_connect_retry(e, &e->uri, out);
 }
 
 void mig_cpr_config(struct mig_engine *e, struct json_object *cfg)

@@ -15,8 +15,11 @@ struct mig_engine;
 /* Source. setup: check the URIs; cpr-transfer hands the fds over (the
  * guest still runs), cpr-exec only names the update. */
 int mig_cpr_setup(struct mig_engine *e);
-/* The main channel, retried until the new process listens. */
+/* The main channel, retried until the new process listens (-ESRCH:
+ * it exited first). */
 int mig_cpr_connect_main(struct mig_engine *e, struct mig_channel **out);
+/* The thread's end: what setup kept of the new process is let go. */
+void mig_cpr_end(struct mig_engine *e);
 /* CONFIG's share: mode and id. */
 void mig_cpr_config(struct mig_engine *e, struct json_object *cfg);
 /* vCPUs paused: interrupts counted, devices quiet; thaw undoes it (a

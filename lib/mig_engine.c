@@ -58,6 +58,7 @@ int mig_engine_create(const struct mig_host_ops *ops, void *host,
 	e->params.multifd_channels = MIG_DEFAULT_MULTIFD_CHANNELS;
 	e->params.multifd_device_state = true;
 	e->pub.expected_downtime_ms = UINT64_MAX;
+	e->cpr_peer_pidfd = -1;
 	atomic_init(&e->cancel, false);
 	*out = e;
 	return 0;
@@ -411,6 +412,7 @@ void mig_thread_end(struct mig_engine *e)
 	mig_channel_close(ch);
 	mig_listener_close(l);
 	mig_devs_fini(&e->devs);
+	mig_cpr_end(e);
 }
 
 void mig_abort_main_read(struct mig_engine *e)
@@ -499,6 +501,7 @@ static int engine_start(struct mig_engine *e, bool incoming,
 		e->cpr_uri = *cpr_uri;
 	e->cpr_id[0] = '\0';
 	e->cpr_frozen = false;
+	e->cpr_peer_pidfd = -1;
 	snprintf(e->uri_str, sizeof(e->uri_str), "%s", what);
 	memset(&e->cnt, 0, sizeof(e->cnt));
 	memset(&e->devs, 0, sizeof(e->devs));

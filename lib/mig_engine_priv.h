@@ -44,6 +44,10 @@
  * this long without a byte. */
 #define MIG_WRITE_TIMEOUT_MS	10000
 #define MIG_READ_TIMEOUT_MS	60000
+/* Live update: how long the old process waits for the new one to take
+ * the fds and build its VM. The guest runs here meanwhile, so waiting
+ * costs nothing but time; a loaded host may take seconds. */
+#define MIG_CPR_READY_MS	60000
 /* After a failed send, how long the source waits for the destination's
  * reason (it sends it, then closes) before it settles for its own. */
 #define MIG_RP_GRACE_MS		2000
@@ -127,6 +131,7 @@ struct mig_engine {
 	bool acked;
 	/* live update (mig_cpr.c) */
 	struct mig_uri cpr_uri;		/* cpr-transfer: where the fds go */
+	int cpr_peer_pidfd;		/* ...and the process that took them */
 	char cpr_id[33];		/* this migration's, hex */
 	bool cpr_frozen;		/* source: host cpr_freeze() done */
 	enum mig_mode cpr_in_mode;	/* destination: what was adopted */

@@ -335,6 +335,11 @@ static int save_setup(struct mig_engine *e, pthread_t *rp_thread)
 		pthread_mutex_lock(&e->lock);
 		e->ch = ch;
 		pthread_mutex_unlock(&e->lock);
+		if (ret == -ESRCH)
+			return mig_fail(e, ret, "the new process exited "
+					"before it listened on %s: did it "
+					"refuse the fds? (its log says why)",
+					e->uri_str);
 		if (ret)
 			return mig_fail(e, ret, "the new process did not "
 					"listen on %s (%s): did it refuse the "
@@ -484,7 +489,7 @@ static int save_wait_rp(struct mig_engine *e, const bool *flag,
  */
 static int save_cpr_wait_ready(struct mig_engine *e)
 {
-	unsigned ms = mig_io_timeout(e, MIG_READ_TIMEOUT_MS);
+	unsigned ms = mig_io_timeout(e, MIG_CPR_READY_MS);
 	int ret;
 
 	if (e->run_params.mode != MIG_MODE_CPR_TRANSFER)

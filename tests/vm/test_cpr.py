@@ -42,6 +42,7 @@ Exit 0 pass, 1 fail, 77 skip.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -61,7 +62,6 @@ DEV_UPDATES = 20
 DEFER_EVERY = 10
 FERRYCTL_EVERY = 25
 GAP_MS = 200
-IO_TIMEOUT_MS = 2000
 
 
 def cpr_channel(path):
@@ -72,6 +72,21 @@ def cpr_channel(path):
 def unix_channel(kind, path):
     return {"channel-type": kind, "addr": {
         "transport": "socket", "type": "unix", "path": path}}
+
+
+def stacks(proc):
+    """Every thread's stack of a live process (gdb, if installed): what
+    a new process that never got ready was doing."""
+    gdb = shutil.which("gdb")
+    if not gdb or not proc.alive():
+        return ""
+    try:
+        r = subprocess.run([gdb, "-p", str(proc.pid), "-batch", "-ex",
+                            "thread apply all bt"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "(gdb timed out)"
+    return "\n%s's threads:\n%s" % (proc.name, r.stdout[-6000:])
 
 
 def fd_count(pid):
@@ -154,8 +169,9 @@ class Guest:
                               not nv.alive(), "%s QMP" % nv.name)
             nv.cmd("migrate-incoming", {"uri": "unix:" + main})
         info = self.vmm.wait_migration()
-        check(info["status"] == "completed", "transfer to %s: %r" %
-              (nv.name, info))
+        check(info["status"] == "completed", "transfer to %s: %r%s" %
+              (nv.name, info, "" if info["status"] == "completed" else
+               stacks(nv)))
         check(info.get("x-mode") == "cpr-transfer", "x-mode: %r" % info)
         rc = self.vmm.wait()
         check(rc == 0, "%s exited %s after handing over" %
@@ -347,7 +363,10 @@ def case_new_killed(c):
 def case_new_refuses(c):
     g = Guest(c, seconds=40)
     nv, cpr, main = g.start_new(memory="256M")
-    g.set_params({"mode": "cpr-transfer", "x-io-timeout": IO_TIMEOUT_MS})
+    # No x-io-timeout: the old process must see the new one exit (its
+    # pidfd), not wait out MIG_CPR_READY_MS for a listener that never
+    # comes.
+    g.set_params({"mode": "cpr-transfer"})
     g.vmm.cmd("migrate", {"channels": [unix_channel("main", main),
                                        unix_channel("cpr", cpr)]})
     info = g.vmm.wait_migration()
@@ -356,7 +375,8 @@ def case_new_refuses(c):
           "the new process with another --memory: exit %s: %s" %
           (rc, nv.log()[-1000:]))
     check(nv.serial_text() == "", "the new process ran guest code")
-    g.set_params({"x-io-timeout": 0})
+    check("exited before it listened" in info.get("error-desc", ""),
+          "the old process did not see the new one exit: %r" % info)
     failed_then_good(g, info, "new process refused the fds")
 
 
