@@ -1047,18 +1047,38 @@ static void unmap_guest_ram(struct vfio_pci *dev)
 static int place_bars(struct vfio_pci *dev, bool adopted, char *err,
 		      size_t errlen)
 {
+	unsigned order[VUP_NR_BARS], n = 0;
 	uint16_t cmd;
 	uint64_t gpa;
 	unsigned i;
 	int ret;
 
 	for (i = 0; i < VUP_NR_BARS; i++) {
-		struct vup_bar *bar = &dev->bars[i];
-
-		if (!bar->present) {
-			dev->bar_reg[i] = 0;	/* reads 0, ignores writes */
+		dev->bar_reg[i] = 0;	/* absent: reads 0, ignores writes */
+		if (!dev->bars[i].present)
 			continue;
+		order[n++] = i;
+		if (dev->bars[i].is64)
+			i++;		/* its upper half */
+	}
+	/*
+	 * Largest first, as firmware does: every BAR is naturally aligned,
+	 * so a small BAR placed before a large one wastes up to the large
+	 * one's size (four devices with a 4 MiB BAR0 and a 128 MiB BAR2 fit
+	 * the window only in this order).
+	 */
+	for (unsigned a = 1; a < n; a++)
+		for (unsigned b = a; b && dev->bars[order[b]].size >
+				      dev->bars[order[b - 1]].size; b--) {
+			unsigned t = order[b];
+
+			order[b] = order[b - 1];
+			order[b - 1] = t;
 		}
+	for (unsigned k = 0; k < n; k++) {
+		struct vup_bar *bar = &dev->bars[order[k]];
+
+		i = order[k];
 		ret = pci_bus_alloc_mmio(dev->bus,
 					 MAX(bar->size, VUP_PAGE_SIZE), &gpa);
 		if (ret < 0) {
@@ -1067,10 +1087,8 @@ static int place_bars(struct vfio_pci *dev, bool adopted, char *err,
 			return ret;
 		}
 		dev->bar_reg[i] = (uint32_t)gpa | bar->flags;
-		if (bar->is64) {
+		if (bar->is64)
 			dev->bar_reg[i + 1] = gpa >> 32;
-			i++;
-		}
 	}
 
 	cmd = cfg_u16(dev, PCI_COMMAND) | PCI_COMMAND_MEMORY |

@@ -4,7 +4,11 @@
 or more ferry-dev device servers (real KVM).
 
 usage: test_passthrough.py FERRY_DEV FERRY_VMM DMASTRESS_ELF CASE
-CASE: one | two | server-death | unreachable
+CASE: one | two | four-large | server-death | unreachable
+
+four-large: four devices with 128 MiB of device memory each (a 128 MiB
+BAR2 and a 4 MiB BAR0 per device) must all fit the 1 GiB PCI window, which
+they do only if each device's BARs are placed largest first.
 
 Exit 0 pass, 1 fail, 77 skip (no usable /dev/kvm or guest image).
 """
@@ -61,11 +65,11 @@ class Run:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start_device(self, name):
+    def start_device(self, name, extra=()):
         sock = os.path.join(self.dir, f'{name}.sock')
         log = open(os.path.join(self.dir, f'{name}.log'), 'w')
         p = subprocess.Popen([self.ferry_dev, '--socket', sock,
-                              '--name', name],
+                              '--name', name] + list(extra),
                              stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.devs.append(p)
@@ -121,10 +125,10 @@ def verdict(stdout):
     return found
 
 
-def expect_pass(run, nr_devs):
+def expect_pass(run, nr_devs, dev_args=()):
     devices = []
     for i in range(nr_devs):
-        _, sock = run.start_device(f'fdma{i}')
+        _, sock = run.start_device(f'fdma{i}', dev_args)
         devices.append((f'fdma{i}', sock))
     vmm = run.start_vmm(devices, f'seconds={GUEST_SECONDS} '
                         f'devices={nr_devs} timeout={GUEST_TIMEOUT_S}')
@@ -232,6 +236,8 @@ def main():
             expect_pass(run, 1)
         elif case == 'two':
             expect_pass(run, 2)
+        elif case == 'four-large':
+            expect_pass(run, 4, ['--device-memory', '128M'])
         elif case == 'server-death':
             expect_server_death(run)
         elif case == 'unreachable':
