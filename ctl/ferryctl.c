@@ -402,15 +402,26 @@ static void print_mig_progress(struct json_object *info, bool tty)
 {
 	uint64_t exp = jget_u64(info, "expected-downtime");
 	const char *st = jget_str(info, "status");
+	struct json_object *ram, *mbps;
+	double rate = 0;
 
+	if (json_object_object_get_ex(info, "ram", &ram) &&
+	    json_object_object_get_ex(ram, "mbps", &mbps))
+		rate = json_object_get_double(mbps);
 	printf("%s%-9s %7.1f s  sent %8.1f MiB  remaining %7.1f MiB  "
-	       "%6llu Mbps  dirty %6.1f MB/s  iter %llu", tty ? "\r" : "",
+	       "%6.0f Mbps  ", tty ? "\r" : "",
 	       st ? st : "?", jget_u64(info, "total-time") / 1000.0,
 	       jget_u64(info, "ram.transferred") / 1048576.0,
-	       jget_u64(info, "ram.remaining") / 1048576.0,
-	       (unsigned long long)jget_u64(info, "ram.mbps"),
-	       jget_u64(info, "ram.dirty-pages-rate") * 4096 / 1e6,
-	       (unsigned long long)jget_u64(info, "iterations"));
+	       jget_u64(info, "ram.remaining") / 1048576.0, rate);
+	/* The dirty rate is measured at each sync of the dirty log: there
+	 * is none before the first pass over RAM ended. */
+	if (jget_u64(info, "ram.dirty-sync-count"))
+		printf("dirty %6.1f MB/s", jget_u64(info,
+		       "ram.dirty-pages-rate") *
+		       jget_u64(info, "ram.page-size") / 1e6);
+	else
+		printf("dirty    - MB/s");
+	printf("  iter %llu", (unsigned long long)jget_u64(info, "iterations"));
 	if (exp)
 		printf("  expected downtime %llu ms", (unsigned long long)exp);
 	print_mig_devices(info, "  ");

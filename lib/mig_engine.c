@@ -192,6 +192,10 @@ void mig_set_status(struct mig_engine *e, enum mig_status s)
 	}
 	e->status = s;
 	e->pub.status = s;
+	/* Called on the source's thread, which owns cnt: what was sent
+	 * before the vCPUs stop is pre-copy, the rest is downtime. */
+	if (s == MIG_STATUS_DEVICE && !e->pub.incoming)
+		e->cnt.precopy_bytes = e->cnt.transferred;
 	ev = e->ev_ops;
 	opaque = e->ev_opaque;
 	pthread_cond_broadcast(&e->cond);
@@ -278,6 +282,22 @@ static void devs_state_changed(void *opaque, const struct vdev *d)
 		ev->device_state(ev_opaque, d->id, d->mig_state);
 }
 
+void mig_event_pass(struct mig_engine *e, unsigned pass)
+{
+	const struct mig_event_ops *ev;
+	void *ev_opaque;
+
+	/* Iteration start: bytes sent so far, dirty pages to send. */
+	FERRY_TRACE(migration_pass_start, pass, e->cnt.transferred,
+		    e->cnt.dirty_pages);
+	pthread_mutex_lock(&e->lock);
+	ev = e->ev_ops;
+	ev_opaque = e->ev_opaque;
+	pthread_mutex_unlock(&e->lock);
+	if (ev && ev->pass)
+		ev->pass(ev_opaque, pass);
+}
+
 static void devs_error(void *opaque, const char *msg)
 {
 	mig_fail(opaque, 0, "%s", msg);
@@ -299,6 +319,7 @@ int mig_engine_devs_init(struct mig_engine *e)
 void mig_publish(struct mig_engine *e)
 {
 	struct mig_stats *p = &e->pub;
+	uint64_t now = clock_ns(), pages;
 
 	pthread_mutex_lock(&e->lock);
 	p->start_ns = e->cnt.start_ns;
@@ -315,6 +336,17 @@ void mig_publish(struct mig_engine *e)
 	p->dev_dirty_pages = e->devs.log_pages;
 	p->dev_only_pages = e->devs.log_only_pages;
 	p->iterations = e->conv.iterations;
+	p->precopy_bytes = e->cnt.precopy_bytes ? e->cnt.precopy_bytes :
+			   e->cnt.transferred;
+	p->downtime_bytes = e->cnt.transferred - p->precopy_bytes;
+	pages = e->cnt.ram_pages + e->cnt.zero_pages;
+	if (now > e->pps_ns && pages > e->pps_pages) {
+		if (e->pps_ns)
+			p->pages_per_second = (uint64_t)((double)(pages -
+				e->pps_pages) * 1e9 / (double)(now - e->pps_ns));
+		e->pps_ns = now;
+		e->pps_pages = pages;
+	}
 	p->bandwidth = e->conv.bandwidth;
 	p->dirty_rate = e->conv.dirty_rate;
 	p->expected_downtime_ms = e->conv.expected_downtime_ms;
@@ -354,6 +386,57 @@ void mig_publish(struct mig_engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/* Bytes on the wire so far, every channel; caller holds e->lock. */
+static uint64_t wire_bytes(struct mig_engine *e)
+{
+	bool in = e->pub.incoming;
+	uint64_t b = __atomic_load_n(in ? &e->ch->bytes_read :
+				     &e->ch->bytes_written, __ATOMIC_RELAXED);
+
+	for (unsigned i = 0; e->mf && i < e->mf->n; i++) {
+		struct mig_channel *ch = e->mf->chan[i].ch;
+
+		if (ch)
+			b += __atomic_load_n(in ? &ch->bytes_read :
+					     &ch->bytes_written,
+					     __ATOMIC_RELAXED);
+	}
+	return b;
+}
+
+/*
+ * The live part of the figures, caller holding e->lock: bytes moved and
+ * the rate they move at now, from the channels' counters (the engine
+ * publishes only between slices of 64 MiB and measures bandwidth once a
+ * pass ended: without this a client sees 0 Mbps for the whole first
+ * pass).
+ */
+static void stats_live(struct mig_engine *e, struct mig_stats *out)
+{
+	uint64_t now = clock_ns(), b = wire_bytes(e), dt;
+
+	if (b > out->transferred)
+		out->transferred = b;
+	if (!e->rate_ns || b < e->rate_bytes) {
+		/* The first window opens at the start: this channel's
+		 * bytes are all this migration's. */
+		e->rate0_ns = e->rate_ns = out->start_ns ? out->start_ns : now;
+		e->rate0_bytes = e->rate_bytes = 0;
+		e->rate_bps = -1;
+	}
+	dt = now - e->rate_ns;
+	if (dt >= MIG_RATE_WINDOW_NS) {
+		e->rate_bps = (double)(b - e->rate_bytes) * 1e9 / (double)dt;
+		e->rate_ns = now;
+		e->rate_bytes = b;
+	}
+	if (e->rate_bps >= 0)
+		out->xfer_rate = e->rate_bps;
+	else if (now > e->rate0_ns)
+		out->xfer_rate = (double)(b - e->rate0_bytes) * 1e9 /
+				 (double)(now - e->rate0_ns);
+}
+
 void mig_engine_stats(struct mig_engine *e, struct mig_stats *out)
 {
 	uint64_t last;
@@ -366,6 +449,7 @@ void mig_engine_stats(struct mig_engine *e, struct mig_stats *out)
 		last = __atomic_load_n(&e->ch->last_io_ns, __ATOMIC_RELAXED);
 		out->io_idle_ms = (clock_ns() - (last ? last :
 						 e->pub.start_ns)) / 1000000;
+		stats_live(e, out);
 	}
 	pthread_mutex_unlock(&e->lock);
 }
@@ -505,6 +589,12 @@ static int engine_start(struct mig_engine *e, bool incoming,
 	snprintf(e->uri_str, sizeof(e->uri_str), "%s", what);
 	memset(&e->cnt, 0, sizeof(e->cnt));
 	memset(&e->devs, 0, sizeof(e->devs));
+	pthread_mutex_lock(&e->lock);
+	e->rate_ns = e->rate_bytes = e->pps_ns = e->pps_pages = 0;
+	e->rate0_ns = e->rate0_bytes = 0;
+	e->rate_bps = 0;
+	e->pub.pages_per_second = 0;
+	pthread_mutex_unlock(&e->lock);
 	e->rp_running = false;
 	memset(e->init_done, 0, sizeof(e->init_done));
 	e->cnt.start_ns = clock_ns();

@@ -52,6 +52,8 @@
  * reason (it sends it, then closes) before it settles for its own. */
 #define MIG_RP_GRACE_MS		2000
 
+#define MIG_RATE_WINDOW_NS	1000000000ull
+
 /* What the engine's thread counts (published with mig_publish()). */
 struct mig_counters {
 	uint64_t start_ns, setup_ns, total_ns, downtime_ns;
@@ -62,6 +64,7 @@ struct mig_counters {
 	uint64_t zero_pages;
 	uint64_t dirty_pages;
 	uint64_t final_pages;
+	uint64_t precopy_bytes;		/* transferred when the vCPUs stopped */
 	/* device state over multifd (mig_devstate.c, atomics) */
 	uint64_t dev_packets;
 	uint64_t dev_packets_early;
@@ -82,6 +85,20 @@ struct mig_engine {
 	enum mig_status status;
 	struct mig_params params;
 	struct mig_stats pub;		/* published statistics */
+	/*
+	 * Live rates, under the lock (mig_engine_stats()): the engine's own
+	 * figures move only between 64 MiB slices and its bandwidth only
+	 * once a pass ended, so what a client sees while data moves is
+	 * measured here from the channels' byte counters, over windows of
+	 * at least MIG_RATE_WINDOW_NS (longer than QEMU's 100 ms: with
+	 * max-bandwidth a slice goes at full speed, then the sender
+	 * sleeps), and until the first window closed, since the first
+	 * look. Pages per second are measured between two publications.
+	 */
+	uint64_t rate0_ns, rate0_bytes;
+	uint64_t rate_ns, rate_bytes;
+	double rate_bps;
+	uint64_t pps_ns, pps_pages;
 	struct mig_channel *ch;
 	bool error_is_io;		/* pub.error is a failed send */
 	bool migrated_away;		/* the guest runs elsewhere now */
@@ -162,6 +179,8 @@ void mig_fail_cause(struct mig_engine *e, const char *fmt, ...)
 bool mig_has_error(struct mig_engine *e);
 void mig_error_copy(struct mig_engine *e, char *buf, size_t len);
 void mig_publish(struct mig_engine *e);
+/* A pass over dirty RAM begins (1: the first, over all of it). */
+void mig_event_pass(struct mig_engine *e, unsigned pass);
 /* The last thing a migration thread does: close the channel, free the
  * device set. */
 void mig_thread_end(struct mig_engine *e);

@@ -475,7 +475,7 @@ static bool save_decide(struct mig_engine *e, uint64_t t_iter,
 			 "waiting for the destination's switchover-ack");
 	pthread_mutex_unlock(&e->lock);
 	FERRY_TRACE(migration_iteration, e->conv.iterations,
-		    e->cnt.dirty_pages, remaining);
+		    e->cnt.dirty_pages, remaining, e->cnt.transferred);
 	return ready && acked;
 }
 
@@ -513,7 +513,10 @@ static int save_iterate(struct mig_engine *e)
 		return save_cpr_wait_ready(e);
 	for (;;) {
 		uint64_t t_iter = clock_ns(), sent0 = e->cnt.transferred;
-		int ret = save_pass(e, t_iter, sent0);
+		int ret;
+
+		mig_event_pass(e, e->conv.iterations + 1);
+		ret = save_pass(e, t_iter, sent0);
 
 		if (!ret)
 			ret = save_sync_channels(e);
@@ -705,6 +708,8 @@ static int save_switchover(struct mig_engine *e)
 	int ret;
 
 	mig_set_status(e, MIG_STATUS_DEVICE);
+	FERRY_TRACE(migration_switchover_begin, e->cnt.dirty_pages,
+		    e->cnt.transferred);
 	e->was_running = e->host_ops->running(e->host);
 	e->host_ops->pause(e->host);
 	e->paused = true;
@@ -736,6 +741,8 @@ static int save_switchover(struct mig_engine *e)
 		mf_set_deadline(e->mf, 0);
 	if (!ret)
 		e->cnt.downtime_ns = clock_ns() - e->cnt.downtime_start_ns;
+	FERRY_TRACE(migration_switchover_end, ret,
+		    clock_ns() - e->cnt.downtime_start_ns, e->cnt.transferred);
 	return ret;
 }
 

@@ -6,6 +6,7 @@
 
 #include "ferry/crc32c.h"
 #include "ferry/mig_stream.h"
+#include "ferry/trace.h"
 #include "ferry/util.h"
 
 int mig_stream_write_header(struct mig_channel *ch)
@@ -117,6 +118,7 @@ int mig_section_write(struct mig_channel *ch, uint16_t type, uint16_t flags,
 		crc = crc32c_update(crc, b, blen);
 	sec.payload_crc = crc32c_final(crc);
 	sec.hdr_crc = crc32c(&sec, offsetof(struct mig_section, hdr_crc));
+	FERRY_TRACE(migration_section_send, type, id, len);
 	ret = mig_write(ch, &sec, sizeof(sec));
 	if (!ret && alen)
 		ret = mig_write(ch, a, alen);
@@ -139,6 +141,7 @@ int mig_section_read_header(struct mig_channel *ch, struct mig_section *sec,
 		snprintf(err, errlen, "corrupt section header (CRC mismatch)");
 		return -EBADMSG;
 	}
+	FERRY_TRACE(migration_section_recv, sec->type, sec->id, sec->length);
 	if (sec->length > MIG_SECTION_MAX_LEN) {
 		snprintf(err, errlen, "section %s is %llu bytes, limit %u",
 			 mig_section_name(sec->type),

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ferry/log.h"
+#include "ferry/trace.h"
 #include "ferry/util.h"
 #include "ferry/vdev.h"
 
@@ -25,6 +26,7 @@ int vdev_mig_set_state(struct vdev *d, enum vfu_mig_state state)
 {
 	int ret = d->ops->mig_set_state(d, state);
 
+	FERRY_TRACE(device_state, d->id, d->mig_state, state, ret);
 	if (!ret) {
 		d->mig_state = state;
 		return 0;

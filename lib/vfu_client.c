@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "ferry/log.h"
+#include "ferry/trace.h"
 #include "ferry/util.h"
 #include "ferry/vfu_caps.h"
 #include "ferry/vfu_client.h"
@@ -405,6 +406,7 @@ static int client_request(struct vfu_client *c, uint16_t cmd,
 		p.msg_id = c->next_id++;
 	} while (pending_id_busy(c, p.msg_id));
 	hdr.msg_id = p.msg_id;
+	FERRY_TRACE(vfu_request, c, cmd, p.msg_id);
 	/* Registered before sending: the reply may beat us back. */
 	p.next = c->pending;
 	c->pending = &p;
@@ -434,6 +436,7 @@ static int client_request(struct vfu_client *c, uint16_t cmd,
 		}
 	}
 	ret = p.err;
+	FERRY_TRACE(vfu_reply, c, cmd, p.msg_id, ret);
 	if (!ret)
 		*reply = p.reply;
 

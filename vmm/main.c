@@ -3,6 +3,7 @@
  * ferry-vmm: command line, VM assembly, the main loop (QMP, signals, exit
  * requests) and an orderly teardown on every path.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -55,6 +56,8 @@ struct opts {
 	struct sock_access sock_access;	/* --socket-mode, --allow-uid */
 	struct dev_opt devs[VM_MAX_DEVICES];
 	unsigned nr_devs;
+	const char *name;		/* --name, for query-name */
+	char uuid[VM_UUID_LEN + 1];	/* --uuid, lower case */
 	bool verbose;
 };
 
@@ -88,12 +91,43 @@ static void usage(FILE *f)
 "                          (octal, default 0600 whatever the umask)\n"
 "      --allow-uid UID     a user besides this one and root who may connect\n"
 "                          to them (others are refused by SO_PEERCRED)\n"
+"      --name NAME         the VM's name (QMP query-name)\n"
+"      --uuid UUID         the VM's UUID (QMP query-uuid)\n"
 "  -v, --verbose           debug logging\n"
 "  -h, --help              show this help\n"
 "\n"
 "Exit status: the value the guest writes to port 0xf4 (0 = pass), 0 after\n"
 "QMP quit or SIGTERM/SIGINT, 1 if the VM failed, 2 for configuration errors.\n",
 		VM_MAX_CPUS, VM_MAX_DEVICES);
+}
+
+/* What query-name may return: printable ASCII, as QEMU's -name. */
+static bool name_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (!n || n > VM_NAME_MAX)
+		return false;
+	for (; *s; s++)
+		if (*s < 0x20 || *s > 0x7e)
+			return false;
+	return true;
+}
+
+/* 8-4-4-4-12 hex digits (QEMU's -uuid form), stored in lower case. */
+static int parse_uuid(const char *s, char out[VM_UUID_LEN + 1])
+{
+	if (strlen(s) != VM_UUID_LEN)
+		return -EINVAL;
+	for (unsigned i = 0; i < VM_UUID_LEN; i++) {
+		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+
+		if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
+			return -EINVAL;
+		out[i] = (char)tolower((unsigned char)s[i]);
+	}
+	out[VM_UUID_LEN] = '\0';
+	return 0;
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -231,6 +265,8 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		{ "incoming", required_argument, NULL, 'i' },
 		{ "socket-mode", required_argument, NULL, 'M' },
 		{ "allow-uid", required_argument, NULL, 'U' },
+		{ "name", required_argument, NULL, 'N' },
+		{ "uuid", required_argument, NULL, 'u' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
@@ -305,6 +341,19 @@ static int parse_args(struct opts *o, int argc, char **argv)
 			if (parse_uid(optarg, &o->sock_access.allow_uid))
 				return usage_error("--allow-uid '%s': expected a "
 						   "numeric uid", optarg);
+			break;
+		case 'N':
+			if (!name_ok(optarg))
+				return usage_error("--name '%s': 1 to %d "
+						   "printable characters",
+						   optarg, VM_NAME_MAX);
+			o->name = optarg;
+			break;
+		case 'u':
+			if (parse_uuid(optarg, o->uuid))
+				return usage_error("--uuid '%s': expected "
+						   "xxxxxxxx-xxxx-xxxx-xxxx-"
+						   "xxxxxxxxxxxx (hex)", optarg);
 			break;
 		case 'v':
 			o->verbose = true;
@@ -478,6 +527,9 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o,
 	vm->event_fn = emit_to_qmp;
 	vm->event_opaque = vm;
 	vm->sock_access = o->sock_access;
+	if (o->name)
+		snprintf(vm->name, sizeof(vm->name), "%s", o->name);
+	memcpy(vm->uuid, o->uuid, sizeof(vm->uuid));
 	ret = vcpus_create(vm);
 	if (ret) {
 		fprintf(stderr, "ferry-vmm: cannot create vCPUs: %s\n",

@@ -79,14 +79,28 @@ static bool host_running(void *host)
 	return vm_run_state(host_vm(host)) == VM_STATE_RUNNING;
 }
 
+/*
+ * The switchover's pause, and its end when the guest stays here: QEMU
+ * sends STOP and RESUME for them as for the user's, so a management
+ * layer sees the guest stop (the VM's run state itself stays running:
+ * the user did not pause it).
+ */
 static void host_pause(void *host)
 {
-	vm_pause(host_vm(host));
+	struct vm *vm = host_vm(host);
+
+	vm_pause(vm);
+	if (vm_run_state(vm) == VM_STATE_RUNNING)
+		vm_event(vm, "STOP", NULL);
 }
 
 static void host_resume(void *host)
 {
-	vm_resume(host_vm(host));
+	struct vm *vm = host_vm(host);
+
+	if (vm_run_state(vm) == VM_STATE_RUNNING)
+		vm_event(vm, "RESUME", NULL);
+	vm_resume(vm);
 }
 
 static int host_set_saving_traps(void *host, bool trap)
@@ -356,34 +370,40 @@ static void host_state_discard(void *host)
 
 static int host_start(void *host, bool run)
 {
-	return vm_incoming_run(host_vm(host), run);
+	int ret = vm_incoming_run(host_vm(host), run);
+
+	/* QEMU's destination says RESUME when the guest starts. */
+	if (!ret && run)
+		vm_event(host_vm(host), "RESUME", NULL);
+	return ret;
 }
 
 /* ---- outcomes ---- */
 
 static void host_handed_over(void *host)
 {
-	vm_request_exit(host_vm(host), 0, "migration-completed");
+	/* QEMU's ShutdownCause has no "migrated": nothing asked for a
+	 * shutdown, the guest left ("none"). */
+	vm_request_exit(host_vm(host), 0, "none");
 }
 
 static void host_hold_paused(void *host)
 {
-	struct vm *vm = host_vm(host);
-
-	if (vm_user_stop(vm))
-		vm_event(vm, "STOP", NULL);
+	/* STOP went out with the switchover's pause (host_pause()): the
+	 * guest now stays stopped as if the user had paused it. */
+	vm_user_stop(host_vm(host));
 }
 
 static void host_outcome_unknown(void *host)
 {
-	/* The engine keeps the vCPUs paused; QMP's cont refuses until
-	 * x-migrate-outcome says where the guest runs (migration.c). */
-	vm_event(host_vm(host), "STOP", NULL);
+	/* The engine keeps the vCPUs paused (STOP went out with the
+	 * switchover); QMP's cont refuses until x-migrate-outcome says
+	 * where the guest runs (migration.c). */
 }
 
 static void host_load_failed(void *host)
 {
-	vm_request_exit(host_vm(host), VM_EXIT_ERROR, "migration-failed");
+	vm_request_exit(host_vm(host), VM_EXIT_ERROR, "host-error");
 }
 
 /* ---- live update ---- */

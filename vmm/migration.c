@@ -42,22 +42,50 @@ static void ev_status(void *opaque, enum mig_status s)
 	json_object_put(data);
 }
 
+/* QEMU's QemuVfioMigrationState names (qapi/vfio.json). */
+static const char *const qemu_vfio_state[VFU_MIG_STATE_NR] = {
+	[VFU_MIG_STATE_ERROR] = "error",
+	[VFU_MIG_STATE_STOP] = "stop",
+	[VFU_MIG_STATE_RUNNING] = "running",
+	[VFU_MIG_STATE_STOP_COPY] = "stop-copy",
+	[VFU_MIG_STATE_RESUMING] = "resuming",
+	[VFU_MIG_STATE_RUNNING_P2P] = "running-p2p",
+	[VFU_MIG_STATE_PRE_COPY] = "pre-copy",
+	[VFU_MIG_STATE_PRE_COPY_P2P] = "pre-copy-p2p",
+};
+
 static void ev_device_state(void *opaque, const char *id,
 			    enum vfu_mig_state state)
 {
 	struct json_object *data = json_object_new_object();
+	char path[160];
 
-	/* QEMU's VFIO_MIGRATION event, with ferry's device ids. */
+	/* QEMU's VFIO_MIGRATION event, with ferry's device ids; qom-path
+	 * as QEMU's for a -device with that id. */
+	snprintf(path, sizeof(path), "/machine/peripheral/%s", id);
 	json_object_object_add(data, "device-id", json_object_new_string(id));
-	json_object_object_add(data, "device-state",
-			       json_object_new_string(vfu_mig_state_name(state)));
+	json_object_object_add(data, "qom-path", json_object_new_string(path));
+	json_object_object_add(data, "device-state", json_object_new_string(
+		(unsigned)state < VFU_MIG_STATE_NR ? qemu_vfio_state[state] :
+		"error"));
 	vm_event(opaque, "VFIO_MIGRATION", data);
+	json_object_put(data);
+}
+
+static void ev_pass(void *opaque, unsigned pass)
+{
+	struct json_object *data = json_object_new_object();
+
+	/* QEMU's MIGRATION_PASS: one per pass over dirty RAM, from 1. */
+	json_object_object_add(data, "pass", json_object_new_int64(pass));
+	vm_event(opaque, "MIGRATION_PASS", data);
 	json_object_put(data);
 }
 
 static const struct mig_event_ops vm_mig_events = {
 	.status = ev_status,
 	.device_state = ev_device_state,
+	.pass = ev_pass,
 };
 
 #define CPR_EXEC_MAX_ARGS	256
@@ -258,26 +286,50 @@ struct json_object *migration_query(struct vm *vm)
 	struct json_object *r = json_object_new_object();
 	struct json_object *ram;
 	struct mig_stats st;
+	double mbps = 0;
 
 	mig_engine_stats(vm->mig->engine, &st);
 	if (st.status == MIG_STATUS_NONE)
 		return r;
 	json_object_object_add(r, "status",
 			       json_object_new_string(mig_status_name(st.status)));
+	/* QEMU's MigrationStats: ferry's stream carries RAM and device
+	 * state together, so "transferred" (and precopy/downtime-bytes) are
+	 * every byte of it, as QEMU's are of its one stream. */
 	ram = json_object_new_object();
 	json_add_u64(ram, "transferred", st.transferred);
 	json_add_u64(ram, "remaining", st.remaining);
 	json_add_u64(ram, "total", vm_ram_size(vm));
-	json_add_u64(ram, "normal", st.ram_pages);
 	json_add_u64(ram, "duplicate", st.zero_pages);
-	json_add_u64(ram, "dirty-sync-count", st.iterations);
-	json_add_u64(ram, "page-size", MIG_PAGE_SIZE);
+	json_add_u64(ram, "normal", st.ram_pages);
+	json_add_u64(ram, "normal-bytes", st.ram_pages * MIG_PAGE_SIZE);
 	json_add_u64(ram, "dirty-pages-rate",
 		     (uint64_t)(st.dirty_rate / MIG_PAGE_SIZE));
-	json_add_u64(ram, "mbps", (uint64_t)(st.bandwidth * 8 / 1e6));
+	/* While active the rate on the wire now; at the end the average
+	 * over the whole migration, as QEMU's. */
+	if (mig_status_is_active(st.status))
+		mbps = st.xfer_rate * 8 / 1e6;
+	else if (st.total_ns)
+		mbps = (double)st.transferred * 8 * 1e3 / (double)st.total_ns;
+	json_object_object_add(ram, "mbps", json_object_new_double(mbps));
+	json_add_u64(ram, "dirty-sync-count", st.iterations);
+	json_add_u64(ram, "page-size", MIG_PAGE_SIZE);
+	json_add_u64(ram, "pages-per-second", st.pages_per_second);
+	json_add_u64(ram, "precopy-bytes", st.precopy_bytes);
+	json_add_u64(ram, "downtime-bytes", st.downtime_bytes);
 	json_add_u64(ram, "device-dirty-pages", st.dev_dirty_pages);
 	json_add_u64(ram, "device-only-dirty-pages", st.dev_only_pages);
 	json_object_object_add(r, "ram", ram);
+	if (st.nr_devs) {
+		struct json_object *vfio = json_object_new_object();
+		uint64_t dev_bytes = 0;
+
+		for (unsigned i = 0; i < st.nr_devs; i++)
+			dev_bytes += st.dev[i].precopy_bytes +
+				     st.dev[i].stopcopy_bytes;
+		json_add_u64(vfio, "transferred", dev_bytes);
+		json_object_object_add(r, "vfio", vfio);
+	}
 	json_object_object_add(r, "vfio-user-devices", query_devices(&st));
 	if (st.status == MIG_STATUS_COMPLETED) {
 		json_add_u64(r, "total-time", st.total_ns / 1000000);
@@ -459,6 +511,28 @@ int migration_set_parameter(struct vm *vm, const char *name,
 	return mig_engine_set_params(vm->mig->engine, &p, err, errlen);
 }
 
+/*
+ * QEMU's MigrationCapability values (qapi/migration.json, 7.2 to 10.x)
+ * that ferry does not implement: setting one to false is a no-op, as
+ * management stacks switch off what they do not use; true is refused.
+ */
+static const char *const qemu_only_caps[] = {
+	"xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress",
+	"postcopy-ram", "x-colo", "release-ram", "block",
+	"pause-before-switchover", "dirty-bitmaps", "postcopy-blocktime",
+	"late-block-activate", "x-ignore-shared", "validate-uuid",
+	"background-snapshot", "zero-copy-send", "postcopy-preempt",
+	"dirty-limit", "mapped-ram",
+};
+
+static bool is_qemu_capability(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(qemu_only_caps); i++)
+		if (!strcmp(name, qemu_only_caps[i]))
+			return true;
+	return false;
+}
+
 int migration_set_capability(struct vm *vm, const char *name, bool on,
 			     bool check_only, char *err, size_t errlen)
 {
@@ -483,9 +557,21 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 		cap = &p.devstate_drop_first;
 	else if (!strcmp(name, "x-cpr-keep-irqfds"))
 		cap = &vm->mig->cpr_keep_irqfds;
-	else {
-		snprintf(err, errlen, "Capability '%s' is not supported", name);
+	else if (!strcmp(name, "events"))
+		cap = &vm->mig->events;
+	else if (!is_qemu_capability(name)) {
+		/* QEMU's message for a value outside its enum. */
+		snprintf(err, errlen, "Parameter 'capability' does not accept "
+			 "value '%s'", name);
 		return -EINVAL;
+	} else if (on) {
+		snprintf(err, errlen, "Capability '%s' is not supported by "
+			 "ferry", name);
+		return -EOPNOTSUPP;
+	} else {
+		/* A driver written for QEMU turns off what it does not
+		 * want: off is what ferry does. */
+		return 0;
 	}
 	if (mig_status_is_active(mig_engine_status(e)) &&
 	    mig_engine_status(e) != MIG_STATUS_CANCELLING) {
@@ -533,6 +619,7 @@ struct json_object *migration_query_capabilities(struct vm *vm)
 	mig_engine_get_params(vm->mig->engine, &p);
 	const struct { const char *name; bool v; } caps[] = {
 		{ "switchover-ack", p.switchover_ack },
+		{ "events", vm->mig->events },
 		{ "return-path", vm->mig->return_path },
 		{ "x-ignore-device-dirty-log", p.no_device_dirty_log },
 		{ "multifd", p.multifd },

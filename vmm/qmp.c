@@ -87,6 +87,7 @@ struct qmp_arg {
 	json_type type;
 	const char *type_name;	/* for the error message */
 	bool required;
+	const char *schema;	/* query-qmp-schema type, if not builtin */
 };
 
 #define QMP_MAX_ARGS	12
@@ -470,6 +471,50 @@ static struct json_object *cmd_query_migrate_parameters(struct qmp_client *c,
 	return migration_query_parameters(c->q->vm);
 }
 
+/* One MigrationCapabilityStatus, with QEMU's messages. */
+static bool qmp_check_cap_entry(struct json_object *o, size_t i,
+				struct qmp_error *e)
+{
+	static const struct { const char *name; json_type type;
+			      const char *type_name; } members[] = {
+		{ "capability", json_type_string, "string" },
+		{ "state", json_type_boolean, "boolean" },
+	};
+	struct json_object *v;
+	size_t k;
+
+	if (!json_object_is_type(o, json_type_object)) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "Invalid parameter type for "
+			   "'capabilities[%zu]', expected: object", i);
+		return false;
+	}
+	for (k = 0; k < ARRAY_SIZE(members); k++) {
+		if (!json_object_object_get_ex(o, members[k].name, &v)) {
+			qmp_seterr(e, QMP_GENERIC_ERROR, "Parameter "
+				   "'capabilities[%zu].%s' is missing", i,
+				   members[k].name);
+			return false;
+		}
+		if (!json_object_is_type(v, members[k].type)) {
+			qmp_seterr(e, QMP_GENERIC_ERROR, "Invalid parameter "
+				   "type for 'capabilities[%zu].%s', expected: "
+				   "%s", i, members[k].name,
+				   members[k].type_name);
+			return false;
+		}
+	}
+	json_object_object_foreach(o, key, val) {
+		(void)val;
+		if (strcmp(key, "capability") && strcmp(key, "state")) {
+			qmp_seterr(e, QMP_GENERIC_ERROR, "Parameter "
+				   "'capabilities[%zu].%.64s' is unexpected",
+				   i, key);
+			return false;
+		}
+	}
+	return true;
+}
+
 static struct json_object *cmd_migrate_set_capabilities(struct qmp_client *c,
 							struct json_object *args,
 							struct qmp_error *e)
@@ -484,17 +529,10 @@ static struct json_object *cmd_migrate_set_capabilities(struct qmp_client *c,
 			struct json_object *o = json_object_array_get_idx(caps, i);
 			struct json_object *name, *state;
 
-			if (!json_object_is_type(o, json_type_object) ||
-			    !json_object_object_get_ex(o, "capability", &name) ||
-			    !json_object_is_type(name, json_type_string) ||
-			    !json_object_object_get_ex(o, "state", &state) ||
-			    !json_object_is_type(state, json_type_boolean)) {
-				qmp_seterr(e, QMP_GENERIC_ERROR,
-					   "Invalid parameter type for "
-					   "'capabilities[%zu]', expected: "
-					   "{capability: str, state: bool}", i);
+			if (!qmp_check_cap_entry(o, i, e))
 				return NULL;
-			}
+			json_object_object_get_ex(o, "capability", &name);
+			json_object_object_get_ex(o, "state", &state);
 			if (migration_set_capability(c->q->vm,
 					json_object_get_string(name),
 					json_object_get_boolean(state),
@@ -551,9 +589,71 @@ static struct json_object *cmd_x_migrate_outcome(struct qmp_client *c,
 	return json_object_new_object();
 }
 
+static struct json_object *cmd_query_name(struct qmp_client *c,
+					  struct json_object *args,
+					  struct qmp_error *e)
+{
+	struct json_object *o = json_object_new_object();
+
+	/* QEMU leaves "name" out when the VM has none. */
+	if (c->q->vm->name[0])
+		json_object_object_add(o, "name",
+				       json_object_new_string(c->q->vm->name));
+	return o;
+}
+
+static struct json_object *cmd_query_uuid(struct qmp_client *c,
+					  struct json_object *args,
+					  struct qmp_error *e)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "UUID", json_object_new_string(
+		c->q->vm->uuid[0] ? c->q->vm->uuid :
+		"00000000-0000-0000-0000-000000000000"));
+	return o;
+}
+
+/* QEMU's CpuInfoFast for x86: one socket per vCPU, as ferry's CPUID
+ * describes them. */
+static struct json_object *cmd_query_cpus_fast(struct qmp_client *c,
+					       struct json_object *args,
+					       struct qmp_error *e)
+{
+	struct vm *vm = c->q->vm;
+	struct json_object *list = json_object_new_array();
+
+	for (unsigned i = 0; vm->vcpus && i < vm->nr_cpus; i++) {
+		struct json_object *o = json_object_new_object();
+		struct json_object *props = json_object_new_object();
+		char path[64];
+
+		snprintf(path, sizeof(path), "/machine/unattached/device[%u]",
+			 i);
+		json_object_object_add(o, "cpu-index", json_object_new_int(i));
+		json_object_object_add(o, "qom-path",
+				       json_object_new_string(path));
+		json_object_object_add(o, "thread-id", json_object_new_int(
+			__atomic_load_n(&vm->vcpus[i].tid, __ATOMIC_RELAXED)));
+		json_object_object_add(props, "socket-id",
+				       json_object_new_int(i));
+		json_object_object_add(props, "core-id", json_object_new_int(0));
+		json_object_object_add(props, "thread-id",
+				       json_object_new_int(0));
+		json_object_object_add(o, "props", props);
+		json_object_object_add(o, "target",
+				       json_object_new_string("x86_64"));
+		json_object_array_add(list, o);
+	}
+	return list;
+}
+
 static struct json_object *cmd_query_commands(struct qmp_client *c,
 					      struct json_object *args,
 					      struct qmp_error *e);
+static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
+						struct json_object *args,
+						struct qmp_error *e);
 
 static const struct qmp_cmd qmp_cmds[] = {
 	{ "qmp_capabilities", cmd_qmp_capabilities,
@@ -566,6 +666,10 @@ static const struct qmp_cmd qmp_cmds[] = {
 	{ "query-commands", cmd_query_commands, { { 0 } } },
 	{ "query-pci", cmd_query_pci, { { 0 } } },
 	{ "query-kvm", cmd_query_kvm, { { 0 } } },
+	{ "query-name", cmd_query_name, { { 0 } } },
+	{ "query-uuid", cmd_query_uuid, { { 0 } } },
+	{ "query-cpus-fast", cmd_query_cpus_fast, { { 0 } } },
+	{ "query-qmp-schema", cmd_query_qmp_schema, { { 0 } } },
 	{ "migrate", cmd_migrate,
 	  { { "uri", json_type_string, "string", false },
 	    { "channels", json_type_array, "array", false } } },
@@ -581,11 +685,12 @@ static const struct qmp_cmd qmp_cmds[] = {
 	    { "x-migration-max-queued-buffers-size", json_type_int, "int",
 	      false },
 	    { "mode", json_type_string, "string", false },
-	    { "cpr-exec-command", json_type_array, "array", false },
+	    { "cpr-exec-command", json_type_array, "array", false, "[str]" },
 	    { "x-cpr-gap-ms", json_type_int, "int", false } } },
 	{ "query-migrate-parameters", cmd_query_migrate_parameters, { { 0 } } },
 	{ "migrate-set-capabilities", cmd_migrate_set_capabilities,
-	  { { "capabilities", json_type_array, "array", true } } },
+	  { { "capabilities", json_type_array, "array", true,
+	      "[MigrationCapabilityStatus]" } } },
 	{ "query-migrate-capabilities", cmd_query_migrate_capabilities,
 	  { { 0 } } },
 	{ "migrate-incoming", cmd_migrate_incoming,
@@ -606,6 +711,196 @@ static struct json_object *cmd_query_commands(struct qmp_client *c,
 		json_object_object_add(o, "name",
 				       json_object_new_string(qmp_cmds[i].name));
 		json_object_array_add(list, o);
+	}
+	return list;
+}
+
+/* ---- query-qmp-schema ---- */
+
+static void schema_add(struct json_object *list, const char *name,
+		       const char *meta, struct json_object *o)
+{
+	json_object_object_add(o, "name", json_object_new_string(name));
+	json_object_object_add(o, "meta-type", json_object_new_string(meta));
+	json_object_array_add(list, o);
+}
+
+static void schema_enum(struct json_object *list, const char *name,
+			const char *const *values, size_t n)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *vals = json_object_new_array();
+	struct json_object *mems = json_object_new_array();
+
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *m = json_object_new_object();
+
+		json_object_array_add(vals, json_object_new_string(values[i]));
+		json_object_object_add(m, "name",
+				       json_object_new_string(values[i]));
+		json_object_array_add(mems, m);
+	}
+	json_object_object_add(o, "members", mems);
+	json_object_object_add(o, "values", vals);
+	schema_add(list, name, "enum", o);
+}
+
+/* An object type: members as name:type pairs, optional ones with '*'. */
+static void schema_object(struct json_object *list, const char *name,
+			  const char *const *members, size_t n)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *mems = json_object_new_array();
+
+	for (size_t i = 0; i + 1 < n; i += 2) {
+		struct json_object *m = json_object_new_object();
+		const char *mn = members[i];
+
+		if (*mn == '*') {
+			mn++;
+			json_object_object_add(m, "default", NULL);
+		}
+		json_object_object_add(m, "name", json_object_new_string(mn));
+		json_object_object_add(m, "type",
+				       json_object_new_string(members[i + 1]));
+		json_object_array_add(mems, m);
+	}
+	json_object_object_add(o, "members", mems);
+	schema_add(list, name, "object", o);
+}
+
+static void schema_array(struct json_object *list, const char *elem)
+{
+	struct json_object *o = json_object_new_object();
+	char name[64];
+
+	snprintf(name, sizeof(name), "[%s]", elem);
+	json_object_object_add(o, "element-type", json_object_new_string(elem));
+	schema_add(list, name, "array", o);
+}
+
+static const char *schema_builtin(json_type t)
+{
+	switch (t) {
+	case json_type_string:	return "str";
+	case json_type_int:	return "int";
+	case json_type_boolean:	return "bool";
+	case json_type_double:	return "number";
+	case json_type_null:	return "null";
+	default:		return "[any]";
+	}
+}
+
+/*
+ * QEMU's SchemaInfo list (qapi/introspect.json) of what this ferry-vmm
+ * accepts: every command with its arguments and the events it sends.
+ * Type names are ferry's own (QEMU's are opaque numbers: clients must
+ * not rely on them); return types are "any" beyond the builtins.
+ */
+static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
+						struct json_object *args,
+						struct qmp_error *e)
+{
+	static const char *const builtins[][2] = {
+		{ "str", "string" }, { "int", "int" }, { "bool", "boolean" },
+		{ "number", "number" }, { "null", "null" }, { "any", "value" },
+	};
+	static const char *const mig_status[] = {
+		"none", "setup", "cancelling", "cancelled", "active",
+		"completed", "failed", "device",
+	};
+	static const char *const shutdown_cause[] = {
+		"none", "host-error", "host-qmp-quit", "host-signal",
+		"guest-shutdown", "guest-panic",
+	};
+	static const char *const vfio_state[] = {
+		"error", "stop", "running", "stop-copy", "resuming",
+		"running-p2p", "pre-copy", "pre-copy-p2p",
+	};
+	static const char *const cap_status[] = {
+		"capability", "str", "state", "bool",
+	};
+	static const char *const ev_shutdown[] = {
+		"guest", "bool", "reason", "ShutdownCause",
+	};
+	static const char *const ev_migration[] = {
+		"status", "MigrationStatus",
+	};
+	static const char *const ev_pass[] = { "pass", "int" };
+	static const char *const ev_vfio[] = {
+		"device-id", "str", "qom-path", "str",
+		"device-state", "QemuVfioMigrationState",
+	};
+	static const char *const ev_vfu_gone[] = {
+		"device", "str", "socket", "str",
+	};
+	static const struct { const char *name, *type; } events[] = {
+		{ "STOP", "q_empty" }, { "RESUME", "q_empty" },
+		{ "SHUTDOWN", "q_obj_SHUTDOWN-arg" },
+		{ "MIGRATION", "q_obj_MIGRATION-arg" },
+		{ "MIGRATION_PASS", "q_obj_MIGRATION_PASS-arg" },
+		{ "VFIO_MIGRATION", "q_obj_VFIO_MIGRATION-arg" },
+		{ "VFIO_USER_DISCONNECTED", "q_obj_VFIO_USER_DISCONNECTED-arg" },
+	};
+	struct json_object *list = json_object_new_array();
+	struct json_object *o;
+
+	for (size_t i = 0; i < ARRAY_SIZE(builtins); i++) {
+		o = json_object_new_object();
+		json_object_object_add(o, "json-type",
+				       json_object_new_string(builtins[i][1]));
+		schema_add(list, builtins[i][0], "builtin", o);
+	}
+	schema_array(list, "any");
+	schema_array(list, "str");
+	schema_array(list, "MigrationCapabilityStatus");
+	schema_object(list, "q_empty", NULL, 0);
+	schema_object(list, "MigrationCapabilityStatus", cap_status,
+		      ARRAY_SIZE(cap_status));
+	schema_enum(list, "MigrationStatus", mig_status,
+		    ARRAY_SIZE(mig_status));
+	schema_enum(list, "ShutdownCause", shutdown_cause,
+		    ARRAY_SIZE(shutdown_cause));
+	schema_enum(list, "QemuVfioMigrationState", vfio_state,
+		    ARRAY_SIZE(vfio_state));
+	schema_object(list, "q_obj_SHUTDOWN-arg", ev_shutdown,
+		      ARRAY_SIZE(ev_shutdown));
+	schema_object(list, "q_obj_MIGRATION-arg", ev_migration,
+		      ARRAY_SIZE(ev_migration));
+	schema_object(list, "q_obj_MIGRATION_PASS-arg", ev_pass,
+		      ARRAY_SIZE(ev_pass));
+	schema_object(list, "q_obj_VFIO_MIGRATION-arg", ev_vfio,
+		      ARRAY_SIZE(ev_vfio));
+	schema_object(list, "q_obj_VFIO_USER_DISCONNECTED-arg", ev_vfu_gone,
+		      ARRAY_SIZE(ev_vfu_gone));
+	for (size_t i = 0; i < ARRAY_SIZE(events); i++) {
+		o = json_object_new_object();
+		json_object_object_add(o, "arg-type",
+				       json_object_new_string(events[i].type));
+		schema_add(list, events[i].name, "event", o);
+	}
+	for (unsigned i = 0; i < ARRAY_SIZE(qmp_cmds); i++) {
+		const struct qmp_cmd *cmd = &qmp_cmds[i];
+		const char *mems[2 * QMP_MAX_ARGS];
+		char names[QMP_MAX_ARGS][40], arg_type[80];
+		size_t n = 0, k = 0;
+
+		for (const struct qmp_arg *a = cmd->args; a->name; a++, k++) {
+			snprintf(names[k], sizeof(names[k]), "%s%s",
+				 a->required ? "" : "*", a->name);
+			mems[n++] = names[k];
+			mems[n++] = a->schema ? a->schema :
+				    schema_builtin(a->type);
+		}
+		snprintf(arg_type, sizeof(arg_type), "q_obj_%s-arg", cmd->name);
+		if (n)
+			schema_object(list, arg_type, mems, n);
+		o = json_object_new_object();
+		json_object_object_add(o, "arg-type", json_object_new_string(
+			n ? arg_type : "q_empty"));
+		json_object_object_add(o, "ret-type",
+				       json_object_new_string("any"));
+		schema_add(list, cmd->name, "command", o);
 	}
 	return list;
 }

@@ -318,6 +318,8 @@ static void *vcpu_thread(void *arg)
 	bool io_pending = false;
 	sigset_t set;
 
+	/* query-cpus-fast's thread-id, for whoever pins vCPU threads. */
+	__atomic_store_n(&vcpu->tid, gettid(), __ATOMIC_RELAXED);
 	sigemptyset(&set);
 	sigaddset(&set, SIG_KICK);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);

@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "ferry/util.h"
 #include "vm.h"
@@ -38,6 +39,8 @@
 /* Exit status for a VM that died (triple fault, KVM error, fatal device
  * error); usage errors exit 2. Guest-chosen statuses come from 0xf4. */
 #define VM_EXIT_ERROR		1
+#define VM_NAME_MAX		255
+#define VM_UUID_LEN		36	/* 8-4-4-4-12 hex digits */
 
 enum vm_run_state {
 	VM_STATE_PRELAUNCH,
@@ -71,6 +74,7 @@ struct vcpu {
 	pthread_t thread;
 	bool thread_started;
 	bool parked;		/* under run_lock: out of KVM_RUN on request */
+	pid_t tid;		/* the thread's, once it runs (atomic) */
 };
 
 struct qmp;
@@ -145,6 +149,9 @@ struct vm {
 	unsigned nr_devs;
 	struct vm_mig *mig;		/* migration.c */
 	struct sock_access sock_access;	/* who may use our sockets */
+	/* --name and --uuid, for query-name and query-uuid ("": none). */
+	char name[VM_NAME_MAX + 1];
+	char uuid[VM_UUID_LEN + 1];
 
 	/* vm_event() goes here; set before any thread may emit. */
 	vm_event_fn event_fn;

@@ -208,6 +208,9 @@ struct mig_event_ops {
 	void (*status)(void *opaque, enum mig_status status);
 	void (*device_state)(void *opaque, const char *id,
 			     enum vfu_mig_state state);
+	/* Source: pass number pass (from 1) over dirty RAM begins
+	 * (optional). */
+	void (*pass)(void *opaque, unsigned pass);
 };
 
 struct mig_params {
@@ -263,8 +266,16 @@ struct mig_stats {
 	uint64_t dev_dirty_pages;	/* reported by device DMA logs */
 	uint64_t dev_only_pages;	/* ...that the RAM log did not have */
 	unsigned iterations;
-	double bandwidth;		/* bytes/s */
-	double dirty_rate;		/* bytes/s */
+	double bandwidth;		/* bytes/s, per pass (convergence) */
+	double dirty_rate;		/* bytes/s, measured at each sync */
+	/* While active: bytes/s on the wire over the last 100 ms or more
+	 * (QEMU's mbps), and pages (data and zero) per second between the
+	 * engine's last two statistics updates. */
+	double xfer_rate;
+	uint64_t pages_per_second;
+	/* Bytes before the vCPUs stopped, and with them stopped. */
+	uint64_t precopy_bytes;
+	uint64_t downtime_bytes;
 	uint64_t expected_downtime_ms;	/* UINT64_MAX: unknown */
 	unsigned nr_devs;
 	struct mig_dev_stats dev[MIG_MAX_DEVICES];

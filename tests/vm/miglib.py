@@ -457,7 +457,8 @@ def expect_source_keeps_guest(src, info, key):
         for dev_id, _ in src.devices:
             mine = [e["data"]["device-state"] for e in evs
                     if e["data"]["device-id"] == dev_id]
-            check(not mine or mine[-1] == "RUNNING",
+            # QEMU's QemuVfioMigrationState names in the event.
+            check(not mine or mine[-1] == "running",
                   "%s: last VFIO_MIGRATION state of %s is %r" %
                   (src.name, dev_id, mine))
     st = src.status()
