@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "ferry/crc32c.h"
 #include "ferry/mig_stream.h"
@@ -106,8 +107,8 @@ int mig_section_write(struct mig_channel *ch, uint16_t type, uint16_t flags,
 {
 	struct mig_section sec = { .type = type, .flags = flags, .id = id };
 	uint32_t crc = CRC32C_INIT;
+	struct iovec iov[3];
 	size_t len;
-	int ret;
 
 	if (check_add_overflow(alen, blen, &len) || len > MIG_SECTION_MAX_LEN)
 		return -EFBIG;
@@ -119,12 +120,10 @@ int mig_section_write(struct mig_channel *ch, uint16_t type, uint16_t flags,
 	sec.payload_crc = crc32c_final(crc);
 	sec.hdr_crc = crc32c(&sec, offsetof(struct mig_section, hdr_crc));
 	FERRY_TRACE(migration_section_send, type, id, len);
-	ret = mig_write(ch, &sec, sizeof(sec));
-	if (!ret && alen)
-		ret = mig_write(ch, a, alen);
-	if (!ret && blen)
-		ret = mig_write(ch, b, blen);
-	return ret;
+	iov[0] = (struct iovec){ &sec, sizeof(sec) };
+	iov[1] = (struct iovec){ (void *)a, alen };
+	iov[2] = (struct iovec){ (void *)b, blen };
+	return mig_writev(ch, iov, 3);
 }
 
 int mig_section_read_header(struct mig_channel *ch, struct mig_section *sec,

@@ -60,6 +60,8 @@ struct mig_channel_ops {
 	/* Optional: read_full into several buffers (iov is consumed). */
 	int (*readv_full)(struct mig_channel *ch, struct iovec *iov, int n);
 	int (*write_full)(struct mig_channel *ch, const void *buf, size_t len);
+	/* Optional: write_full of several buffers (iov is consumed). */
+	int (*writev_full)(struct mig_channel *ch, struct iovec *iov, int n);
 	void (*shutdown)(struct mig_channel *ch);
 	/* Optional: only reads return (writes still go); else shutdown. */
 	void (*shutdown_read)(struct mig_channel *ch);
@@ -142,6 +144,9 @@ static inline int mig_write(struct mig_channel *ch, const void *buf,
 
 /* Exactly the iov's bytes, in one call where the transport can. */
 int mig_readv(struct mig_channel *ch, struct iovec *iov, int n);
+/* All the iov's bytes, in one call where the transport can (iov is
+ * consumed). */
+int mig_writev(struct mig_channel *ch, struct iovec *iov, int n);
 
 /* Bytes written but still queued in the kernel for the peer (socket send
  * queue); 0 for files or when unknown. They will take their time on the
