@@ -5,8 +5,8 @@ BUILD_ASAN ?= build-asan
 BUILD_FUZZ ?= build-fuzz
 MESON_TEST  = meson test --print-errorlogs --num-processes 2
 
-.PHONY: all deps build check check-fast check-asan demo bench bench-compare \
-	fuzz clean
+.PHONY: all deps build check check-fast check-asan demo bench bench-cpr \
+	bench-compare fuzz clean
 
 all: build
 
@@ -48,8 +48,15 @@ check-asan: deps $(BUILD_ASAN)/build.ninja
 demo: build
 	@sh scripts/demo.sh $(BUILD)
 
+# Migration benchmarks, then the live-update pause benchmark (BENCH_CPR=0
+# skips the latter; BENCH_CPR_ARGS="..." for its options).
 bench: build
 	@sh scripts/bench.sh $(BUILD)
+
+# Only the live-update (CPR) pause benchmark (~10 min; BENCH_CPR_ARGS=
+# "--quick" for a smoke run).
+bench-cpr: build
+	@BENCH_CPR=only sh scripts/bench.sh $(BUILD)
 
 # ferry vs QEMU on the same memstress guest, interleaved (~1 h for the
 # full matrix; BENCH_ARGS="--quick" for the 1 GiB cells once).

@@ -942,9 +942,13 @@ static int round_run(void)
 
 static void heartbeat(uint64_t t_ms)
 {
+	uint64_t win = stall_window_us();
+
 	say("heartbeat t=%lu jobs=%lu bytes=%lu irqs=%lu rewrites=%lu "
-	    "max_stall_us=%lu", t_ms / 1000, total_jobs, total_bytes,
-	    irqs_total(), pages.rewrites, stall_max_us());
+	    "max_stall_us=%lu win_stall_us=%lu win_skip_us=%lu", t_ms / 1000,
+	    total_jobs, total_bytes, irqs_total(), pages.rewrites,
+	    stall_max_us(), win, stall_skipped_us());
+	stall_window_skip();
 }
 
 static int setup(void)

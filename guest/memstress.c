@@ -115,9 +115,14 @@ int guest_main(void)
 		if (deadline && now >= deadline)
 			break;
 		if (now >= next_beat) {
+			uint64_t win = stall_window_us();
+
 			say("heartbeat t=%lu rewrites=%lu passes=%lu "
-			    "max_stall_us=%lu", tsc_to_ms(now - start) / 1000,
-			    ps.rewrites, ps.pass - 1, stall_max_us());
+			    "max_stall_us=%lu win_stall_us=%lu win_skip_us=%lu",
+			    tsc_to_ms(now - start) / 1000, ps.rewrites,
+			    ps.pass - 1, stall_max_us(), win,
+			    stall_skipped_us());
+			stall_window_skip();
 			next_beat += us_to_tsc(HEARTBEAT_US);
 			if (next_beat < now)
 				next_beat = now + us_to_tsc(HEARTBEAT_US);

@@ -24,6 +24,10 @@ uint64_t tsc_hz = TSC_GUESS_HZ;
 const char *tsc_source = "guess";	/* pit, pit-noisy, cpuid, guess */
 uint64_t stall_last_tsc;
 uint64_t stall_max_tsc;
+uint64_t stall_win_tsc;
+uint64_t stall_skip_tsc;
+static uint64_t stall_out_tsc;	/* when the heartbeat output began */
+static uint64_t stall_skipped_tsc;	/* how long it took, the last time */
 
 /*
  * Runs are only ever lengthened (service entry/exit, host preemption of
@@ -106,8 +110,32 @@ uint64_t stall_max_us(void)
 	return tsc_to_us(stall_max_tsc);
 }
 
+uint64_t stall_window_us(void)
+{
+	uint64_t us = tsc_to_us(stall_win_tsc);
+
+	stall_win_tsc = 0;
+	stall_out_tsc = rdtsc();
+	return us;
+}
+
+/* The output began after the last sample: the next gap holds all of it. */
+void stall_window_skip(void)
+{
+	stall_skip_tsc = rdtsc() - stall_out_tsc;
+	stall_skipped_tsc = stall_skip_tsc;
+}
+
+uint64_t stall_skipped_us(void)
+{
+	return tsc_to_us(stall_skipped_tsc);
+}
+
 void stall_reset(void)
 {
 	stall_last_tsc = rdtsc();
 	stall_max_tsc = 0;
+	stall_win_tsc = 0;
+	stall_skip_tsc = 0;
+	stall_skipped_tsc = 0;
 }

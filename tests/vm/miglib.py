@@ -26,6 +26,7 @@ MIG_WAIT_S = 90.0       # one migration reaching a final status
 EXIT_WAIT_S = 30.0      # a process leaving after it was told to
 BOOT_WAIT_S = 120.0     # a guest's first heartbeat (kvm_pvm boot is slow)
 POLL_S = 0.02
+QMP_REFUSED_S = 5.0     # a QMP socket bound but not yet listening
 
 VMM = os.environ.get("FERRY_VMM", "")
 DEV = os.environ.get("FERRY_DEV", "")
@@ -201,11 +202,22 @@ class Vmm(Proc):
     # -- QMP --
     def qmp(self):
         if self._qmp is None:
-            try:
-                self._qmp = vmlib.Qmp(self.qmp_path, timeout=WAIT_S)
-            except OSError as e:
+            # The socket file appears at bind(), a connect works from
+            # listen(): a refusal in between is worth another try.
+            end = time.monotonic() + QMP_REFUSED_S
+            while True:
+                try:
+                    self._qmp = vmlib.Qmp(self.qmp_path, timeout=WAIT_S)
+                    break
+                except ConnectionRefusedError as e:
+                    if time.monotonic() < end and self.alive():
+                        time.sleep(POLL_S)
+                        continue
+                    err = e
+                except OSError as e:
+                    err = e
                 raise TestFailure("%s: cannot reach QMP (%s; exit %s)" %
-                                  (self.name, e, self.proc.poll()))
+                                  (self.name, err, self.proc.poll()))
             self._qmp.negotiate()
         return self._qmp
 
