@@ -53,7 +53,7 @@ demo: build
 bench: build
 	@sh scripts/bench.sh $(BUILD)
 
-# Only the live-update (CPR) pause benchmark (~10 min; BENCH_CPR_ARGS=
+# Only the live-update (CPR) pause benchmark (~15 min; BENCH_CPR_ARGS=
 # "--quick" for a smoke run).
 bench-cpr: build
 	@BENCH_CPR=only sh scripts/bench.sh $(BUILD)

@@ -65,8 +65,11 @@ SAME_WINDOW_S = 0.6	# an update this quick is inside one window
 POLL_S = 0.002		# heartbeat arrival, while syncing to it
 BEAT_TIMEOUT = 10.0	# a heartbeat that does not come: the guest hangs
 WARMUP_BEATS = 1	# heartbeats after the first before the first update
-SKIP_SUSPECT_US = 2000	# a heartbeat's output this much longer than usual
-			# may hide (part of) a pause: win_skip_us
+SKIP_SUSPECT_US = 10000	# a heartbeat's output this much longer than usual
+			# may hide a pause: win_skip_us (its spread on a
+			# busy host is a few ms)
+TRIGGER_DELAY_S = 0.02	# after a heartbeat line: the guest has finished
+			# printing it (the service call returned)
 PER_UPDATE_S = 4	# guest time for one update (sync + 1-2 windows),
 			# with room for a slow, loaded host
 UPDATE_NEEDS_S = 3	# guest time left to start one more update
@@ -292,6 +295,7 @@ class CellRun:
         cell, g, beats = self.cell, self.g, self.beats
         self.seq += 1
         k = beats.wait_fresh(self.alive)
+        time.sleep(TRIGGER_DELAY_S)
         u = {"seq": self.seq}
         t1 = time.monotonic()
         if cell.mode == "cpr-transfer":
