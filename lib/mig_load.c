@@ -383,11 +383,21 @@ static void load_confirm(struct mig_engine *e)
 	if (e->ch->has_return_path) {
 		ret = mig_section_write(e->ch, MIG_RP_RESUMED, 0, 0, NULL, 0,
 					NULL, 0);
-		if (ret) {
+		if (ret && e->peer_minor >= 1) {
 			/*
-			 * The source never hears that the guest runs here, so
-			 * it keeps (resumes) the guest itself: this copy must
-			 * not run on, or the guest would live twice.
+			 * The source sent COMMIT: it never runs the guest again
+			 * on its own, it holds it paused until told where it
+			 * runs. Stopping here would leave it running nowhere.
+			 */
+			pr_warn("migration: could not confirm to the source "
+				"(%s); the guest runs here, the source holds it "
+				"paused until told so (x-migrate-outcome "
+				"destination)", strerror(-ret));
+		} else if (ret) {
+			/*
+			 * A 1.0 source never hears that the guest runs here,
+			 * so it resumes the guest itself: this copy must not
+			 * run on, or the guest would live twice.
 			 */
 			e->host_ops->load_failed(e->host);
 			mig_fail(e, ret, "could not confirm to the source (%s)",
