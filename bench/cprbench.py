@@ -902,15 +902,15 @@ def _on_sigterm(signum, frame):
 def main(argv):
     a = parse_args(argv)
     reps = a.reps or (QUICK["reps"] if a.quick else REPS)
-    todo = cells(a.mode or MODES,
+    selected = cells(a.mode or MODES,
                  a.memory or (QUICK["memory"] if a.quick else MEMORY_GIB),
                  a.devices or (QUICK["devices"] if a.quick else DEVICES),
                  reps)
-    if not todo:
+    if not selected:
         log("no cell to run (a device-server update needs a device)")
         return 2
     if a.list:
-        for cl in todo:
+        for cl in selected:
             print(cl.name)
         return 0
     build = migbench.Build(a.build)
@@ -937,8 +937,8 @@ def main(argv):
     started = datetime.datetime.now(datetime.timezone.utc)
     load0 = loadavg()
     rows = []
-    for i, cl in enumerate(todo):
-        log("cell %d/%d: %s, %d updates" % (i + 1, len(todo), cl.name,
+    for i, cl in enumerate(selected):
+        log("cell %d/%d: %s, %d updates" % (i + 1, len(selected), cl.name,
                                             cl.reps))
         row = run_cell(build, cl, a.breakdown)
         log("%s: %s; VMM median %s, guest median %s (baseline %s)" %

@@ -172,6 +172,22 @@ static int fd_chan_read(struct mig_channel *ch, void *buf, size_t len)
 	return 0;
 }
 
+
+/* Drop the first done bytes of a vector, whole entries first. */
+static void iov_advance(struct iovec **iov, int *n, size_t done)
+{
+	while (done) {
+		size_t take = MIN(done, (*iov)->iov_len);
+
+		(*iov)->iov_base = (char *)(*iov)->iov_base + take;
+		(*iov)->iov_len -= take;
+		done -= take;
+		if (!(*iov)->iov_len) {
+			(*iov)++;
+			(*n)--;
+		}
+	}
+}
 static int fd_chan_readv(struct mig_channel *ch, struct iovec *iov, int n)
 {
 	while (n) {
@@ -196,18 +212,7 @@ static int fd_chan_readv(struct mig_channel *ch, struct iovec *iov, int n)
 			return -EPIPE;
 		ch->bytes_read += (uint64_t)got;
 		__atomic_store_n(&ch->last_io_ns, clock_ns(), __ATOMIC_RELAXED);
-		/* Consume what arrived. */
-		while (got) {
-			size_t take = MIN((size_t)got, iov->iov_len);
-
-			iov->iov_base = (char *)iov->iov_base + take;
-			iov->iov_len -= take;
-			got -= (ssize_t)take;
-			if (!iov->iov_len) {
-				iov++;
-				n--;
-			}
-		}
+		iov_advance(&iov, &n, (size_t)got);	/* what arrived */
 	}
 	return 0;
 }
@@ -296,18 +301,7 @@ static int fd_chan_writev(struct mig_channel *ch, struct iovec *iov, int n)
 		}
 		ch->bytes_written += (uint64_t)got;
 		__atomic_store_n(&ch->last_io_ns, clock_ns(), __ATOMIC_RELAXED);
-		/* Consume what went out. */
-		while (got) {
-			size_t take = MIN((size_t)got, iov->iov_len);
-
-			iov->iov_base = (char *)iov->iov_base + take;
-			iov->iov_len -= take;
-			got -= (ssize_t)take;
-			if (!iov->iov_len) {
-				iov++;
-				n--;
-			}
-		}
+		iov_advance(&iov, &n, (size_t)got);	/* what went out */
 	}
 	return 0;
 }
