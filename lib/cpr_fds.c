@@ -144,6 +144,28 @@ int cpr_fds_take(struct cpr_fds *r, const char *name)
 	return e->fd;
 }
 
+int cpr_fds_add_prefixed(struct cpr_fds *r, const char *prefix,
+			 const char *suffix, int fd)
+{
+	char name[CPR_NAME_MAX];
+
+	if (snprintf(name, sizeof(name), "%s%s", prefix, suffix) >=
+	    (int)sizeof(name))
+		return -ENAMETOOLONG;
+	return cpr_fds_add(r, name, fd);
+}
+
+int cpr_fds_take_prefixed(struct cpr_fds *r, const char *prefix,
+			  const char *suffix)
+{
+	char name[CPR_NAME_MAX];
+
+	if (snprintf(name, sizeof(name), "%s%s", prefix, suffix) >=
+	    (int)sizeof(name))
+		return -ENAMETOOLONG;
+	return cpr_fds_take(r, name);
+}
+
 int cpr_fds_peek(const struct cpr_fds *r, const char *name)
 {
 	const struct cpr_entry *e = find(r, name);

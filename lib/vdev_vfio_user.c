@@ -242,11 +242,17 @@ static int vu_data_size(struct vdev *d, uint64_t *len)
 static int vu_log_start(struct vdev *d, uint64_t *page_size,
 			const struct vfu_dma_log_range *ranges, uint32_t n)
 {
-	return vfu_client_dma_log_start(to_client(d), page_size, ranges, n);
+	int ret = vfu_client_dma_log_start(to_client(d), page_size, ranges,
+					   n);
+
+	if (!ret)
+		d->log_method = "device";
+	return ret;
 }
 
 static int vu_log_stop(struct vdev *d)
 {
+	d->log_method = NULL;
 	return vfu_client_dma_log_stop(to_client(d));
 }
 
@@ -264,13 +270,11 @@ static int vu_cpr_save(struct vdev *d, struct cpr_fds *reg,
 {
 	struct vfu_client *c = to_client(d);
 	const struct vfu_caps *caps = vfu_client_caps(c);
-	char name[CPR_NAME_MAX], *json;
 	struct json_object *s;
+	char *json;
 	int ret;
 
-	if (snprintf(name, sizeof(name), "%ssock", prefix) >= (int)sizeof(name))
-		return -ENAMETOOLONG;
-	ret = cpr_fds_add(reg, name, vfu_client_fd(c));
+	ret = cpr_fds_add_prefixed(reg, prefix, "sock", vfu_client_fd(c));
 	if (ret)
 		return ret;
 	json = vfu_caps_format(caps);

@@ -38,6 +38,12 @@ int cpr_fds_add(struct cpr_fds *r, const char *name, int fd);
 /* The fd named, now the caller's; -ENOENT if there is none (or it was
  * taken already). */
 int cpr_fds_take(struct cpr_fds *r, const char *name);
+/* The same under the name prefix + suffix (a device's fds: "dev0." +
+ * "sock"); -ENAMETOOLONG when that is too long. */
+int cpr_fds_add_prefixed(struct cpr_fds *r, const char *prefix,
+			 const char *suffix, int fd);
+int cpr_fds_take_prefixed(struct cpr_fds *r, const char *prefix,
+			  const char *suffix);
 /* The fd named, still the registry's; -ENOENT. */
 int cpr_fds_peek(const struct cpr_fds *r, const char *name);
 unsigned cpr_fds_count(const struct cpr_fds *r);

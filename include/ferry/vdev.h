@@ -2,8 +2,8 @@
 /*
  * Passthrough devices behind one ops table: everything a VMM's PCI proxy
  * and the migration engine need from a VFIO-style device, whatever
- * reaches it (vfio-user today, lib/vdev_vfio_user.c; the Linux kernel's
- * VFIO cdev/iommufd later, as another ops table). Values (region and IRQ
+ * reaches it: vfio-user (lib/vdev_vfio_user.c) or the Linux kernel's
+ * VFIO (lib/vdev_vfio_kernel.c: a legacy container or iommufd). Values (region and IRQ
  * indexes, flags, migration states) are VFIO's, as vfio-user spells them
  * in ferry/vfio_user.h.
  *
@@ -149,6 +149,11 @@ struct vdev {
 	/* Last migration state the device reached (vdev_mig_set_state()
 	 * keeps it), RUNNING after open. */
 	enum vfu_mig_state mig_state;
+	/* How its DMA writes are tracked once log_start() succeeded:
+	 * "device" (the device's own log), "container" (the kernel's
+	 * type1 IOMMU), "all-mapped" (every mapped page, every sync);
+	 * NULL while not logging. */
+	const char *log_method;
 };
 
 /*
@@ -166,6 +171,41 @@ int vdev_vfio_user_adopt(const char *id, const char *location,
 			 struct cpr_fds *reg, const char *prefix,
 			 struct json_object *state, struct vdev **out,
 			 char *err, size_t errlen);
+enum vdev_kernel_iommu {
+	VDEV_KERNEL_IOMMU_AUTO,		/* iommufd where the host has it */
+	VDEV_KERNEL_IOMMUFD,		/* /dev/iommu + the device cdev */
+	VDEV_KERNEL_CONTAINER,		/* /dev/vfio/vfio + the group */
+};
+
+struct vdev_kernel_opts {
+	enum vdev_kernel_iommu iommu;
+	/* A device whose DMA neither it nor the IOMMU can track: count
+	 * every DMA-mapped page dirty at each sync (QEMU's fallback)
+	 * instead of refusing live migration. */
+	bool dirty_all_mapped;
+};
+
+/*
+ * Open a device bound to a Linux VFIO driver: sysfs is its sysfs path
+ * (/sys/bus/pci/devices/DDDD:BB:DD.F, /sys/bus/mdev/devices/UUID). It
+ * gets an IOMMU address space of its own (o: NULL for the defaults).
+ * -errno with a reason in err (permissions, group viability, what the
+ * kernel lacks).
+ */
+int vdev_vfio_kernel_open(const char *id, const char *sysfs,
+			  const struct vdev_kernel_opts *o, struct vdev **out,
+			  char *err, size_t errlen);
+/*
+ * The new owner of a kernel VFIO device after live update: the device,
+ * group and container fds registered by cpr_save() under prefix (taken
+ * from reg), state what it returned. Suspended until every mapping was
+ * re-supplied with dma_adopt() and cpr_resume() ran; no reset, no
+ * reprogramming. -errno with a reason in err.
+ */
+int vdev_vfio_kernel_adopt(const char *id, const char *location,
+			   struct cpr_fds *reg, const char *prefix,
+			   struct json_object *state, struct vdev **out,
+			   char *err, size_t errlen);
 /* Close any device (NULL is fine). */
 void vdev_close(struct vdev *d);
 
