@@ -231,8 +231,14 @@ int cpr_in_adopt_device(struct vm *vm, struct pci_bus *bus,
 		return -EBADMSG;
 	}
 	snprintf(prefix, sizeof(prefix), "dev%u.", i);
-	ret = vdev_vfio_user_adopt(id, location, in->reg, prefix, backend,
-				   &vdev, err, errlen);
+	/* An old process without "backend-type" had only vfio-user. */
+	if (json_object_object_get_ex(d, "backend-type", &v) &&
+	    !strcmp(json_object_get_string(v), "vfio-kernel"))
+		ret = vdev_vfio_kernel_adopt(id, location, in->reg, prefix,
+					     backend, &vdev, err, errlen);
+	else
+		ret = vdev_vfio_user_adopt(id, location, in->reg, prefix,
+					   backend, &vdev, err, errlen);
 	if (ret)
 		return ret;
 	return vfio_pci_adopt(vm, bus, vdev, in->reg, prefix, d, out, err,

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -40,7 +41,9 @@
 
 struct dev_opt {
 	char *id;
-	char *socket;
+	char *location;		/* vfio-user socket, or sysfs path */
+	bool kernel;			/* vfio-pci: Linux's VFIO */
+	struct vdev_kernel_opts kopts;
 };
 
 struct opts {
@@ -76,6 +79,10 @@ static void usage(FILE *f)
 "  -c, --cpus N            number of vCPUs, 1..%u (default 1)\n"
 "  -d, --device vfio-user,socket=PATH,id=NAME\n"
 "                          attach a vfio-user PCI device (repeatable, max %u)\n"
+"  -d, --device vfio-pci,host=DDDD:BB:DD.F|sysfsdev=PATH[,id=NAME]\n"
+"                [,iommufd=on|off][,dirty=all-mapped]\n"
+"                          pass through a device bound to Linux's vfio-pci\n"
+"                          or an mdev (docs/kernel-vfio.md)\n"
 "  -q, --qmp unix:PATH     QMP control socket\n"
 "  -s, --serial stdio|file:PATH\n"
 "                          where the COM1 console goes (default stdio)\n"
@@ -143,7 +150,43 @@ static int usage_error(const char *fmt, ...)
 	return -EINVAL;
 }
 
-/* "vfio-user,socket=PATH,id=NAME" */
+/* One property of a vfio-pci device. */
+static int parse_kernel_prop(struct dev_opt *d, const char *spec,
+			     const char *tok)
+{
+	const char *v = strchr(tok, '=') + 1;
+	char path[PATH_MAX];
+
+	if (!strncmp(tok, "host=", 5)) {
+		if (!*v || strchr(v, '/'))
+			return usage_error("--device '%s': host= wants a PCI "
+					   "address, e.g. 0000:01:00.0", spec);
+		/* QEMU accepts the domain-less form too. */
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s%s",
+			 strchr(v, ':') == strrchr(v, ':') ? "0000:" : "", v);
+	} else if (!strncmp(tok, "sysfsdev=", 9)) {
+		snprintf(path, sizeof(path), "%s", v);
+	} else if (!strcmp(tok, "iommufd=on") || !strcmp(tok, "iommufd=off")) {
+		d->kopts.iommu = tok[9] == 'n' ? VDEV_KERNEL_IOMMUFD :
+				 VDEV_KERNEL_CONTAINER;
+		return 0;
+	} else if (!strcmp(tok, "dirty=all-mapped")) {
+		d->kopts.dirty_all_mapped = true;
+		return 0;
+	} else {
+		return usage_error("--device '%s': unknown property '%s'",
+				   spec, tok);
+	}
+	free(d->location);
+	d->location = strdup(path);
+	return d->location ? 0 : -ENOMEM;
+}
+
+/*
+ * "vfio-user,socket=PATH,id=NAME" or
+ * "vfio-pci,host=ADDR|sysfsdev=PATH[,id=NAME][,iommufd=on|off]
+ *  [,dirty=all-mapped]"
+ */
 static int parse_device(struct opts *o, const char *spec)
 {
 	struct dev_opt *d;
@@ -157,33 +200,49 @@ static int parse_device(struct opts *o, const char *spec)
 		return -ENOMEM;
 	d = &o->devs[o->nr_devs];
 	tok = strtok_r(copy, ",", &save);
-	if (!tok || strcmp(tok, "vfio-user")) {
-		ret = usage_error("--device '%s': only 'vfio-user' devices are supported",
-				  spec);
+	if (!tok || (strcmp(tok, "vfio-user") && strcmp(tok, "vfio-pci"))) {
+		ret = usage_error("--device '%s': the device types are "
+				  "'vfio-user' and 'vfio-pci'", spec);
 		goto out_free;
 	}
+	d->kernel = !strcmp(tok, "vfio-pci");
 	while ((tok = strtok_r(NULL, ",", &save))) {
-		char **dst;
-
-		if (!strncmp(tok, "socket=", 7))
-			dst = &d->socket;
-		else if (!strncmp(tok, "id=", 3))
-			dst = &d->id;
-		else {
-			ret = usage_error("--device '%s': unknown property '%s'",
-					  spec, tok);
+		if (!strchr(tok, '=')) {
+			ret = usage_error("--device '%s': '%s' is not "
+					  "NAME=VALUE", spec, tok);
 			goto out_free;
 		}
-		free(*dst);
-		*dst = strdup(strchr(tok, '=') + 1);
-		if (!*dst) {
+		if (!strncmp(tok, "id=", 3)) {
+			free(d->id);
+			d->id = strdup(tok + 3);
+			ret = d->id ? 0 : -ENOMEM;
+		} else if (d->kernel) {
+			ret = parse_kernel_prop(d, spec, tok);
+		} else if (!strncmp(tok, "socket=", 7)) {
+			free(d->location);
+			d->location = strdup(tok + 7);
+			ret = d->location ? 0 : -ENOMEM;
+		} else {
+			ret = usage_error("--device '%s': unknown property "
+					  "'%s'", spec, tok);
+		}
+		if (ret)
+			goto out_free;
+	}
+	if (d->kernel && d->location && (!d->id || !*d->id)) {
+		/* QEMU's id is optional: name it after the device. */
+		free(d->id);
+		d->id = strdup(strrchr(d->location, '/') ?
+			       strrchr(d->location, '/') + 1 : d->location);
+		if (!d->id) {
 			ret = -ENOMEM;
 			goto out_free;
 		}
 	}
-	if (!d->socket || !*d->socket || !d->id || !*d->id) {
-		ret = usage_error("--device '%s': needs socket=PATH and id=NAME",
-				  spec);
+	if (!d->location || !*d->location || !d->id || !*d->id) {
+		ret = usage_error(d->kernel ? "--device '%s': needs host=ADDR "
+				  "or sysfsdev=PATH" : "--device '%s': needs "
+				  "socket=PATH and id=NAME", spec);
 		goto out_free;
 	}
 	for (unsigned i = 0; i < o->nr_devs; i++) {
@@ -195,9 +254,9 @@ static int parse_device(struct opts *o, const char *spec)
 	o->nr_devs++;
 out_free:
 	if (ret) {
-		free(d->socket);
+		free(d->location);
 		free(d->id);
-		d->socket = d->id = NULL;
+		memset(d, 0, sizeof(*d));
 	}
 	free(copy);
 	return ret;
@@ -207,7 +266,7 @@ static void opts_free(struct opts *o)
 {
 	for (unsigned i = 0; i < VM_MAX_DEVICES; i++) {
 		free(o->devs[i].id);
-		free(o->devs[i].socket);
+		free(o->devs[i].location);
 	}
 }
 
@@ -572,12 +631,17 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o,
 		if (cpr)
 			ret = cpr_in_adopt_device(vm, vm->pci, cpr, i,
 						  o->devs[i].id,
-						  o->devs[i].socket,
+						  o->devs[i].location,
 						  &vm->devs[vm->nr_devs], err,
 						  sizeof(err));
+		else if (o->devs[i].kernel)
+			ret = vdev_vfio_kernel_open(o->devs[i].id,
+						    o->devs[i].location,
+						    &o->devs[i].kopts, &vdev,
+						    err, sizeof(err));
 		else
 			ret = vdev_vfio_user_open(o->devs[i].id,
-						  o->devs[i].socket, &vdev,
+						  o->devs[i].location, &vdev,
 						  err, sizeof(err));
 		if (!ret && !cpr)
 			ret = vfio_pci_create(vm, vm->pci, vdev,
@@ -585,7 +649,7 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o,
 					      sizeof(err));
 		if (ret) {
 			fprintf(stderr, "ferry-vmm: device %s (%s): %s\n",
-				o->devs[i].id, o->devs[i].socket, err);
+				o->devs[i].id, o->devs[i].location, err);
 			return ret;
 		}
 		vm->nr_devs++;

@@ -1341,6 +1341,10 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev)
 			       json_object_new_string(dev->vdev->ops->name));
 	json_object_object_add(o, "socket",
 			       json_object_new_string(dev->vdev->location));
+	/* How the device's DMA writes are tracked while migrating: a
+	 * backend's method, "off" outside a migration. */
+	json_object_object_add(o, "dirty-tracking", json_object_new_string(
+			       dev->vdev->log_method ?: "off"));
 	json_object_object_add(o, "vendor-id",
 			       json_object_new_int(cfg_u16(dev, PCI_VENDOR_ID)));
 	json_object_object_add(o, "device-id",
@@ -1545,6 +1549,8 @@ int vfio_pci_cpr_save(struct vfio_pci *dev, struct cpr_fds *reg,
 		return ret;
 	d = json_object_new_object();
 	json_object_object_add(d, "id", json_object_new_string(dev->id));
+	json_object_object_add(d, "backend-type",
+			       json_object_new_string(dev->vdev->ops->name));
 	json_object_object_add(d, "backend", backend);
 	json_add_u64(d, "slot", dev->pdev.slot);
 	info = json_object_new_object();
