@@ -17,8 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ferry/vdev.h"
+
 struct cpr_fds;
 struct kvfio_iommu;
+struct vfio_region_info;
 
 struct kvfio_iommu_ops {
 	const char *name;		/* "container", "iommufd" */
@@ -75,5 +78,16 @@ int kvfio_iommufd_usable(const char *sysfs);
 /* Open the device's cdev, bind it to a new iommufd, attach a new IOAS. */
 int kvfio_iommufd_open(const char *sysfs, struct kvfio_iommu **out,
 		       int *dev_fd, char *err, size_t errlen);
+
+/*
+ * The sparse-mmap areas in a region info's capability chain (info->argsz
+ * bytes of it valid), each checked against the region -- non-empty, page
+ * aligned, inside it -- and the chain itself: offsets inside argsz past
+ * the fixed part, moving forward, at most 16 links. Fills out->mmap and
+ * out->nr_mmap (the first VDEV_MAX_AREAS). -ENOENT when the chain has no
+ * such capability, -EPROTO when it is malformed.
+ */
+int kvfio_region_sparse(const struct vfio_region_info *info,
+			struct vdev_region *out);
 
 #endif /* FERRY_KVFIO_PRIV_H */

@@ -156,10 +156,8 @@ static int region_query(int fd, uint32_t index, struct vfio_region_info **out)
 	return -EPROTO;
 }
 
-/* The sparse-mmap areas in info's capability chain, checked against the
- * region: in bounds, page aligned. -ENOENT when the chain has none. */
-static int region_sparse(const struct vfio_region_info *info,
-			 struct vdev_region *out)
+int kvfio_region_sparse(const struct vfio_region_info *info,
+			struct vdev_region *out)
 {
 	uint32_t off = info->cap_offset, seen = 0;
 
@@ -232,7 +230,7 @@ static int kv_region_info(struct vdev *d, uint32_t index,
 				    VFU_REGION_FLAG_WRITE |
 				    VFU_REGION_FLAG_MMAP);
 	if ((info->flags & VFIO_REGION_INFO_FLAG_MMAP) && info->size) {
-		ret = region_sparse(info, out);
+		ret = kvfio_region_sparse(info, out);
 		if (ret == -ENOENT) {
 			if (info->size % VDEV_PAGE_SIZE) {
 				/* A sub-page BAR cannot be mapped alone. */
@@ -365,6 +363,30 @@ static int kv_set_irqs(struct vdev *d, uint32_t index, uint32_t start,
 		ret = -errno;
 	free(set);
 	return ret;
+}
+
+static int kv_irq_unmask(struct vdev *d, uint32_t index, int resample_fd)
+{
+	struct {
+		struct vfio_irq_set set;
+		int32_t fd;
+	} u = {
+		.set = {
+			.argsz = sizeof(u.set),
+			.flags = VFIO_IRQ_SET_ACTION_UNMASK |
+				 VFIO_IRQ_SET_DATA_NONE,
+			.index = index,
+			.count = 1,
+		},
+		.fd = resample_fd,
+	};
+
+	if (resample_fd >= 0) {
+		u.set.argsz = sizeof(u);
+		u.set.flags = VFIO_IRQ_SET_ACTION_UNMASK |
+			      VFIO_IRQ_SET_DATA_EVENTFD;
+	}
+	return ioctl(to_kv(d)->fd, VFIO_DEVICE_SET_IRQS, &u) ? -errno : 0;
 }
 
 static struct kvfio_map *map_find(struct vdev_kvfio *k, uint64_t iova,
@@ -888,6 +910,7 @@ static const struct vdev_ops vdev_vfio_kernel_ops = {
 	.region_write = kv_region_write,
 	.irq_info = kv_irq_info,
 	.set_irqs = kv_set_irqs,
+	.irq_unmask = kv_irq_unmask,
 	.dma_map = kv_dma_map,
 	.dma_unmap = kv_dma_unmap,
 	.reset = kv_reset,

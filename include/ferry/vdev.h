@@ -24,6 +24,9 @@
  *  - set_irqs() assigns eventfds to vectors [start, start + count) of an
  *    IRQ index (fds NULL de-assigns them); the device signals an
  *    interrupt by writing its eventfd.
+ *  - irq_unmask() (optional: NULL where the backend has none) unmasks
+ *    an auto-masked interrupt (INTx): now when resample_fd < 0, else
+ *    each time resample_fd is signalled (KVM's irqfd resampler).
  *  - dma_map() makes [iova, iova + size) reachable by device DMA: from fd
  *    at offset, and/or through vaddr in this process.
  *  - Migration (mirrors the kernel's vfio_migration_ops): mig_set_state()
@@ -56,6 +59,7 @@
 #ifndef FERRY_VDEV_H
 #define FERRY_VDEV_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -109,6 +113,7 @@ struct vdev_ops {
 			struct vfu_irq_info *out);
 	int (*set_irqs)(struct vdev *d, uint32_t index, uint32_t start,
 			uint32_t count, const int *fds);
+	int (*irq_unmask)(struct vdev *d, uint32_t index, int resample_fd);
 	int (*dma_map)(struct vdev *d, uint64_t iova, uint64_t size, int fd,
 		       uint64_t offset, uint32_t prot, void *vaddr);
 	int (*dma_unmap)(struct vdev *d, uint64_t iova, uint64_t size);
@@ -260,6 +265,13 @@ static inline int vdev_set_irqs(struct vdev *d, uint32_t index,
 				const int *fds)
 {
 	return d->ops->set_irqs(d, index, start, count, fds);
+}
+
+static inline int vdev_irq_unmask(struct vdev *d, uint32_t index,
+				  int resample_fd)
+{
+	return d->ops->irq_unmask ? d->ops->irq_unmask(d, index, resample_fd)
+				  : -ENOTSUP;
 }
 
 static inline int vdev_dma_map(struct vdev *d, uint64_t iova, uint64_t size,
