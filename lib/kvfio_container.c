@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,15 +114,19 @@ static int ct_dirty_report(struct kvfio_iommu *io, uint64_t iova,
 			   uint64_t length, uint64_t page_size,
 			   uint64_t *bitmap)
 {
+	/* struct vfio_iommu_type1_dirty_bitmap with the range in data[] */
 	struct {
-		struct vfio_iommu_type1_dirty_bitmap hdr;
+		uint32_t argsz;
+		uint32_t flags;
 		struct vfio_iommu_type1_dirty_bitmap_get get;
 	} req;
 	uint64_t pages = length / page_size;
 
+	_Static_assert(offsetof(struct vfio_iommu_type1_dirty_bitmap, data) ==
+		       8, "dirty_bitmap");
 	memset(&req, 0, sizeof(req));
-	req.hdr.argsz = sizeof(req);
-	req.hdr.flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
+	req.argsz = sizeof(req);
+	req.flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
 	req.get.iova = iova;
 	req.get.size = length;
 	req.get.bitmap.pgsize = page_size;

@@ -18,6 +18,7 @@
 #include <json-c/json.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,24 +368,23 @@ static int kv_set_irqs(struct vdev *d, uint32_t index, uint32_t start,
 
 static int kv_irq_unmask(struct vdev *d, uint32_t index, int resample_fd)
 {
+	/* struct vfio_irq_set with one eventfd as its data */
 	struct {
-		struct vfio_irq_set set;
+		uint32_t argsz, flags, index, start, count;
 		int32_t fd;
 	} u = {
-		.set = {
-			.argsz = sizeof(u.set),
-			.flags = VFIO_IRQ_SET_ACTION_UNMASK |
-				 VFIO_IRQ_SET_DATA_NONE,
-			.index = index,
-			.count = 1,
-		},
+		.argsz = offsetof(struct vfio_irq_set, data),
+		.flags = VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_DATA_NONE,
+		.index = index,
+		.count = 1,
 		.fd = resample_fd,
 	};
 
+	_Static_assert(offsetof(struct vfio_irq_set, data) == 20, "irq_set");
 	if (resample_fd >= 0) {
-		u.set.argsz = sizeof(u);
-		u.set.flags = VFIO_IRQ_SET_ACTION_UNMASK |
-			      VFIO_IRQ_SET_DATA_EVENTFD;
+		u.argsz = sizeof(u);
+		u.flags = VFIO_IRQ_SET_ACTION_UNMASK |
+			  VFIO_IRQ_SET_DATA_EVENTFD;
 	}
 	return ioctl(to_kv(d)->fd, VFIO_DEVICE_SET_IRQS, &u) ? -errno : 0;
 }
@@ -473,9 +473,11 @@ static int kv_reset(struct vdev *d)
 
 /* ---- migration v2 ---- */
 
-/* A feature request: the header and a payload after it, as one buffer. */
+/* A feature request: struct vfio_device_feature's header and a payload
+ * in its data[], as one buffer. */
 struct kvfio_feature {
-	struct vfio_device_feature hdr;
+	uint32_t argsz;
+	uint32_t flags;
 	union {
 		struct vfio_device_feature_migration mig;
 		struct vfio_device_feature_mig_state state;
@@ -488,8 +490,10 @@ struct kvfio_feature {
 static int feature(struct vdev_kvfio *k, uint32_t flags, size_t payload,
 		   struct kvfio_feature *f)
 {
-	f->hdr.argsz = (uint32_t)(sizeof(f->hdr) + payload);
-	f->hdr.flags = flags;
+	_Static_assert(offsetof(struct kvfio_feature, u) ==
+		       offsetof(struct vfio_device_feature, data), "feature");
+	f->argsz = (uint32_t)(offsetof(struct kvfio_feature, u) + payload);
+	f->flags = flags;
 	return ioctl(k->fd, VFIO_DEVICE_FEATURE, f) ? -errno : 0;
 }
 
