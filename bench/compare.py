@@ -395,7 +395,7 @@ def _run_body(ctx, vmm, cell, wd, procs, row):
                                                        row)
         argv = ferry_argv(ctx, cell, wd, "src",
                           ["--kernel", ctx.guest, "--append",
-                           cell.cmdline()])
+                           cell.cmdline(), "--exit-after-migrate"])
     row["uri"] = uri
     row["argv_source"] = argv
     src_serial = wd.join("src.serial")

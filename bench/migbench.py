@@ -487,7 +487,9 @@ def _run_body(build, sc, wd, procs, row):
                   [build.vmm, "--kernel", build.guests[sc.guest],
                    "--append", row["guest_cmdline"], "--memory",
                    str(sc.memory), "--serial", "file:" + src_serial,
-                   "--qmp", "unix:" + wd.join("src.qmp")] + dev_argv)
+                   "--qmp", "unix:" + wd.join("src.qmp"),
+                   # its CPU time is read when it exits after the hand-over
+                   "--exit-after-migrate"] + dev_argv)
     procs.append(src)
 
     qmp = bl.connect_qmp(wd.join("src.qmp"), src, START_TIMEOUT)

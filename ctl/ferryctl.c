@@ -78,6 +78,8 @@ static void usage(FILE *f)
 "  -A, --switchover-ack      migrate: wait until the destination has loaded\n"
 "                            every device's initial data before stopping\n"
 "  -n, --no-wait             migrate: start it and return at once\n"
+"  -K, --keep-source         migrate: leave the source in postmigrate (by\n"
+"                            default it is told to quit once completed)\n"
 "  -c, --channels N          migrate, migrate-incoming: N parallel (multifd)\n"
 "                            channels, 1 = one stream; set the same on both\n"
 "                            ends\n"
@@ -350,6 +352,7 @@ struct mig_opts {
 	int exec_argc;
 	bool switchover_ack;
 	bool no_wait;
+	bool keep_source;		/* migrate: no quit after completion */
 };
 
 static uint64_t jget_u64(struct json_object *o, const char *path)
@@ -802,7 +805,7 @@ static int run_migrate(struct ctl *c, const char *verb, const char *uri,
 			printf("%s\n", !strcmp(uri, "here") ?
 			       "The guest runs here again" :
 			       "The guest runs on the destination; this VMM "
-			       "exits");
+			       "stays in postmigrate until quit");
 		return status;
 	}
 	if (!strcmp(verb, "cpr-transfer") || !strcmp(verb, "cpr-exec"))
@@ -836,7 +839,17 @@ static int run_migrate(struct ctl *c, const char *verb, const char *uri,
 			printf("Migration to %s started\n", uri);
 		return status;
 	}
-	return mig_follow(c, json);
+	status = mig_follow(c, json);
+	if (status || mo->keep_source)
+		return status;
+	/* As a management layer does: the source, in postmigrate, has
+	 * nothing left to run. One started with --exit-after-migrate is
+	 * gone already. */
+	c->eof_expected = true;
+	if (!ctl_simple(c, "quit", NULL) && !json)
+		printf("The source VMM quit (--keep-source keeps it in "
+		       "postmigrate)\n");
+	return 0;
 }
 
 struct ctl_cmd {
@@ -865,6 +878,7 @@ int main(int argc, char **argv)
 		{ "max-bandwidth", required_argument, NULL, 'B' },
 		{ "switchover-ack", no_argument, NULL, 'A' },
 		{ "no-wait", no_argument, NULL, 'n' },
+		{ "keep-source", no_argument, NULL, 'K' },
 		{ "channels", required_argument, NULL, 'c' },
 		{ "to", required_argument, NULL, 'T' },
 		{ "main", required_argument, NULL, 'M' },
@@ -886,7 +900,7 @@ int main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);	/* a VMM that exits is an error code */
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":q:jt:hD:B:Anc:T:M:F:", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":q:jt:hD:B:AnKc:T:M:F:", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'q':
 			path = strncmp(optarg, "unix:", 5) ? optarg : optarg + 5;
@@ -926,6 +940,9 @@ int main(int argc, char **argv)
 			break;
 		case 'n':
 			mo.no_wait = true;
+			break;
+		case 'K':
+			mo.keep_source = true;
 			break;
 		case 'T':
 			mo.cpr_to = optarg;

@@ -62,6 +62,7 @@ struct opts {
 	const char *name;		/* --name, for query-name */
 	char uuid[VM_UUID_LEN + 1];	/* --uuid, lower case */
 	bool verbose;
+	bool exit_after_migrate;	/* --exit-after-migrate */
 };
 
 static void usage(FILE *f)
@@ -100,6 +101,10 @@ static void usage(FILE *f)
 "                          to them (others are refused by SO_PEERCRED)\n"
 "      --name NAME         the VM's name (QMP query-name)\n"
 "      --uuid UUID         the VM's UUID (QMP query-uuid)\n"
+"      --exit-after-migrate\n"
+"                          exit 0 once an outgoing migration handed the guest\n"
+"                          over (default: stay in postmigrate until QMP quit,\n"
+"                          as QEMU)\n"
 "  -v, --verbose           debug logging\n"
 "  -h, --help              show this help\n"
 "\n"
@@ -326,6 +331,7 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		{ "allow-uid", required_argument, NULL, 'U' },
 		{ "name", required_argument, NULL, 'N' },
 		{ "uuid", required_argument, NULL, 'u' },
+		{ "exit-after-migrate", no_argument, NULL, 'X' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
@@ -416,6 +422,9 @@ static int parse_args(struct opts *o, int argc, char **argv)
 			break;
 		case 'v':
 			o->verbose = true;
+			break;
+		case 'X':
+			o->exit_after_migrate = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -659,6 +668,7 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o,
 		fprintf(stderr, "ferry-vmm: %s\n", err);
 		return ret;
 	}
+	migration_set_exit_after(vm, o->exit_after_migrate);
 	if (cpr) {
 		ret = migration_cpr_incoming(vm, cpr->mode, cpr->id);
 		if (ret)

@@ -382,9 +382,23 @@ static int host_start(void *host, bool run)
 
 static void host_handed_over(void *host)
 {
-	/* QEMU's ShutdownCause has no "migrated": nothing asked for a
-	 * shutdown, the guest left ("none"). */
-	vm_request_exit(host_vm(host), 0, "none");
+	struct vm_mig *m = host;
+	struct mig_stats st;
+
+	/* A live update's old process has nothing left to own; a script
+	 * asked for the old exit. QEMU's ShutdownCause has no "migrated":
+	 * nothing asked for a shutdown, the guest left ("none"). */
+	mig_engine_stats(m->engine, &st);
+	if (m->exit_after_migrate || st.mode != MIG_MODE_NORMAL) {
+		vm_request_exit(m->vm, 0, "none");
+		return;
+	}
+	/* QEMU's postmigrate: the vCPUs stay paused (the switchover's
+	 * pause), the devices stopped, query-migrate answers with the
+	 * final figures, and quit ends the process. */
+	atomic_store(&m->postmigrate, true);
+	pr_info("migration completed: the guest runs on the destination; "
+		"this VMM waits for quit (--exit-after-migrate exits)");
 }
 
 static void host_hold_paused(void *host)

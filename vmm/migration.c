@@ -5,6 +5,7 @@
  * statistics. The migration itself runs in libferry's engine.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +149,11 @@ void migration_fini(struct vm *vm)
 	vm->mig = NULL;
 }
 
+void migration_set_exit_after(struct vm *vm, bool exit_after)
+{
+	vm->mig->exit_after_migrate = exit_after;
+}
+
 int migration_cpr_incoming(struct vm *vm, enum mig_mode mode,
 			   const char *id)
 {
@@ -156,11 +162,20 @@ int migration_cpr_incoming(struct vm *vm, enum mig_mode mode,
 
 /* ---- commands ---- */
 
+/* After a hand-over the guest is the destination's: running it here, or
+ * migrating it again, would split it in two. */
+#define GONE_MSG "The guest has migrated away and runs on the destination; " \
+		 "only quit is left to do here"
+
 int migration_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 {
 	struct mig_params p;
 
 	mig_engine_get_params(vm->mig->engine, &p);
+	if (atomic_load(&vm->mig->postmigrate)) {
+		snprintf(err, errlen, GONE_MSG);
+		return -EINVAL;
+	}
 	if (p.mode == MIG_MODE_CPR_TRANSFER) {
 		snprintf(err, errlen, "mode cpr-transfer needs 'channels' with "
 			 "a main and a cpr channel");
@@ -209,6 +224,10 @@ int migration_start_channels(struct vm *vm, struct json_object *channels,
 	}
 	if (!cpr_uri[0])
 		return migration_start(vm, main_uri, err, errlen);
+	if (atomic_load(&vm->mig->postmigrate)) {
+		snprintf(err, errlen, GONE_MSG);
+		return -EINVAL;
+	}
 	if (incoming_pending(vm)) {
 		snprintf(err, errlen, "Guest is waiting for an incoming "
 			 "migration");
@@ -241,6 +260,8 @@ const char *migration_run_state(struct vm *vm)
 
 	if (incoming_pending(vm))
 		return "inmigrate";
+	if (atomic_load(&vm->mig->postmigrate))
+		return "postmigrate";
 	mig_engine_stats(vm->mig->engine, &st);
 	if (st.outcome_unknown)
 		return "postmigrate";
@@ -253,6 +274,8 @@ const char *migration_cont_refusal(struct vm *vm)
 {
 	struct mig_stats st;
 
+	if (atomic_load(&vm->mig->postmigrate))
+		return GONE_MSG;
 	mig_engine_stats(vm->mig->engine, &st);
 	if (st.outcome_unknown)
 		return "The guest may be running on the migration destination "

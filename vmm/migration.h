@@ -27,6 +27,9 @@ struct json_object;
 int migration_init(struct vm *vm, char *err, size_t errlen);
 /* This VM was built from a live update's fds (mode, id): the stream
  * that comes must be that update's. */
+/* --exit-after-migrate: exit once the guest was handed over instead of
+ * staying in postmigrate until quit. */
+void migration_set_exit_after(struct vm *vm, bool exit_after);
 int migration_cpr_incoming(struct vm *vm, enum mig_mode mode,
 			   const char *id);
 /* Cancel or end what runs, join every migration thread, free. */

@@ -9,6 +9,7 @@
 #define FERRY_VMM_VM_MIG_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -38,6 +39,12 @@ struct vm_mig {
 	bool inc_listening;
 
 	struct vm_mig_loaded loaded;	/* mig_host.c */
+
+	/* After an outgoing migration handed the guest over: QEMU's
+	 * postmigrate (vCPUs and devices stopped, figures queryable) until
+	 * quit -- or exit at once with --exit-after-migrate. */
+	bool exit_after_migrate;
+	atomic_bool postmigrate;
 
 	/* live update (migration.c sets them, mig_host.c uses them) */
 	char **cpr_exec_argv;		/* cpr-exec-command, NULL-ended */

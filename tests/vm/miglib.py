@@ -177,6 +177,8 @@ class Vmm(Proc):
             argv += ["--device", "vfio-user,socket=%s,id=%s" %
                      (dev.sock, dev_id)]
         argv += list(extra)
+        # a source that exits by itself once it handed the guest over
+        self.exit_after = "--exit-after-migrate" in argv
         self.devices = list(devices)
         self._qmp = None
         super().__init__(cluster, name, argv)
@@ -264,8 +266,9 @@ class Vmm(Proc):
 
     def wait_migration(self, want=FINAL, timeout=MIG_WAIT_S):
         """Poll query-migrate until its status is in want. A source that
-        completed exits by itself; if the connection closes first, the
-        MIGRATION events already read tell the final status."""
+        completed may be gone (--exit-after-migrate, or quit by
+        ferryctl); if the connection closes first, the MIGRATION events
+        already read tell the final status."""
         end = time.monotonic() + timeout
         last = None
         while time.monotonic() < end:
@@ -334,18 +337,18 @@ class Cluster:
         return Dev(self, name, extra)
 
     def source(self, kernel, append, devices=(), memory="128M", cpus=1,
-               name="src"):
+               name="src", extra=()):
         return Vmm(self, name, devices, memory, cpus, kernel=kernel,
-                   append=append)
+                   append=append, extra=extra)
 
     def dest(self, devices=(), memory="128M", cpus=1, incoming=None,
-             name=None, may_exit=False):
+             name=None, may_exit=False, extra=()):
         self.seq += 1
         name = name or "dst%d" % self.seq
         if incoming is None:
             incoming = "unix:" + self.join(name + ".mig")
         return Vmm(self, name, devices, memory, cpus, incoming=incoming,
-                   may_exit=may_exit)
+                   may_exit=may_exit, extra=extra)
 
     def free_tcp_port(self):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -404,11 +407,37 @@ def set_migration(src, caps=None, params=None):
 
 
 def hop(cluster, src, dst_devices, caps=None, params=None, memory="128M",
-        cpus=1):
+        cpus=1, extra=()):
     """Migrate src to a new destination on dst_devices; the hop must
-    complete: source status completed, source exits 0, destination runs."""
-    return hop_to(src, cluster.dest(dst_devices, memory, cpus), caps,
-                  params)
+    complete: source status completed, postmigrate until quit, then exit
+    0; the destination runs."""
+    return hop_to(src, cluster.dest(dst_devices, memory, cpus, extra=extra),
+                  caps, params)
+
+
+POSTMIGRATE_REFUSAL = "has migrated away"
+
+
+def quit_postmigrate(src, mig_status="completed"):
+    """A source that handed its guest over stays in postmigrate (as
+    QEMU's): paused, the figures queryable (the migration's status
+    mig_status: "failed" for a hand-over only x-migrate-outcome settled),
+    cont and another migrate refused; quit ends it with status 0."""
+    st = src.status()
+    check(st == "postmigrate", "%s: status %r after handing over" %
+          (src.name, st))
+    check(src.query_migrate()["status"] == mig_status,
+          "%s: query-migrate in postmigrate: %r" % (src.name,
+                                                    src.query_migrate()))
+    for cmd, args in (("cont", None), ("migrate", {"uri": "unix:/nowhere"})):
+        r = src.cmd_raw(cmd, args)
+        check("error" in r and POSTMIGRATE_REFUSAL in r["error"]["desc"],
+              "%s: %s in postmigrate: %r" % (src.name, cmd, r))
+    check(src.status() == "postmigrate", "%s left postmigrate" % src.name)
+    src.cmd("quit")
+    rc = src.wait()
+    check(rc == 0, "%s exited %s on quit after a completed migration" %
+          (src.name, rc))
 
 
 def hop_to(src, dst, caps=None, params=None):
@@ -419,9 +448,12 @@ def hop_to(src, dst, caps=None, params=None):
     check(info["status"] == "completed",
           "%s -> %s: migration %s: %r" % (src.name, dst.name,
                                           info["status"], info))
-    rc = src.wait()
-    check(rc == 0, "%s exited %s after a completed migration" %
-          (src.name, rc))
+    if src.exit_after:
+        rc = src.wait()
+        check(rc == 0, "%s (--exit-after-migrate) exited %s after a "
+              "completed migration" % (src.name, rc))
+    else:
+        quit_postmigrate(src)
     check(dst.alive(), "%s exited (%s) after taking the guest" %
           (dst.name, dst.proc.poll()))
     st = dst.status()

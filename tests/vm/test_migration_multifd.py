@@ -110,6 +110,8 @@ def hop_ferryctl(c, src, devices):
     rc, out = ferryctl(src, "--channels", str(CHANNELS), "migrate", uri)
     check(rc == 0, "ferryctl migrate: exit %d: %s" % (rc, out))
     check("completed" in out, "ferryctl migrate said: %s" % out)
+    check("source VMM quit" in out, "ferryctl did not quit the source in "
+          "postmigrate: %s" % out)
     info = src.wait_migration()
     check(src.wait() == 0, "%s exited non-zero after migrating" % src.name)
     check(dst.status() == "running", "%s not running" % dst.name)

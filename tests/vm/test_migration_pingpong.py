@@ -7,8 +7,9 @@ CASE: dma1 | mem | dma2 | dirtylog-negative
 
 A running guest is migrated HOPS times between two sets of device servers
 (A -> B -> A ...), each hop into a new ferry-vmm started with --incoming,
-with switchover-ack on. Every hop must complete (source status completed
-and exit 0, destination running), the guest's work counter must keep
+with switchover-ack on. Every hop must complete (source status completed,
+postmigrate until quit and exit 0 -- in the mem case exit 0 by itself
+with --exit-after-migrate --, destination running), the guest's work counter must keep
 rising across hops, and the guest must end PASS on the last destination.
 
 dirtylog-negative is the negative control: the same dmastress run with the
@@ -35,6 +36,10 @@ GUEST_TIMEOUT = 20      # dmastress: seconds without progress -> FAIL
 END_MARGIN_S = 3        # guest time left at the last hop, at least
 PASS_WAIT_S = GUEST_SECONDS + 60
 
+# The mem case's VMMs exit by themselves after each hand-over (the
+# others stay in postmigrate until quit).
+EXIT_AFTER = {"mem": ["--exit-after-migrate"]}
+
 CASES = {
     # name: (guest, devices per side, counter, extra caps)
     "dma1": ("dma", 1, "jobs", {}),
@@ -56,7 +61,8 @@ def start(c, kind, ndev):
     sides = [[("dma%d" % i, c.device("%s%d" % (side, i)))
               for i in range(ndev)] for side in ("A", "B")]
     kernel, append = guest_args(kind, ndev)
-    src = c.source(kernel, append, sides[0])
+    src = c.source(kernel, append, sides[0],
+                   extra=EXIT_AFTER.get(kind, []))
     src.wait_heartbeats(1)
     return src, sides
 
@@ -69,7 +75,8 @@ def pingpong(c, kind, ndev, key, caps):
     last = cur.heartbeats()[-1]
     for h in range(HOPS):
         t0 = time.monotonic()
-        cur, info = miglib.hop(c, cur, sides[(h + 1) % 2], caps=caps)
+        cur, info = miglib.hop(c, cur, sides[(h + 1) % 2], caps=caps,
+                               extra=EXIT_AFTER.get(kind, []))
         beat = cur.wait_heartbeats(1)
         check(beat[key] > last[key],
               "hop %d: %s did not advance: %d before the hop, %d after" %

@@ -12,10 +12,8 @@ source; quit the source. Around it, the commands a management layer
 calls on any VM (query-name, query-uuid, query-cpus-fast,
 query-qmp-schema) and QEMU's error class for a command that is not there.
 
-One difference is allowed for, and only one: a ferry source exits by
-itself once the migration completed (QEMU's stays in postmigrate until
-quit), so its final figures may come from the MIGRATION event's x-info
-when its socket is already closed (docs/migration.md)."""
+Both sources must stay in postmigrate after completed, answering with
+their final figures, until quit (docs/migration.md)."""
 import os
 import shutil
 import socket
@@ -206,7 +204,7 @@ def migrate(cluster, kind):
         try:
             info = src.cmd("query-migrate")
         except (TestFailure, OSError):
-            gone = True     # ferry's source exits once completed
+            gone = True
             break
         if info.get("status") == "active":
             seen_active = True
@@ -218,30 +216,15 @@ def migrate(cluster, kind):
         if info.get("status") in miglib.FINAL:
             break
         time.sleep(0.05)
-    if gone:
-        check(kind == "ferry", "%s source closed QMP mid-migration" % kind)
-        try:
-            src.qmp.sock.settimeout(2.0)
-            while True:
-                src.qmp.events.append(src.qmp.read())
-        except (TestFailure, OSError):
-            pass
-        done = [e for e in src.events("MIGRATION")
-                if e["data"]["status"] == "completed"]
-        check(done, "ferry source gone without a completed event")
-        info = dict(done[-1]["data"]["x-info"], status="completed")
+    # Both stay in postmigrate until quit: neither may go on its own.
+    check(not gone, "%s source closed QMP before quit" % kind)
     check_final(kind, info)
-    if not gone:
-        # The final figures on the source, then quit it (QEMU keeps it
-        # paused in postmigrate; ferry's may be on its way out).
-        st = src.qmp.cmd("query-status")
-        if kind == "qemu":
-            check(st.get("return", {}).get("status") == "postmigrate",
-                  "qemu source status %r" % st)
-        try:
-            src.qmp.cmd("quit")
-        except (TestFailure, OSError):
-            check(kind == "ferry", "qemu source closed on quit")
+    # The final figures on the source, then quit it: both keep it paused
+    # in postmigrate until then.
+    st = src.qmp.cmd("query-status")
+    check(st.get("return", {}).get("status") == "postmigrate",
+          "%s source status %r" % (kind, st))
+    src.qmp.cmd("quit")
     rc = src.proc.wait()
     check(rc == 0, "%s source exit %s" % (kind, rc))
 
