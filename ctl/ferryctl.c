@@ -417,8 +417,9 @@ static void print_mig_progress(struct json_object *info, bool tty)
 	       jget_u64(info, "ram.transferred") / 1048576.0,
 	       jget_u64(info, "ram.remaining") / 1048576.0, rate);
 	/* The dirty rate is measured at each sync of the dirty log: there
-	 * is none before the first pass over RAM ended. */
-	if (jget_u64(info, "ram.dirty-sync-count"))
+	 * is none before the first pass over RAM ended (the count is 1
+	 * from that pass's start, as QEMU's). */
+	if (jget_u64(info, "ram.dirty-sync-count") > 1)
 		printf("dirty %6.1f MB/s", jget_u64(info,
 		       "ram.dirty-pages-rate") *
 		       jget_u64(info, "ram.page-size") / 1e6);

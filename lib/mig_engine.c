@@ -291,6 +291,7 @@ void mig_event_pass(struct mig_engine *e, unsigned pass)
 	FERRY_TRACE(migration_pass_start, pass, e->cnt.transferred,
 		    e->cnt.dirty_pages);
 	pthread_mutex_lock(&e->lock);
+	e->cnt.dirty_syncs = pass;
 	ev = e->ev_ops;
 	ev_opaque = e->ev_opaque;
 	pthread_mutex_unlock(&e->lock);
@@ -336,6 +337,7 @@ void mig_publish(struct mig_engine *e)
 	p->dev_dirty_pages = e->devs.log_pages;
 	p->dev_only_pages = e->devs.log_only_pages;
 	p->iterations = e->conv.iterations;
+	p->dirty_syncs = e->cnt.dirty_syncs;
 	p->precopy_bytes = e->cnt.precopy_bytes ? e->cnt.precopy_bytes :
 			   e->cnt.transferred;
 	p->downtime_bytes = e->cnt.transferred - p->precopy_bytes;

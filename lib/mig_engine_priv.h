@@ -64,6 +64,7 @@ struct mig_counters {
 	uint64_t zero_pages;
 	uint64_t dirty_pages;
 	uint64_t final_pages;
+	unsigned dirty_syncs;		/* passes begun: MIGRATION_PASS */
 	uint64_t precopy_bytes;		/* transferred when the vCPUs stopped */
 	/* device state over multifd (mig_devstate.c, atomics) */
 	uint64_t dev_packets;

@@ -653,6 +653,8 @@ static int save_stop_copy(struct mig_engine *e)
 	if (ret)
 		return ret;
 	e->cnt.final_pages = bitmap_count(e->bm, e->ram.pages);
+	/* QEMU counts the final pass too (its last dirty sync). */
+	mig_event_pass(e, e->conv.iterations + 1);
 	t_ram = clock_ns();
 	ret = save_ram(e, 0, &more);
 	pr_debug("switchover: devices stopped in %.1f ms, dirty sync %.1f ms, "

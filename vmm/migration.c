@@ -335,7 +335,7 @@ struct json_object *migration_query(struct vm *vm)
 	else if (st.total_ns)
 		mbps = (double)st.transferred * 8 * 1e3 / (double)st.total_ns;
 	json_object_object_add(ram, "mbps", json_object_new_double(mbps));
-	json_add_u64(ram, "dirty-sync-count", st.iterations);
+	json_add_u64(ram, "dirty-sync-count", st.dirty_syncs);
 	json_add_u64(ram, "page-size", MIG_PAGE_SIZE);
 	json_add_u64(ram, "pages-per-second", st.pages_per_second);
 	json_add_u64(ram, "precopy-bytes", st.precopy_bytes);

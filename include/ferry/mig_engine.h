@@ -265,7 +265,8 @@ struct mig_stats {
 	uint64_t final_pages;		/* sent with the vCPUs stopped */
 	uint64_t dev_dirty_pages;	/* reported by device DMA logs */
 	uint64_t dev_only_pages;	/* ...that the RAM log did not have */
-	unsigned iterations;
+	unsigned iterations;		/* pre-copy passes done */
+	unsigned dirty_syncs;		/* passes begun, the final one too */
 	double bandwidth;		/* bytes/s, per pass (convergence) */
 	double dirty_rate;		/* bytes/s, measured at each sync */
 	/* While active: bytes/s on the wire over the last 100 ms or more
