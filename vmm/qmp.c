@@ -791,11 +791,32 @@ static const char *schema_builtin(json_type t)
 	}
 }
 
+/* The return types the schema spells out; every other command's is
+ * "any". Commands that answer {} return q_empty. */
+static const struct { const char *cmd, *type; } schema_returns[] = {
+	{ "query-status", "StatusInfo" }, { "query-name", "NameInfo" },
+	{ "query-uuid", "UuidInfo" }, { "query-kvm", "KvmInfo" },
+	{ "qmp_capabilities", "q_empty" }, { "stop", "q_empty" },
+	{ "cont", "q_empty" }, { "quit", "q_empty" },
+	{ "migrate", "q_empty" }, { "migrate_cancel", "q_empty" },
+	{ "migrate-set-parameters", "q_empty" },
+	{ "migrate-set-capabilities", "q_empty" },
+	{ "migrate-incoming", "q_empty" }, { "x-migrate-outcome", "q_empty" },
+};
+
+static const char *schema_return(const char *cmd)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(schema_returns); i++)
+		if (!strcmp(schema_returns[i].cmd, cmd))
+			return schema_returns[i].type;
+	return "any";
+}
+
 /*
  * QEMU's SchemaInfo list (qapi/introspect.json) of what this ferry-vmm
- * accepts: every command with its arguments and the events it sends.
- * Type names are ferry's own (QEMU's are opaque numbers: clients must
- * not rely on them); return types are "any" beyond the builtins.
+ * accepts: every command with its arguments and return type, and the
+ * events it sends. Type names are ferry's own (QEMU's are opaque
+ * numbers: clients must not rely on them).
  */
 static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
 						struct json_object *args,
@@ -827,6 +848,18 @@ static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
 		"status", "MigrationStatus",
 	};
 	static const char *const ev_pass[] = { "pass", "int" };
+	static const char *const run_state[] = {
+		"running", "paused", "shutdown", "inmigrate",
+		"finish-migrate", "postmigrate",
+	};
+	static const char *const ret_status[] = {
+		"running", "bool", "singlestep", "bool", "status", "RunState",
+	};
+	static const char *const ret_name[] = { "*name", "str" };
+	static const char *const ret_uuid[] = { "UUID", "str" };
+	static const char *const ret_kvm[] = {
+		"enabled", "bool", "present", "bool",
+	};
 	static const char *const ev_vfio[] = {
 		"device-id", "str", "qom-path", "str",
 		"device-state", "QemuVfioMigrationState",
@@ -863,6 +896,11 @@ static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
 		    ARRAY_SIZE(shutdown_cause));
 	schema_enum(list, "QemuVfioMigrationState", vfio_state,
 		    ARRAY_SIZE(vfio_state));
+	schema_enum(list, "RunState", run_state, ARRAY_SIZE(run_state));
+	schema_object(list, "StatusInfo", ret_status, ARRAY_SIZE(ret_status));
+	schema_object(list, "NameInfo", ret_name, ARRAY_SIZE(ret_name));
+	schema_object(list, "UuidInfo", ret_uuid, ARRAY_SIZE(ret_uuid));
+	schema_object(list, "KvmInfo", ret_kvm, ARRAY_SIZE(ret_kvm));
 	schema_object(list, "q_obj_SHUTDOWN-arg", ev_shutdown,
 		      ARRAY_SIZE(ev_shutdown));
 	schema_object(list, "q_obj_MIGRATION-arg", ev_migration,
@@ -898,8 +936,8 @@ static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
 		o = json_object_new_object();
 		json_object_object_add(o, "arg-type", json_object_new_string(
 			n ? arg_type : "q_empty"));
-		json_object_object_add(o, "ret-type",
-				       json_object_new_string("any"));
+		json_object_object_add(o, "ret-type", json_object_new_string(
+			schema_return(cmd->name)));
 		schema_add(list, cmd->name, "command", o);
 	}
 	return list;

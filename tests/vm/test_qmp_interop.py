@@ -136,6 +136,18 @@ def check_vm_commands(side):
     arg = by_name[by_name["migrate-incoming"]["arg-type"]]
     check({"name": "uri", "type": "str"} in arg["members"],
           "migrate-incoming arguments in the schema: %r" % arg)
+    # Return types a client can rely on: what query-status answers.
+    ret = by_name.get(by_name["query-status"]["ret-type"], {})
+    members = {m["name"] for m in ret.get("members", [])}
+    check(ret.get("meta-type") == "object" and
+          {"running", "status"} <= members,
+          "query-status returns %r in the schema" % ret)
+    status_type = [m["type"] for m in ret["members"]
+                   if m["name"] == "status"][0]
+    states = by_name.get(status_type, {}).get("values", [])
+    for st in ("running", "paused", "inmigrate", "postmigrate"):
+        check(st in states, "RunState in the schema lacks %r: %r" %
+              (st, states))
     # Every type a command or event names is in the schema.
     for e in schema:
         for k in ("arg-type", "ret-type", "element-type"):
