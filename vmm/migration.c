@@ -27,15 +27,27 @@ static void json_add_u64(struct json_object *o, const char *k, uint64_t v)
 
 /* ---- engine events as QMP events ---- */
 
+/* QEMU sends MIGRATION and MIGRATION_PASS only with the events
+ * capability on; ferry's default is on (QEMU's is off). Capabilities
+ * cannot change while a migration is active. */
+static bool events_on(struct vm *vm)
+{
+	return vm->mig->events;
+}
+
 static void ev_status(void *opaque, enum mig_status s)
 {
 	struct vm *vm = opaque;
-	struct json_object *data = json_object_new_object();
+	struct json_object *data;
 
+	if (!events_on(vm))
+		return;
+	data = json_object_new_object();
 	json_object_object_add(data, "status",
 			       json_object_new_string(mig_status_name(s)));
-	/* The source exits right after it completes: the final figures
-	 * travel with the event (an extra member QMP clients ignore). */
+	/* A source with --exit-after-migrate exits right after it
+	 * completes: the final figures travel with the event (an extra
+	 * member QMP clients ignore). */
 	if (s == MIG_STATUS_COMPLETED || s == MIG_STATUS_FAILED ||
 	    s == MIG_STATUS_CANCELLED)
 		json_object_object_add(data, "x-info", migration_query(vm));
@@ -75,7 +87,11 @@ static void ev_device_state(void *opaque, const char *id,
 
 static void ev_pass(void *opaque, unsigned pass)
 {
-	struct json_object *data = json_object_new_object();
+	struct json_object *data;
+
+	if (!events_on(opaque))
+		return;
+	data = json_object_new_object();
 
 	/* QEMU's MIGRATION_PASS: one per pass over dirty RAM, from 1. */
 	json_object_object_add(data, "pass", json_object_new_int64(pass));
@@ -111,6 +127,7 @@ int migration_init(struct vm *vm, char *err, size_t errlen)
 		return -ENOMEM;
 	}
 	m->vm = vm;
+	m->events = true;
 	pthread_mutex_init(&m->inc_lock, NULL);
 	ret = mig_engine_create(&vm_mig_host_ops, m, &m->engine);
 	if (ret) {

@@ -30,7 +30,8 @@ struct vm_mig {
 	struct vm *vm;
 	struct mig_engine *engine;
 	bool return_path;		/* capability; always on for sockets */
-	bool events;			/* capability; events are always sent */
+	bool events;			/* capability: MIGRATION(_PASS) events
+					 * (default on; QEMU's off) */
 
 	/* incoming.c: armed by --incoming, listening once the URI is
 	 * known (the engine owns the listener) */

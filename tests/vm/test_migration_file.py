@@ -41,11 +41,17 @@ def save_to_file(c):
                    (GUEST_SECONDS, GUEST_TIMEOUT), side_a)
     src.wait_heartbeats(1)
     path = c.join("vm.mig")
-    miglib.set_migration(src, {"switchover-ack": False})
+    # events off (QEMU's default): no MIGRATION or MIGRATION_PASS
+    miglib.set_migration(src, {"switchover-ack": False, "events": False})
     src.cmd("migrate", {"uri": "file:" + path})
     info = src.wait_migration()
     check(info["status"] == "completed", "file migration ended %r: %r" %
           (info["status"], info))
+    src.status()        # reads whatever events came before its reply
+    for ev in ("MIGRATION", "MIGRATION_PASS"):
+        check(not src.events(ev), "%s events with the events capability "
+              "off: %r" % (ev, src.events(ev)))
+    check(src.events("STOP"), "no STOP event (not gated by 'events')")
     check(src.alive(), "source exited (%s) after a file migration: the "
           "guest has nowhere else to run" % src.proc.poll())
     st = src.status()
