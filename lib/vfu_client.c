@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -857,6 +858,20 @@ static int parse_area_cap(const uint8_t *buf, size_t len, uint32_t off,
 	return 0;
 }
 
+/* Whether every fd of msg is the same open file's (device and inode). */
+static bool fds_same_file(const struct vfu_msg *msg)
+{
+	struct stat first, st;
+
+	if (fstat(msg->fds[0], &first))
+		return false;
+	for (size_t i = 1; i < msg->nr_fds; i++)
+		if (fstat(msg->fds[i], &st) || st.st_dev != first.st_dev ||
+		    st.st_ino != first.st_ino)
+			return false;
+	return true;
+}
+
 static int parse_region_caps(const uint8_t *buf, size_t len,
 			     const struct vfu_region_info *info,
 			     struct vfu_client_region *r)
@@ -915,7 +930,7 @@ int vfu_client_region_info(struct vfu_client *c, uint32_t index,
 		size_t len;
 
 		ret = client_request(c, VFU_CMD_DEVICE_GET_REGION_INFO, &iov, 1,
-				     NULL, 0, 1, &reply);
+				     NULL, 0, VFU_CLIENT_MAX_SPARSE, &reply);
 		if (ret)
 			return ret;
 		/* From here on a bad reply is the server's fault, not a
@@ -943,7 +958,11 @@ int vfu_client_region_info(struct vfu_client *c, uint32_t index,
 		out->size = info.size;
 		out->fd_offset = info.offset;
 		if (info.flags & VFU_REGION_FLAG_MMAP) {
-			if (reply.nr_fds != 1 ||
+			/* One fd, or (libvfio-user) one per mmap'able area,
+			 * all the same file: the first serves every area. */
+			if (reply.nr_fds < 1 ||
+			    reply.nr_fds > VFU_CLIENT_MAX_SPARSE ||
+			    !fds_same_file(&reply) ||
 			    !range_within(info.offset, info.size, INT64_MAX))
 				goto err_release;
 		} else if (reply.nr_fds) {

@@ -266,9 +266,12 @@ static int handle_region_info(struct vfu_server *srv, struct vfu_msg *msg)
 	 * As VFIO does: when the caller's buffer is too small, return just
 	 * the struct with argsz saying how much is needed; the fd goes only
 	 * with the complete answer, so a retrying client gets it once.
+	 * CAPS only with a chain that is there (libvfio-user's rule): QEMU's
+	 * client refuses CAPS with cap_offset 0 before it looks at argsz.
 	 */
 	if (req.argsz < off) {
 		info.cap_offset = 0;
+		info.flags &= ~VFU_REGION_FLAG_CAPS;
 		return reply_buf(srv, msg, &info, sizeof(info));
 	}
 	if (info.flags & VFU_REGION_FLAG_CAPS)

@@ -9,12 +9,14 @@
  * well-formed reply accepted) show each check can tell good from bad.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -44,6 +46,8 @@ enum fake_mode {
 	M_SPARSE_BEYOND,
 	M_SPARSE_TOO_MANY,
 	M_MMAP_NO_FD,
+	M_MMAP_FD_PER_AREA,	/* libvfio-user: one fd per area, one file */
+	M_MMAP_FDS_DIFFER,	/* ...but two different files */
 	M_REGION_GOOD,
 	M_REGION_RETRY,
 	M_REGION_ARGSZ_GROWS,
@@ -62,6 +66,8 @@ struct fake {
 	atomic_int nr_probes;
 	atomic_bool gone;	/* the fake saw the client hang up */
 	int evfd;
+	int evfd_dup;		/* the same file again */
+	int other_fd;		/* another file */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct vfu_msg dma_reply;
@@ -100,6 +106,7 @@ static void reply_region(struct fake *f, const struct vfu_msg *req, int mode)
 	};
 	struct vfu_cap_hdr unknown = { .id = 0x7777, .version = 1 };
 	bool with_fd = true;
+	int fds[2] = { f->evfd, -1 };	/* the fake's own: none transient */
 	size_t len, off;
 
 	memcpy(&in, req->payload, sizeof(in));
@@ -140,6 +147,12 @@ static void reply_region(struct fake *f, const struct vfu_msg *req, int mode)
 	case M_MMAP_NO_FD:
 		with_fd = false;
 		break;
+	case M_MMAP_FD_PER_AREA:
+		fds[1] = f->evfd_dup;
+		break;
+	case M_MMAP_FDS_DIFFER:
+		fds[1] = f->other_fd;
+		break;
 	case M_REGION_RETRY:
 		/* First ask too small: say how much is needed, no caps. */
 		if (in.argsz < len) {
@@ -161,7 +174,7 @@ static void reply_region(struct fake *f, const struct vfu_msg *req, int mode)
 	if (!info.argsz)
 		info.argsz = (uint32_t)len;
 	memcpy(buf, &info, sizeof(info));
-	reply(f, &req->hdr, buf, len, &f->evfd, with_fd ? 1 : 0);
+	reply(f, &req->hdr, buf, len, fds, !with_fd ? 0 : fds[1] >= 0 ? 2 : 1);
 }
 
 static void fake_respond(struct fake *f, struct vfu_msg *req)
@@ -507,10 +520,18 @@ static void test_replies(struct vfu_client *c, struct fake *f)
 	CHECK_RET(vfu_client_region_info(c, 2, &r), 0);
 	CHECK(r.nr_sparse == 2, "retry with bigger argsz lost caps");
 	vfu_client_region_release(&r);
+	/* libvfio-user sends one fd per mmap'able area, all one file. */
+	atomic_store(&f->mode, M_MMAP_FD_PER_AREA);
+	CHECK_RET(vfu_client_region_info(c, 2, &r), 0);
+	CHECK(r.fd >= 0 && r.nr_sparse == 2, "fd per area: fd %d sparse %u",
+	      r.fd, r.nr_sparse);
+	vfu_client_region_release(&r);
+	CHECK_RET(count_open_fds(), base);
 
 	static const int bad_regions[] = {
 		M_CAP_OFF_LOW, M_CAP_OFF_HIGH, M_CAP_LOOP, M_SPARSE_BEYOND,
 		M_SPARSE_TOO_MANY, M_MMAP_NO_FD, M_REGION_ARGSZ_GROWS,
+		M_MMAP_FDS_DIFFER,
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(bad_regions); i++) {
 		before = atomic_load(&f->nr_requests);
@@ -691,11 +712,14 @@ int main(void)
 	};
 	struct vfu_caps caps;
 	struct vfu_client *c;
-	struct fake f = { .evfd = -1 };
+	struct fake f = { .evfd = -1, .evfd_dup = -1, .other_fd = -1 };
 	int sv[2], base;
 
 	base = count_open_fds();
 	f.evfd = eventfd(0, EFD_CLOEXEC);
+	f.evfd_dup = fcntl(f.evfd, F_DUPFD_CLOEXEC, 0);
+	/* (every eventfd shares one inode: another kind of file) */
+	f.other_fd = memfd_create("other", MFD_CLOEXEC);
 	test_version();
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
@@ -722,6 +746,8 @@ int main(void)
 	vfu_msg_release(&f.dma_reply);
 	vfu_conn_close(&f.conn);
 	close(f.evfd);
+	close(f.evfd_dup);
+	close(f.other_fd);
 	pthread_mutex_destroy(&f.lock);
 	pthread_cond_destroy(&f.cond);
 	CHECK_RET(count_open_fds(), base);
