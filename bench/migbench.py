@@ -39,7 +39,10 @@ VERDICT_SLACK = 90.0	# past the guest's own end time
 QUERY_PERIOD = 0.1	# query-migrate while pre-copy runs
 QUERY_PERIOD_FAST = 0.005	# ...and while the guest is stopped
 CANCEL_TIMEOUT = 30.0
-TIMELINE_PERIOD = 0.5	# seconds between kept query-migrate samples
+TIMELINE_PERIOD = 0.1	# seconds between kept query-migrate samples
+# One timeline sample (bench/plot.py draws them).
+TIMELINE_FIELDS = ["ms", "status", "transferred", "remaining", "iterations",
+                   "dirty_pages_rate", "mbps", "device_transferred"]
 
 
 class Scenario:
@@ -344,7 +347,8 @@ def monitor(sc, qmp, src, row):
                                  ram.get("transferred"),
                                  ram.get("remaining"), ret.get("iterations"),
                                  ram.get("dirty-pages-rate"),
-                                 ram.get("mbps")])
+                                 ram.get("mbps"),
+                                 ret.get("vfio", {}).get("transferred")])
             if st in ("completed", "failed", "cancelled"):
                 break
         else:
@@ -403,6 +407,18 @@ def monitor(sc, qmp, src, row):
     for e in qmp.take_events("MIGRATION"):
         if "x-info" in e.get("data", {}):
             last = e["data"]["x-info"]
+    # The end, from the final figures: the source may have gone before a
+    # poll saw it.
+    if last and last.get("status") in ("completed", "failed", "cancelled") \
+            and (not timeline or timeline[-1][1] != last["status"]):
+        ram = last.get("ram", {})
+        timeline.append([last.get("total-time", round(
+                             (time.monotonic() - t0) * 1000)),
+                         last["status"], ram.get("transferred"),
+                         ram.get("remaining"), last.get("iterations"),
+                         ram.get("dirty-pages-rate"), ram.get("mbps"),
+                         last.get("vfio", {}).get("transferred")])
+    row["timeline_fields"] = TIMELINE_FIELDS
     row["timeline"] = timeline
     return last
 

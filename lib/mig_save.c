@@ -657,6 +657,8 @@ static int save_stop_copy(struct mig_engine *e)
 	mig_event_pass(e, e->conv.iterations + 1);
 	t_ram = clock_ns();
 	ret = save_ram(e, 0, &more);
+	if (!ret)
+		e->cnt.remaining = 0;	/* all of it sent (QEMU reports 0) */
 	pr_debug("switchover: devices stopped in %.1f ms, dirty sync %.1f ms, "
 		 "%llu pages in %.1f ms", (t_sync - t0) / 1e6,
 		 (t_ram - t_sync) / 1e6,

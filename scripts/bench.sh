@@ -12,7 +12,9 @@
 # otherwise skips it, as --list and --negative-control do), BENCH_CPR=only
 # runs only it (make bench-cpr).
 # Results: for each, a table and a JSON document on stdout, the JSON also
-# in $1/bench-results.json and $1/bench-cpr-results.json. Exit status:
+# in $1/bench-results.json and $1/bench-cpr-results.json, and a timeline
+# plot per migration run in $1/bench-plots/ (bench/plot.py, gnuplot).
+# Exit status:
 # the first non-zero of the two. See docs/benchmarks.md.
 set -eu
 
@@ -59,6 +61,12 @@ if [ "$cpr" != only ]; then
 	# shellcheck disable=SC2086 # BENCH_ARGS is a word list on purpose
 	python3 "$here/bench/migbench.py" --build "$build" "$@" \
 		${BENCH_ARGS:-} || rc=$?
+	# A timeline PNG per run beside the JSON (gnuplot; skipped without).
+	if [ -f "$build/bench-results.json" ]; then
+		python3 "$here/bench/plot.py" "$build/bench-results.json" \
+			"$build/bench-plots" || { r=$?; [ "$r" -eq 77 ] ||
+			[ "$rc" -ne 0 ] || rc=$r; }
+	fi
 fi
 if [ "$cpr" != 0 ]; then
 	# One guest at a time, up to 16 GiB of sparse RAM: little is used.

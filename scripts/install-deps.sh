@@ -6,7 +6,7 @@ set -eu
 
 PKGS="build-essential meson ninja-build pkg-config python3 libjson-c-dev
 libcmocka-dev systemtap-sdt-dev clang llvm libclang-rt-14-dev binutils
-qemu-system-x86 cpio kmod xz-utils libelf1"
+qemu-system-x86 cpio kmod xz-utils libelf1 gnuplot-nox"
 
 missing=""
 for p in $PKGS; do

@@ -174,6 +174,8 @@ def check_final(kind, info):
         want = (int, float) if k == "mbps" else int
         check(isinstance(ram.get(k), want) and ram[k] >= 0,
               "%s: final ram.%s: %r" % (kind, k, ram))
+    check(ram["remaining"] == 0, "%s: ram.remaining %r once completed" %
+          (kind, ram["remaining"]))
     # QEMU's total counts its ROMs too.
     check(MEMORY_MIB << 20 <= ram["total"] < (MEMORY_MIB + 16) << 20,
           "%s: ram.total %r" % (kind, ram["total"]))
