@@ -161,10 +161,17 @@ int vfu_codec_set_irqs(const void *p, size_t len, size_t nr_fds,
 	if (!one_bit_of(out->flags, VFU_IRQ_SET_DATA_MASK) ||
 	    !one_bit_of(out->flags, VFU_IRQ_SET_ACTION_MASK_ALL))
 		return -EINVAL;
-	/* No vector is maskable (GET_IRQ_INFO never says MASKABLE). */
-	if (!(out->flags & VFU_IRQ_SET_ACTION_TRIGGER))
-		return -EINVAL;
 	if (out->index >= VFU_PCI_NUM_IRQS)
+		return -EINVAL;
+	/*
+	 * No vector is maskable (GET_IRQ_INFO never says MASKABLE), but
+	 * QEMU's INTx path masks and unmasks the one INTx vector (with a
+	 * resample eventfd, or none) as libvfio-user accepts: taken as a
+	 * no-op for exactly that vector, refused for any other.
+	 */
+	if (!(out->flags & VFU_IRQ_SET_ACTION_TRIGGER) &&
+	    (out->index != VFU_PCI_INTX_IRQ_INDEX || out->start ||
+	     out->count != 1 || !lim->irq_count[out->index]))
 		return -EINVAL;
 	data = out->flags & VFU_IRQ_SET_DATA_MASK;
 

@@ -233,6 +233,7 @@ static int setup(void **state)
 	bar2->trap_while_saving[0] = (struct vfu_sparse_area){ 4096, 8192 };
 	bar2->nr_trap_while_saving = 1;
 	desc.irq_count[VFU_PCI_MSIX_IRQ_INDEX] = NR_MSIX;
+	desc.irq_count[VFU_PCI_INTX_IRQ_INDEX] = 1;
 
 	f->srv = vfu_server_create(&desc, &cfg);
 	assert_non_null(f->srv);
@@ -938,6 +939,20 @@ static void test_set_irqs(void **state)
 	assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), NULL,
 			      0), -EINVAL);
 	s.start = 0;
+	s.flags = VFU_IRQ_SET_DATA_NONE | VFU_IRQ_SET_ACTION_MASK;
+	assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), NULL,
+			      0), -EINVAL);
+	/* INTx mask/unmask as QEMU sends them: accepted, nothing kept (the
+	 * resample eventfd closed). */
+	s = (struct vfu_irq_set){ sizeof(s), VFU_IRQ_SET_DATA_NONE |
+				  VFU_IRQ_SET_ACTION_UNMASK,
+				  VFU_PCI_INTX_IRQ_INDEX, 0, 1 };
+	assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), NULL,
+			      0), 0);
+	s.flags = VFU_IRQ_SET_DATA_EVENTFD | VFU_IRQ_SET_ACTION_UNMASK;
+	assert_int_equal(xfer_fds(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s),
+				  efd, 1, NULL, 0, NULL), 0);
+	s.count = 2;				/* only the one vector */
 	s.flags = VFU_IRQ_SET_DATA_NONE | VFU_IRQ_SET_ACTION_MASK;
 	assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), NULL,
 			      0), -EINVAL);
