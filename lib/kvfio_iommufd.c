@@ -63,23 +63,6 @@ static int fd_unmap(struct kvfio_iommu *io, uint64_t iova, uint64_t size)
 	return u.length == size ? 0 : -EINVAL;
 }
 
-static int fd_dirty_start(struct kvfio_iommu *io, uint64_t page_size)
-{
-	return -ENOTSUP;
-}
-
-static int fd_dirty_stop(struct kvfio_iommu *io)
-{
-	return -ENOTSUP;
-}
-
-static int fd_dirty_report(struct kvfio_iommu *io, uint64_t iova,
-			   uint64_t length, uint64_t page_size,
-			   uint64_t *bitmap)
-{
-	return -ENOTSUP;
-}
-
 /*
  * A new process can own an IOAS's pinned pages only through
  * IOMMU_IOAS_CHANGE_PROCESS. Probe it with a size below any valid one:
@@ -106,28 +89,12 @@ static int fd_cpr_save(struct kvfio_iommu *io, struct cpr_fds *reg,
 	return -ENOTSUP;
 }
 
-static int fd_vaddr_drop(struct kvfio_iommu *io, uint64_t iova, uint64_t size)
-{
-	return -ENOTSUP;
-}
-
-static int fd_vaddr_set(struct kvfio_iommu *io, uint64_t iova, uint64_t size,
-			void *vaddr)
-{
-	return -ENOTSUP;
-}
-
 static const struct kvfio_iommu_ops iommufd_ops = {
 	.name = "iommufd",
 	.close = fd_close,
 	.map = fd_map,
 	.unmap = fd_unmap,
-	.dirty_start = fd_dirty_start,
-	.dirty_stop = fd_dirty_stop,
-	.dirty_report = fd_dirty_report,
-	.cpr_save = fd_cpr_save,
-	.vaddr_drop = fd_vaddr_drop,
-	.vaddr_set = fd_vaddr_set,
+	.cpr_save = fd_cpr_save,	/* refuses: no vaddr ops follow */
 };
 
 /* The device's cdev name ("vfioN") from sysfs/vfio-dev/. */

@@ -9,7 +9,8 @@
  *    /dev/vfio/devices/vfioN is bound and attached to.
  * Both hand the backend an open device fd. One address space per device
  * (ferry does not share a container between groups). All ops return 0 or
- * -errno; -ENOTSUP where the way has no such thing.
+ * -errno. The dirty_* and vaddr_* ops are optional (NULL: the way has no
+ * such thing; cpr_save() refuses where vaddr_* are absent).
  */
 #ifndef FERRY_KVFIO_PRIV_H
 #define FERRY_KVFIO_PRIV_H

@@ -719,7 +719,8 @@ static int kv_log_start(struct vdev *d, uint64_t *page_size,
 	}
 	if (ret != -ENOTSUP)
 		goto out_unlock;
-	ret = k->io->ops->dirty_start(k->io, *page_size);
+	ret = k->io->ops->dirty_start ?
+	      k->io->ops->dirty_start(k->io, *page_size) : -ENOTSUP;
 	if (!ret) {
 		k->log = KVFIO_LOG_IOMMU;
 		d->log_method = k->io->ops->name;
@@ -844,6 +845,8 @@ static int kv_cpr_suspend(struct vdev *d, unsigned timeout_ms)
 	struct vdev_kvfio *k = to_kv(d);
 	int ret = 0;
 
+	if (!k->io->ops->vaddr_drop)
+		return -ENOTSUP;	/* cpr_save() said why */
 	pthread_mutex_lock(&k->lock);
 	for (unsigned i = 0; i < k->nr_maps && !ret; i++) {
 		ret = k->io->ops->vaddr_drop(k->io, k->maps[i].iova,
@@ -897,7 +900,8 @@ static int kv_dma_adopt(struct vdev *d, uint64_t iova, uint64_t size,
 	if (!vaddr)
 		return -EINVAL;
 	pthread_mutex_lock(&k->lock);
-	ret = k->io->ops->vaddr_set(k->io, iova, size, vaddr);
+	ret = k->io->ops->vaddr_set ?
+	      k->io->ops->vaddr_set(k->io, iova, size, vaddr) : -ENOTSUP;
 	if (!ret)
 		ret = map_add(k, iova, size, prot, vaddr);
 	pthread_mutex_unlock(&k->lock);
