@@ -185,7 +185,10 @@ def check_final(kind, info):
           ram["transferred"] and ram["precopy-bytes"] > 0 and
           ram["downtime-bytes"] > 0, "%s: precopy/downtime bytes %r" %
           (kind, ram))
-    check(ram["mbps"] > 0 and ram["dirty-sync-count"] >= 1,
+    # QEMU updates mbps once per 100 ms period: a migration shorter than
+    # one (85 ms here, at times) ends with 0. ferry's is measured.
+    check((ram["mbps"] > 0 or kind == "qemu") and
+          ram["dirty-sync-count"] >= 1,
           "%s: mbps / dirty-sync-count %r" % (kind, ram))
 
 
