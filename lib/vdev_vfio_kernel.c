@@ -278,8 +278,10 @@ static int region_at(struct vdev_kvfio *k, uint32_t index, uint64_t offset,
 	return 0;
 }
 
-static int kv_region_read(struct vdev *d, uint32_t index, uint64_t offset,
-			  void *buf, size_t len)
+/* One access of len bytes at offset of a region: a register access must
+ * not be split. */
+static int region_rw(struct vdev *d, uint32_t index, uint64_t offset,
+		     void *buf, size_t len, bool write)
 {
 	struct vdev_kvfio *k = to_kv(d);
 	off_t at;
@@ -288,31 +290,25 @@ static int kv_region_read(struct vdev *d, uint32_t index, uint64_t offset,
 
 	if (ret)
 		return ret;
-	/* One access of len bytes: a register read must not be split. */
 	do
-		n = pread(k->fd, buf, len, at);
+		n = write ? pwrite(k->fd, buf, len, at) :
+			    pread(k->fd, buf, len, at);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
 	return (size_t)n == len ? 0 : -EIO;
 }
 
+static int kv_region_read(struct vdev *d, uint32_t index, uint64_t offset,
+			  void *buf, size_t len)
+{
+	return region_rw(d, index, offset, buf, len, false);
+}
+
 static int kv_region_write(struct vdev *d, uint32_t index, uint64_t offset,
 			   const void *buf, size_t len)
 {
-	struct vdev_kvfio *k = to_kv(d);
-	off_t at;
-	ssize_t n;
-	int ret = region_at(k, index, offset, len, &at);
-
-	if (ret)
-		return ret;
-	do
-		n = pwrite(k->fd, buf, len, at);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	return (size_t)n == len ? 0 : -EIO;
+	return region_rw(d, index, offset, (void *)buf, len, true);
 }
 
 static int kv_irq_info(struct vdev *d, uint32_t index,
