@@ -23,7 +23,10 @@
  * without progress before a FAIL; VM pauses are not counted), seed=,
  * selftest_corrupt=1 (negative control: damage one result behind the
  * checker's back, a COPY destination with a device, a page without;
- * the run must FAIL).
+ * the run must FAIL), cpus=N (start APs 1..N-1: device d is driven by AP
+ * 1 + d % (N-1), which also takes its MSI-X -- the table names that AP's
+ * APIC id -- and every one of its interrupts must arrive on that AP; the
+ * BSP keeps the RAM part and the heartbeat).
  */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -42,6 +45,7 @@
 #include "pagecheck.h"
 #include "pci.h"
 #include "rand.h"
+#include "smp.h"
 #include "stall.h"
 #include "svc.h"
 
@@ -76,6 +80,7 @@ static uint64_t opt_devices = DEVICES_ANY;
 static uint64_t opt_timeout = DEFAULT_TIMEOUT_S;
 static uint64_t opt_seed = 1;
 static uint64_t opt_selftest_corrupt;
+static uint64_t opt_cpus = 1;
 
 static const struct param params[] = {
 	{ "seconds", &opt_seconds },
@@ -86,6 +91,7 @@ static const struct param params[] = {
 	{ "timeout", &opt_timeout },
 	{ "seed", &opt_seed },
 	{ "selftest_corrupt", &opt_selftest_corrupt },
+	{ "cpus", &opt_cpus },
 };
 
 struct job {
@@ -130,6 +136,13 @@ struct fdev {
 	struct written *written;	/* per slot: last bytes DMA'd to RAM */
 	uint32_t resets_base;	/* RESETS after our own reset */
 	bool resets_known;
+	/* The CPU that drives it and takes its MSI-X (cpus=N: APs 1..N-1
+	 * in turn; else the BSP), and what only that CPU touches. */
+	unsigned int cpu;
+	struct rng rng;
+	uint64_t rounds;
+	volatile uint64_t jobs_done, bytes_done;
+	uint64_t irq_base_cpu;	/* irq_counts_cpu[cpu][vec] at enable */
 };
 
 /*
@@ -150,10 +163,14 @@ struct written {
 
 static struct fdev devs[MAX_DEVICES];
 static unsigned int nr_devs;
-static struct rng rng;
 static struct pageset pages;
-static uint64_t total_jobs, total_bytes, rounds;
-static bool selftest_done;
+static int selftest_done;
+static volatile int ap_stop;
+static volatile int ap_state[GUEST_MAX_CPUS];	/* enum ap_state */
+static uint64_t ap_last_tsc[GUEST_MAX_CPUS];	/* per-AP stall meter */
+static uint64_t ap_max_tsc[GUEST_MAX_CPUS];
+
+enum ap_state { AP_IDLE, AP_RUN, AP_DONE };
 
 static const char *const op_names[FERRY_DMA_OP_MAX] = {
 	[FERRY_DMA_OP_COPY] = "COPY",
@@ -162,6 +179,40 @@ static const char *const op_names[FERRY_DMA_OP_MAX] = {
 	[FERRY_DMA_OP_TO_DEV] = "TO_DEV",
 	[FERRY_DMA_OP_FROM_DEV] = "FROM_DEV",
 };
+
+static uint64_t total_jobs(void)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < nr_devs; i++)
+		n += devs[i].jobs_done;
+	return n;
+}
+
+static uint64_t total_bytes(void)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < nr_devs; i++)
+		n += devs[i].bytes_done;
+	return n;
+}
+
+/* Sample this CPU's clock: the BSP's stall meter, or an AP's own. */
+static uint64_t cpu_sample(unsigned int cpu, uint64_t *now)
+{
+	uint64_t t, gap;
+
+	if (cpu == 0)
+		return stall_sample(now);
+	t = rdtsc();
+	gap = t - ap_last_tsc[cpu];
+	if (gap > ap_max_tsc[cpu])
+		ap_max_tsc[cpu] = gap;
+	ap_last_tsc[cpu] = t;
+	*now = t;
+	return gap;
+}
 
 static uint64_t irqs_total(void)
 {
@@ -222,7 +273,7 @@ static int fail(const char *fmt, ...)
 		break;
 	}
 	say("FAIL %s jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu "
-	    "resets=%lu", reason, total_jobs, total_bytes, irqs_total(),
+	    "resets=%lu", reason, total_jobs(), total_bytes(), irqs_total(),
 	    nr_devs, stall_max_us(), resets_seen());
 	return -1;
 }
@@ -284,17 +335,17 @@ static void devmem_write(struct fdev *d, uint64_t off, const uint8_t *buf,
 		d->devmem[off++] = *buf++;
 }
 
-static void fill_random(uint8_t *p, uint64_t len)
+static void fill_random(struct rng *rng, uint8_t *p, uint64_t len)
 {
 	while (len >= 8) {
-		uint64_t w = rng_next(&rng);
+		uint64_t w = rng_next(rng);
 
 		memcpy(p, &w, 8);
 		p += 8;
 		len -= 8;
 	}
 	while (len--)
-		*p++ = rng_next(&rng);
+		*p++ = rng_next(rng);
 }
 
 /* --- discovery and set-up ------------------------------------------- */
@@ -304,7 +355,7 @@ static int dev_msix_setup(struct fdev *d, const struct pci_bar *bars)
 	unsigned int cap = pci_find_cap(d->pci, PCI_CAP_ID_MSIX);
 	uint32_t table, ctrl, nvec;
 	volatile uint32_t *entry;
-	uint32_t apic = lapic_id();
+	uint32_t apic = d->cpu;		/* APIC ids are CPU numbers */
 
 	if (!cap)
 		return fail("no_msix dev=%u", d->idx);
@@ -389,6 +440,7 @@ static int dev_reset(struct fdev *d)
 	d->run = reg_read(d, FERRY_DMA_REG_RUNNING_CRC) ^ 0xffffffffu;
 	d->raised_base = reg_read64(d, FERRY_DMA_REG_IRQS_RAISED_LO);
 	d->irq_base = irq_count(d->vec);
+	d->irq_base_cpu = irq_count_cpu(d->cpu, d->vec);
 	reg_write(d, FERRY_DMA_REG_CTRL, FERRY_DMA_CTRL_ENABLE);
 	if (!(reg_read(d, FERRY_DMA_REG_STATUS) & FERRY_DMA_STATUS_ENABLED))
 		return fail("not_enabled dev=%u status=0x%x", d->idx,
@@ -476,6 +528,9 @@ static int devices_find(void)
 				d->idx = nr_devs;
 				d->pci = a;
 				d->vec = VEC_BASE + 2 * nr_devs;
+				d->cpu = opt_cpus > 1 ?
+					 1 + nr_devs % (opt_cpus - 1) : 0;
+				rng_seed(&d->rng, opt_seed + nr_devs);
 				nr_devs++;
 			}
 			if (fn == 0 && !(pci_cfg_read(a, PCI_HEADER_TYPE, 1) &
@@ -501,15 +556,15 @@ done:
 
 /* --- jobs ----------------------------------------------------------- */
 
-static uint64_t rand_len(void)
+static uint64_t rand_len(struct rng *rng)
 {
-	switch (rng_below(&rng, 4)) {
+	switch (rng_below(rng, 4)) {
 	case 0:
-		return 1 + rng_below(&rng, MIN(64, opt_maxlen));
+		return 1 + rng_below(rng, MIN(64, opt_maxlen));
 	case 1:
-		return 1 + rng_below(&rng, MIN(PAGE_BYTES, opt_maxlen));
+		return 1 + rng_below(rng, MIN(PAGE_BYTES, opt_maxlen));
 	default:
-		return 1 + rng_below(&rng, opt_maxlen);
+		return 1 + rng_below(rng, opt_maxlen);
 	}
 }
 
@@ -517,18 +572,18 @@ static uint64_t rand_len(void)
  * rotating across rounds so all of the window gets used. */
 static uint64_t region_base(const struct fdev *d, unsigned int k)
 {
-	return ((k + rounds) % opt_batch) * d->region;
+	return ((k + d->rounds) % opt_batch) * d->region;
 }
 
 static void job_build(struct fdev *d, unsigned int k, struct job *j)
 {
 	uint8_t *slot = d->bufs + k * d->buf_stride;
 
-	j->op = 1 + rng_below(&rng, FERRY_DMA_OP_MAX - 1);
-	j->len = rand_len();
-	j->src = slot + rng_below(&rng, BUF_SLACK);
-	j->dst = d->dsts + k * d->buf_stride + rng_below(&rng, BUF_SLACK);
-	j->pattern = rng_next(&rng);
+	j->op = 1 + rng_below(&d->rng, FERRY_DMA_OP_MAX - 1);
+	j->len = rand_len(&d->rng);
+	j->src = slot + rng_below(&d->rng, BUF_SLACK);
+	j->dst = d->dsts + k * d->buf_stride + rng_below(&d->rng, BUF_SLACK);
+	j->pattern = rng_next(&d->rng);
 	j->irq = false;
 
 	/* Slot 0 reads back what the guest wrote through BAR2 last round. */
@@ -541,11 +596,11 @@ static void job_build(struct fdev *d, unsigned int k, struct job *j)
 	if (j->op == FERRY_DMA_OP_TO_DEV || j->op == FERRY_DMA_OP_FROM_DEV) {
 		j->len = MIN(j->len, d->region);
 		j->devoff = region_base(d, k) +
-			    rng_below(&rng, d->region - j->len + 1);
+			    rng_below(&d->rng, d->region - j->len + 1);
 	}
 	if (j->op == FERRY_DMA_OP_COPY || j->op == FERRY_DMA_OP_CRC ||
 	    j->op == FERRY_DMA_OP_TO_DEV)
-		fill_random(j->src, j->len);
+		fill_random(&d->rng, j->src, j->len);
 }
 
 static void desc_write(struct fdev *d, struct job *j)
@@ -650,11 +705,11 @@ static int job_check_data(struct fdev *d, struct job *j)
 
 	switch (j->op) {
 	case FERRY_DMA_OP_COPY:
-		if (opt_selftest_corrupt && !selftest_done && rounds > 0) {
+		if (opt_selftest_corrupt && d->rounds > 0 &&
+		    !__atomic_exchange_n(&selftest_done, 1, __ATOMIC_RELAXED)) {
 			say("selftest: corrupting COPY cookie=%lu dst byte %lu",
 			    j->cookie, j->len / 2);
 			j->dst[j->len / 2] ^= 0x01;
-			selftest_done = true;
 		}
 		return bytes_compare(d, j, j->dst, j->src, j->len, "dst");
 	case FERRY_DMA_OP_FILL:
@@ -670,7 +725,7 @@ static int job_check_data(struct fdev *d, struct job *j)
 	case FERRY_DMA_OP_TO_DEV:
 		memcpy(d->shadow + j->devoff, j->src, j->len);
 		n = MIN(j->len, READBACK_MAX);
-		off = j->devoff + rng_below(&rng, j->len - n + 1);
+		off = j->devoff + rng_below(&d->rng, j->len - n + 1);
 		devmem_read(d, off, sample, n);
 		return bytes_compare(d, j, sample, d->shadow + off, n,
 				     "BAR2 readback");
@@ -691,10 +746,10 @@ static bool wait_until(bool (*cond)(struct fdev *, uint64_t), struct fdev *d,
 {
 	uint64_t now, deadline, gap;
 
-	stall_sample(&now);
+	cpu_sample(d->cpu, &now);
 	deadline = now + us_to_tsc(opt_timeout * 1000000);
 	while (!cond(d, arg)) {
-		gap = stall_sample(&now);
+		gap = cpu_sample(d->cpu, &now);
 		if (gap > us_to_tsc(PAUSE_TSC_US))
 			deadline += gap;
 		if (now > deadline)
@@ -797,8 +852,8 @@ static int dev_complete(struct fdev *d)
 		if (job_check_data(d, j))
 			return -1;
 		written_record(d, k, j);
-		total_jobs++;
-		total_bytes += j->len;
+		d->jobs_done++;
+		d->bytes_done += j->len;
 		if (j->irq)
 			d->irq_flagged++;
 	}
@@ -814,11 +869,11 @@ static int dev_complete(struct fdev *d)
 static void dev_direct_write(struct fdev *d)
 {
 	uint8_t buf[DIRECT_CHUNK_MAX];
-	uint64_t base = ((rounds + 1) % opt_batch) * d->region;
-	uint64_t len = 1 + rng_below(&rng, MIN(DIRECT_CHUNK_MAX, d->region));
-	uint64_t off = base + rng_below(&rng, d->region - len + 1);
+	uint64_t base = ((d->rounds + 1) % opt_batch) * d->region;
+	uint64_t len = 1 + rng_below(&d->rng, MIN(DIRECT_CHUNK_MAX, d->region));
+	uint64_t off = base + rng_below(&d->rng, d->region - len + 1);
 
-	fill_random(buf, len);
+	fill_random(&d->rng, buf, len);
 	devmem_write(d, off, buf, len);
 	memcpy(d->shadow + off, buf, len);
 	d->direct_off = off;
@@ -828,7 +883,7 @@ static void dev_direct_write(struct fdev *d)
 /* Fill the window with known data by TO_DEV from the shadow itself. */
 static int dev_prime(struct fdev *d)
 {
-	fill_random(d->shadow, d->window);
+	fill_random(&d->rng, d->shadow, d->window);
 	for (uint64_t off = 0; off < d->window; ) {
 		unsigned int n = 0;
 
@@ -876,7 +931,7 @@ static int dev_check_regs(struct fdev *d)
 
 static int dev_final_check(struct fdev *d)
 {
-	uint64_t raised, got;
+	uint64_t raised, got, mine;
 
 	if (!wait_until(irqs_caught_up, d, 0))
 		return fail("irq_missing dev=%u", d->idx);
@@ -888,22 +943,35 @@ static int dev_final_check(struct fdev *d)
 	got = irq_count(d->vec) - d->irq_base;
 	raised = reg_read64(d, FERRY_DMA_REG_IRQS_RAISED_LO) - d->raised_base;
 	if (got != d->irq_flagged || raised != got ||
-	    irq_count(d->vec + 1))
+	    irq_count(d->vec + 1)) {
+		for (unsigned int c = 0; c < smp_cpus(); c++)
+			say("dev %u vector 0x%x: %lu on cpu %u", d->idx, d->vec,
+			    irq_count_cpu(c, d->vec), c);
 		return fail("irq_count dev=%u irqs=%lu flagged=%lu raised=%lu "
 			    "error_irqs=%lu", d->idx, got, d->irq_flagged,
 			    raised, irq_count(d->vec + 1));
+	}
+	/* Every one of them on the CPU its MSI-X entry names. */
+	mine = irq_count_cpu(d->cpu, d->vec) - d->irq_base_cpu;
+	if (mine != got)
+		return fail("irq_cpu dev=%u cpu=%u irqs_on_cpu=%lu irqs=%lu",
+			    d->idx, d->cpu, mine, got);
 	return 0;
 }
 
 /* --- main loop ------------------------------------------------------ */
 
-static int round_run(void)
+/* One round of CPU cpu's devices (and, on the BSP, of the RAM part):
+ * submit a batch to each, dirty pages while they work, check them all. */
+static int round_run(unsigned int cpu)
 {
 	struct page_mismatch bad;
 
 	for (unsigned int i = 0; i < nr_devs; i++) {
 		struct fdev *d = &devs[i];
 
+		if (d->cpu != cpu)
+			continue;
 		d->nr_jobs = opt_batch;
 		for (unsigned int k = 0; k < d->nr_jobs; k++) {
 			if (written_recheck(d, k))
@@ -914,8 +982,9 @@ static int round_run(void)
 		dev_submit(d);
 	}
 	for (unsigned int i = 0; i < nr_devs; i++)
-		dev_expect(&devs[i]);
-	for (unsigned int n = 0; n < DIRTY_PER_ROUND; n++) {
+		if (devs[i].cpu == cpu)
+			dev_expect(&devs[i]);
+	for (unsigned int n = 0; cpu == 0 && n < DIRTY_PER_ROUND; n++) {
 		stall_sample(0);
 		if (pageset_step(&pages, &bad)) {
 			pageset_report(&bad);
@@ -923,20 +992,123 @@ static int round_run(void)
 				    bad.word);
 		}
 	}
-	if (opt_selftest_corrupt && !selftest_done && !nr_devs &&
-	    pages.pass == 2) {
+	if (cpu == 0 && opt_selftest_corrupt && !nr_devs &&
+	    pages.pass == 2 && !selftest_done) {
 		uint64_t index = pages.nr / 2;
 
 		say("selftest: corrupting page %lu word 7", index);
 		pageset_page(&pages, index)[7] ^= 0x10;
-		selftest_done = true;
+		selftest_done = 1;
 	}
 	for (unsigned int i = 0; i < nr_devs; i++)
-		if (dev_complete(&devs[i]))
+		if (devs[i].cpu == cpu && dev_complete(&devs[i]))
 			return -1;
-	for (unsigned int i = 0; i < nr_devs; i++)
+	for (unsigned int i = 0; i < nr_devs; i++) {
+		if (devs[i].cpu != cpu)
+			continue;
 		dev_direct_write(&devs[i]);
-	rounds++;
+		devs[i].rounds++;
+	}
+	return 0;
+}
+
+/* Registers of CPU cpu's devices against their shadows. */
+static int regs_check(unsigned int cpu)
+{
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (devs[i].cpu == cpu && dev_check_regs(&devs[i]))
+			return -1;
+	return 0;
+}
+
+static int final_check(unsigned int cpu)
+{
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (devs[i].cpu == cpu && dev_final_check(&devs[i]))
+			return -1;
+	return 0;
+}
+
+static bool cpu_has_devices(unsigned int cpu)
+{
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (devs[i].cpu == cpu)
+			return true;
+	return false;
+}
+
+/* An AP with devices drives them until the BSP says stop, then checks
+ * them; any FAIL ends the VM from here (the verdict line is printed). */
+int guest_ap_main(unsigned int cpu)
+{
+	uint64_t now, next_check;
+
+	smp_wait_go();
+	if (!cpu_has_devices(cpu)) {
+		/* Nothing to drive: stay halted (a waiting AP migrates too). */
+		__atomic_store_n(&ap_state[cpu], AP_DONE, __ATOMIC_RELEASE);
+		return 0;
+	}
+	ap_state[cpu] = AP_RUN;
+	cpu_sample(cpu, &now);
+	ap_max_tsc[cpu] = 0;
+	next_check = now + us_to_tsc(HEARTBEAT_US);
+	while (!ap_stop) {
+		cpu_sample(cpu, &now);
+		if (now >= next_check) {
+			if (regs_check(cpu))
+				guest_exit(1);
+			next_check = now + us_to_tsc(HEARTBEAT_US);
+		}
+		if (round_run(cpu))
+			guest_exit(1);
+	}
+	if (final_check(cpu))
+		guest_exit(1);
+	__atomic_store_n(&ap_state[cpu], AP_DONE, __ATOMIC_RELEASE);
+	return 0;
+}
+
+/* An AP's summary line: its devices' work and the interrupts it took. */
+static void cpu_report(unsigned int cpu)
+{
+	uint64_t jobs = 0, irqs = 0;
+
+	for (unsigned int i = 0; i < nr_devs; i++) {
+		const struct fdev *d = &devs[i];
+
+		if (d->cpu != cpu)
+			continue;
+		jobs += d->jobs_done;
+		irqs += irq_count_cpu(cpu, d->vec) - d->irq_base_cpu;
+	}
+	say("cpu %u: jobs=%lu irqs=%lu max_stall_us=%lu", cpu, jobs, irqs,
+	    tsc_to_us(ap_max_tsc[cpu]));
+}
+
+/* Stop the APs and wait for their final checks (bounded like any wait:
+ * timeout= seconds of running time). */
+static int aps_finish(void)
+{
+	uint64_t now, deadline;
+
+	ap_stop = 1;
+	stall_sample(&now);
+	deadline = now + us_to_tsc(opt_timeout * 1000000);
+	for (unsigned int cpu = 1; cpu < opt_cpus; cpu++) {
+		while (__atomic_load_n(&ap_state[cpu], __ATOMIC_ACQUIRE) !=
+		       AP_DONE) {
+			uint64_t gap = stall_sample(&now);
+
+			if (gap > us_to_tsc(PAUSE_TSC_US))
+				deadline += gap;
+			if (now > deadline)
+				return fail("ap_stuck cpu=%u", cpu);
+			cpu_relax();
+		}
+		if (cpu_has_devices(cpu))
+			cpu_report(cpu);
+	}
 	return 0;
 }
 
@@ -946,7 +1118,7 @@ static void heartbeat(uint64_t t_ms)
 
 	say("heartbeat t=%lu jobs=%lu bytes=%lu irqs=%lu rewrites=%lu "
 	    "max_stall_us=%lu win_stall_us=%lu win_skip_us=%lu", t_ms / 1000,
-	    total_jobs, total_bytes, irqs_total(), pages.rewrites,
+	    total_jobs(), total_bytes(), irqs_total(), pages.rewrites,
 	    stall_max_us(), win, stall_skipped_us());
 	stall_window_skip();
 }
@@ -968,9 +1140,14 @@ static int setup(void)
 	}
 	if (opt_timeout == 0)
 		opt_timeout = DEFAULT_TIMEOUT_S;
-	rng_seed(&rng, opt_seed);
 	mem_init();
 	lapic_enable();
+	if (opt_cpus < 1 || opt_cpus > GUEST_MAX_CPUS)
+		return fail("cpus=%lu: must be 1..%u", opt_cpus,
+			    GUEST_MAX_CPUS);
+	/* APs first: the devices' MSI-X go to them from the start. */
+	if (smp_start(opt_cpus))
+		return -1;
 
 	if (devices_find())
 		return -1;
@@ -1006,10 +1183,12 @@ int guest_main(void)
 	if (setup())
 		return 1;
 	say("start devices=%u pages=%lu batch=%lu maxlen=%lu seconds=%lu "
-	    "seed=%lu tsc_khz=%lu tsc_src=%s crc=%s", nr_devs, opt_pages,
-	    opt_batch, opt_maxlen, opt_seconds, opt_seed, tsc_hz / 1000,
-	    tsc_source, crc32c_is_hw() ? "sse4.2" : "table");
+	    "seed=%lu tsc_khz=%lu tsc_src=%s crc=%s cpus=%u", nr_devs,
+	    opt_pages, opt_batch, opt_maxlen, opt_seconds, opt_seed,
+	    tsc_hz / 1000, tsc_source, crc32c_is_hw() ? "sse4.2" : "table",
+	    smp_cpus());
 
+	smp_go();
 	stall_reset();
 	start = stall_last_tsc;
 	next_beat = start + us_to_tsc(HEARTBEAT_US);
@@ -1020,27 +1199,26 @@ int guest_main(void)
 			break;
 		if (now >= next_beat) {
 			heartbeat(tsc_to_ms(now - start));
-			for (unsigned int i = 0; i < nr_devs; i++)
-				if (dev_check_regs(&devs[i]))
-					return 1;
+			if (regs_check(0))
+				return 1;
 			next_beat += us_to_tsc(HEARTBEAT_US);
 			if (next_beat < now)
 				next_beat = now + us_to_tsc(HEARTBEAT_US);
 		}
-		if (round_run())
+		if (round_run(0))
 			return 1;
 	}
 
-	for (unsigned int i = 0; i < nr_devs; i++)
-		if (dev_final_check(&devs[i]))
-			return 1;
+	if (aps_finish() || final_check(0))
+		return 1;
 	if (pageset_verify_all(&pages, &bad)) {
 		pageset_report(&bad);
 		fail("page_mismatch page=%lu word=%u", bad.page, bad.word);
 		return 1;
 	}
 	say("PASS jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu "
-	    "rewrites=%lu resets=%lu", total_jobs, total_bytes, irqs_total(),
-	    nr_devs, stall_max_us(), pages.rewrites, resets_seen());
+	    "rewrites=%lu resets=%lu cpus=%lu", total_jobs(), total_bytes(),
+	    irqs_total(), nr_devs, stall_max_us(), pages.rewrites,
+	    resets_seen(), opt_cpus);
 	return 0;
 }

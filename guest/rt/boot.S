@@ -6,7 +6,15 @@
  * 0..4 GiB with 2 MiB pages (RAM below 3 GiB plus the PCI/LAPIC MMIO
  * window, user-accessible because the workload runs in ring 3), switch
  * to long mode and call kmain() in C.
+ *
+ * Application processors come here too, later: INIT-SIPI-SIPI starts
+ * them in real mode at ap_trampoline (copied below 1 MiB by smp.c);
+ * it enters 32-bit protected mode and jumps to ap_start32, which takes
+ * the BSP's road into long mode with the BSP's page tables and calls
+ * ap_kmain() on the CPU's own kernel stack.
  */
+
+#include "boot_asm.h"
 
 #define MB_MAGIC	0x1badb002
 #define MB_FLAGS	0x00000003	/* page-align modules, memory info */
@@ -21,6 +29,7 @@
 #define CR0_PE		0x00000001
 #define CR0_MP		0x00000002
 #define CR0_EM		0x00000004
+#define CR0_ET		0x00000010
 #define CR0_PG		0x80000000
 #define CR4_PAE		0x00000020
 #define CR4_OSFXSR	0x00000200
@@ -51,9 +60,11 @@ gdt:
 	.quad 0x00cf92000000ffff	/* 0x10 kernel data */
 	.quad 0x00cff2000000ffff	/* 0x18 user data, DPL 3 */
 	.quad 0x00affa000000ffff	/* 0x20 user code, 64-bit, DPL 3 */
+	.quad 0x00cf9a000000ffff	/* 0x28 kernel code, 32-bit (APs) */
 	.globl gdt_tss
 gdt_tss:
-	.quad 0, 0			/* 0x28 TSS, filled by kmain */
+	.skip 16 * GUEST_MAX_CPUS	/* 0x30 + 16 * cpu: TSS, filled by
+					 * tss_setup() */
 gdt_end:
 	.globl gdt_ptr
 gdt_ptr:
@@ -101,6 +112,17 @@ _start32:
 	addl	$8, %edi
 	loop	2b
 
+	lgdt	gdt_ptr
+	movl	$kstack_top, %esp	/* for long_mode_enter's lret */
+	movl	$start64, %edi
+	jmp	long_mode_enter
+
+/*
+ * Shared by the BSP and the APs: paging with pml4, long mode, then a far
+ * jump to the 64-bit address in EDI. Paging and EFER are per CPU; the
+ * tables are the BSP's, already built.
+ */
+long_mode_enter:
 	movl	$CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT, %eax
 	movl	%eax, %cr4
 	movl	$pml4, %eax
@@ -113,21 +135,84 @@ _start32:
 	andl	$~CR0_EM, %eax
 	orl	$CR0_PG | CR0_PE | CR0_MP, %eax
 	movl	%eax, %cr0
+	pushl	$0x08
+	pushl	%edi
+	lret
 
-	lgdt	gdt_ptr
-	ljmp	$0x08, $start64
+/* An AP, from ap_trampoline: protected mode, flat segments, no stack. */
+	.globl ap_start32
+ap_start32:
+	movl	$0x10, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%eax, %ss
+	/* lret needs a stack: borrow this AP's kernel stack, found
+	 * from its initial APIC id like in ap_start64. */
+	movl	$1, %eax
+	cpuid
+	shrl	$24, %ebx
+	cmpl	$GUEST_MAX_CPUS, %ebx
+	jae	4f
+	incl	%ebx
+	shll	$KSTACK_SHIFT, %ebx
+	leal	kstacks(%ebx), %esp
+	movl	$ap_start64, %edi
+	jmp	long_mode_enter
+4:	cli
+	hlt
+	jmp	4b
 
 	.code64
 start64:
+	movq	$kstack_top, %rsp
+	call	segs_load
+	movl	boot_magic, %edi
+	movl	boot_mbi, %esi
+	call	kmain
+3:	hlt
+	jmp	3b
+
+ap_start64:
+	movl	%esp, %esp		/* zero-extends the 32-bit stack */
+	call	segs_load
+	movl	$1, %eax
+	cpuid
+	shrl	$24, %ebx
+	movl	%ebx, %edi
+	call	ap_kmain
+5:	hlt
+	jmp	5b
+
+segs_load:
 	movl	$0x10, %eax
 	movl	%eax, %ds
 	movl	%eax, %es
 	movl	%eax, %ss
 	movl	%eax, %fs
 	movl	%eax, %gs
-	movq	$kstack_top, %rsp
-	movl	boot_magic, %edi
-	movl	boot_mbi, %esi
-	call	kmain
-3:	hlt
-	jmp	3b
+	ret
+
+/*
+ * The real-mode start of an AP, assembled here and copied to
+ * AP_TRAMPOLINE_ADDR by smp.c: CS = AP_TRAMPOLINE_ADDR >> 4, IP = 0.
+ * Load the GDT, set CR0.PE, far jump to 32-bit code. Addresses inside
+ * the copy are relative to its start.
+ */
+	.section .rodata
+	.code16
+	.globl ap_trampoline, ap_trampoline_end
+ap_trampoline:
+	cli
+	cld
+	movw	%cs, %ax
+	movw	%ax, %ds
+	lgdtl	ap_tramp_gdtr - ap_trampoline
+	movl	$CR0_PE | CR0_ET, %eax	/* and caches on: INIT set CD, NW */
+	movl	%eax, %cr0
+	ljmpl	$CODE32_SEL_ASM, $ap_start32
+	.align 4
+ap_tramp_gdtr:
+	.word	gdt_end - gdt - 1
+	.long	gdt
+ap_trampoline_end:
+	.code64

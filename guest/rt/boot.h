@@ -8,13 +8,14 @@
 
 #include <stdint.h>
 
+#include "boot_asm.h"
 #include "guest.h"
 
 #define KERNEL_CS	0x08
 #define KERNEL_DS	0x10
 #define USER_DS		(0x18 | 3)
 #define USER_CS		(0x20 | 3)
-#define TSS_SEL		0x28
+#define TSS_SEL(cpu)	(TSS_SEL_ASM + 16 * (cpu))
 
 #define PAGE_SIZE	4096ull
 #define HUGE_PAGE_SIZE	(2ull << 20)
@@ -54,6 +55,7 @@ extern char __image_start[], __image_end[];
 
 /* Ring 0. */
 void kmain(uint32_t magic, uint32_t mbi);
+void ap_kmain(uint32_t cpu);
 int identity_map(uint64_t start, uint64_t end);
 uint64_t identity_mapped_end(uint64_t start, uint64_t end);
 void serial_write_r0(const char *s, uint64_t len);
@@ -73,12 +75,18 @@ void trap_fatal(struct trap_frame *f) __attribute__((noreturn));
 /* Assembly (entry.S). */
 extern char vec_entries[];
 #define VEC_ENTRY_SIZE	16
-void enter_user(uint64_t rip, uint64_t rsp) __attribute__((noreturn));
+void enter_user(uint64_t rip, uint64_t rsp, uint64_t arg)
+	__attribute__((noreturn));
 extern volatile uint64_t irq_counts[256];
+extern volatile uint64_t irq_counts_cpu[GUEST_MAX_CPUS][256];
+extern char kstacks[], ustacks[], dfstacks[];
+extern const char ap_trampoline[], ap_trampoline_end[];
 extern uint64_t lapic_eoi_reg;
 
-/* Ring 3 entry, in user_start.c; it runs the workload's guest_main(). */
+/* Ring 3 entries, in user_start.c: the BSP runs the workload's
+ * guest_main(), an AP its guest_ap_main(). */
 void user_start(void) __attribute__((noreturn));
+void ap_user_start(uint64_t cpu) __attribute__((noreturn));
 
 
 #endif /* GUEST_BOOT_H */

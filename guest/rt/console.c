@@ -4,9 +4,13 @@
 #include "boot.h"
 #include "console.h"
 #include "fmt.h"
+#include "lib.h"
 #include "svc.h"
 
 #define LINE_MAX	512
+
+/* One line at a time when several CPUs talk. */
+static volatile int console_lock;
 
 void say(const char *fmt, ...)
 {
@@ -22,7 +26,10 @@ void say(const char *fmt, ...)
 	if (n > LINE_MAX - 2)
 		n = LINE_MAX - 2;	/* truncated, still one line */
 	line[n++] = '\n';
+	while (__atomic_exchange_n(&console_lock, 1, __ATOMIC_ACQUIRE))
+		cpu_relax();
 	svc_call(SVC_CONSOLE_WRITE, (uint64_t)line, n, 0);
+	__atomic_store_n(&console_lock, 0, __ATOMIC_RELEASE);
 }
 
 void guest_exit(int code)

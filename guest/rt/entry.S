@@ -11,9 +11,11 @@
 
 	.section .bss
 	.align 64
-	.globl irq_counts
+	.globl irq_counts, irq_counts_cpu
 irq_counts:
 	.skip 256 * 8
+irq_counts_cpu:				/* [cpu][vector] */
+	.skip GUEST_MAX_CPUS * 256 * 8
 
 	.section .data
 	.align 8
@@ -21,14 +23,25 @@ irq_counts:
 lapic_eoi_reg:
 	.quad 0xfee000b0
 
+/* CPU i's kernel stack ends at kstacks + (i + 1) * KSTACK_SIZE, its
+ * user stack at ustacks + (i + 1) * USTACK_SIZE; the BSP is CPU 0. */
 	.section .stacks, "aw", @nobits
 	.align 4096
+	.globl kstacks, kstack_top, ustacks, ustack_top
+kstacks:
 	.skip KSTACK_SIZE
-	.globl kstack_top
 kstack_top:
+	.skip KSTACK_SIZE * (GUEST_MAX_CPUS - 1)
+ustacks:
 	.skip USTACK_SIZE
-	.globl ustack_top
 ustack_top:
+	.skip USTACK_SIZE * (GUEST_MAX_CPUS - 1)
+/* A double fault switches to CPU i's dfstacks + (i + 1) * DFSTACK_SIZE
+ * (IST 1): a kernel stack gone bad still gets a FAIL line, not a
+ * triple fault that resets the vCPU and says nothing. */
+	.globl dfstacks
+dfstacks:
+	.skip DFSTACK_SIZE * GUEST_MAX_CPUS
 
 	.text
 	.code64
@@ -101,12 +114,20 @@ exc_common:
 	hlt
 	jmp	2b
 
-/* Count, EOI (not for the spurious vector), return. */
+/* Count (in all and for this CPU), EOI (not for the spurious vector),
+ * return. Interrupts arrive only in ring 3, so RSP is on this CPU's
+ * kernel stack and says which CPU this is. */
 irq_common:
 	pushq	%rax
 	pushq	%rdx
 	movq	16(%rsp), %rax
 	lock incq irq_counts(,%rax,8)
+	movq	%rsp, %rdx
+	subq	$kstacks, %rdx
+	shrq	$KSTACK_SHIFT, %rdx
+	shlq	$8, %rdx
+	addq	%rax, %rdx
+	incq	irq_counts_cpu(,%rdx,8)
 	cmpl	$SPURIOUS_VECTOR_ASM, %eax
 	je	3f
 	movq	lapic_eoi_reg(%rip), %rdx
@@ -122,7 +143,8 @@ svc_ud2:
 	ud2
 	ret
 
-/* enter_user(rip, rsp): IRETQ to ring 3 with interrupts enabled. */
+/* enter_user(rip, rsp, arg): IRETQ to ring 3 with interrupts enabled,
+ * arg in RDI. */
 	.globl enter_user
 enter_user:
 	movl	$USER_DS_ASM, %eax
@@ -135,4 +157,5 @@ enter_user:
 	pushq	$0x202
 	pushq	$USER_CS_ASM
 	pushq	%rdi
+	movq	%rdx, %rdi
 	iretq

@@ -22,3 +22,15 @@ uint64_t irq_count(unsigned int vector)
 {
 	return __atomic_load_n(&irq_counts[vector & 0xff], __ATOMIC_RELAXED);
 }
+
+#define ICR_SPIN_MAX	1000000u
+
+int lapic_icr_send(uint32_t dest, uint32_t icr_lo)
+{
+	*lapic_reg(LAPIC_ICR_HI) = dest << 24;
+	*lapic_reg(LAPIC_ICR_LO) = icr_lo;
+	for (unsigned int spin = 0; spin < ICR_SPIN_MAX; spin++)
+		if (!(*lapic_reg(LAPIC_ICR_LO) & LAPIC_ICR_PENDING))
+			return 0;
+	return -1;
+}

@@ -3,7 +3,7 @@
  * Local APIC in xAPIC mode at its default base, driven by MMIO from
  * ring 3 (the page is mapped user-accessible). The interrupt entry points in
  * entry.S count every vector in irq_counts[] and EOI; this file only
- * software-enables the APIC so MSIs are accepted.
+ * software-enables the APIC so MSIs are accepted, and sends IPIs.
  */
 #ifndef GUEST_LAPIC_H
 #define GUEST_LAPIC_H
@@ -15,6 +15,9 @@
 #define LAPIC_TPR		0x080
 #define LAPIC_EOI		0x0b0
 #define LAPIC_SVR		0x0f0
+#define LAPIC_ICR_LO		0x300
+#define LAPIC_ICR_HI		0x310
+#define LAPIC_ICR_PENDING	0x1000	/* delivery status: send pending */
 #define LAPIC_SVR_ENABLE	0x100
 #define SPURIOUS_VECTOR		0xff
 #define MSI_ADDR_BASE		0xfee00000u
@@ -23,5 +26,8 @@
 void lapic_enable(void);
 uint32_t lapic_id(void);
 uint64_t irq_count(unsigned int vector);
+/* Send an IPI to APIC id dest (ICR high, then low); 0 once the LAPIC
+ * reports it sent, -1 if it stays pending. */
+int lapic_icr_send(uint32_t dest, uint32_t icr_lo);
 
 #endif /* GUEST_LAPIC_H */

@@ -17,8 +17,7 @@
 
 struct boot_info boot_info;
 
-extern uint64_t gdt_tss[2];
-extern char ustack_top[];
+extern uint64_t gdt_tss[2 * GUEST_MAX_CPUS];
 
 struct tss64 {
 	uint32_t reserved0;
@@ -41,6 +40,7 @@ struct idt_gate {
 } __attribute__((packed));
 
 #define IDT_INTERRUPT_GATE	0x8e	/* present, DPL 0, IF cleared */
+#define X86_DF_VECTOR		8	/* on IST 1, see entry.S */
 #define TSS_TYPE_AVAILABLE	0x89
 #define MSR_APIC_BASE		0x1b
 #define APIC_BASE_ENABLE	(1ull << 11)
@@ -67,7 +67,7 @@ struct idt_gate {
 #define PIC1_BASE	0x20	/* off the exception vectors, all masked */
 #define PIC2_BASE	0x28
 
-static struct tss64 tss;
+static struct tss64 tss[GUEST_MAX_CPUS];
 static struct idt_gate idt[256] __attribute__((aligned(16)));
 
 static struct {
@@ -111,13 +111,15 @@ void r0_exit(uint32_t code)
 
 void trap_fatal(struct trap_frame *f)
 {
+	uint32_t r[4];
 	uint64_t cr2;
 
 	__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+	cpuid(1, r);
 	r0_printf("\n%s: FAIL exception vector=%lu err=0x%lx rip=0x%lx cs=0x%lx "
-		  "rsp=0x%lx cr2=0x%lx max_stall_us=%lu\n",
+		  "rsp=0x%lx cr2=0x%lx cpu=%u max_stall_us=%lu\n",
 		  guest_name, f->vector, f->err, f->rip, f->cs, f->rsp, cr2,
-		  stall_max_us());
+		  r[1] >> 24, stall_max_us());
 	r0_exit(1);
 }
 
@@ -128,7 +130,7 @@ static void idt_setup(void)
 
 		idt[v].off_lo = off & 0xffff;
 		idt[v].sel = KERNEL_CS;
-		idt[v].ist = 0;
+		idt[v].ist = v == X86_DF_VECTOR ? 1 : 0;
 		idt[v].type = IDT_INTERRUPT_GATE;
 		idt[v].off_mid = (off >> 16) & 0xffff;
 		idt[v].off_hi = off >> 32;
@@ -139,20 +141,34 @@ static void idt_setup(void)
 	__asm__ volatile("lidt %0" : : "m"(idt_ptr));
 }
 
-static void tss_setup(void)
+static void tss_setup(uint32_t cpu)
 {
-	uint64_t base = (uint64_t)&tss;
-	uint64_t limit = sizeof(tss) - 1;
-	extern char kstack_top[];
+	uint64_t base = (uint64_t)&tss[cpu];
+	uint64_t limit = sizeof(tss[cpu]) - 1;
 
-	tss.rsp[0] = (uint64_t)kstack_top;
-	tss.iomap_base = sizeof(tss);	/* no I/O bitmap */
-	gdt_tss[0] = (limit & 0xffff) | ((base & 0xffffff) << 16) |
-		     ((uint64_t)TSS_TYPE_AVAILABLE << 40) |
-		     (((limit >> 16) & 0xf) << 48) |
-		     (((base >> 24) & 0xff) << 56);
-	gdt_tss[1] = base >> 32;
-	__asm__ volatile("ltr %w0" : : "r"(TSS_SEL));
+	tss[cpu].rsp[0] = (uint64_t)kstacks + (cpu + 1) * KSTACK_SIZE;
+	tss[cpu].ist[0] = (uint64_t)dfstacks + (cpu + 1) * DFSTACK_SIZE;
+	tss[cpu].iomap_base = sizeof(tss[cpu]);	/* no I/O bitmap */
+	gdt_tss[2 * cpu] = (limit & 0xffff) | ((base & 0xffffff) << 16) |
+			   ((uint64_t)TSS_TYPE_AVAILABLE << 40) |
+			   (((limit >> 16) & 0xf) << 48) |
+			   (((base >> 24) & 0xff) << 56);
+	gdt_tss[2 * cpu + 1] = base >> 32;
+	__asm__ volatile("ltr %w0" : : "r"(TSS_SEL(cpu)));
+}
+
+static void apic_global_enable(void)
+{
+	uint64_t apic_base = rdmsr(MSR_APIC_BASE);
+
+	if (!(apic_base & APIC_BASE_ENABLE))
+		wrmsr(MSR_APIC_BASE, apic_base | APIC_BASE_ENABLE);
+}
+
+static uint64_t ustack_of(uint32_t cpu)
+{
+	/* The ABI expects RSP % 16 == 8 at function entry. */
+	return (uint64_t)ustacks + (cpu + 1) * USTACK_SIZE - 8;
 }
 
 /* Remap the 8259s away from the exception vectors and mask them all:
@@ -284,8 +300,6 @@ static void cpu_probe(void)
 
 void kmain(uint32_t magic, uint32_t mbi)
 {
-	uint64_t apic_base;
-
 	boot_info.image_start = (uint64_t)__image_start;
 	boot_info.image_end = ((uint64_t)__image_end + PAGE_SIZE - 1) &
 			      ~(PAGE_SIZE - 1);
@@ -297,14 +311,22 @@ void kmain(uint32_t magic, uint32_t mbi)
 	multiboot_parse(mbi);
 	ram_map_high();
 	cpu_probe();
-	tss_setup();
+	tss_setup(0);
 	idt_setup();
 	pic_disable();
+	apic_global_enable();
+	enter_user((uint64_t)user_start, ustack_of(0), 0);
+}
 
-	apic_base = rdmsr(MSR_APIC_BASE);
-	if (!(apic_base & APIC_BASE_ENABLE))
-		wrmsr(MSR_APIC_BASE, apic_base | APIC_BASE_ENABLE);
-
-	/* The ABI expects RSP % 16 == 8 at function entry. */
-	enter_user((uint64_t)user_start, (uint64_t)ustack_top - 8);
+/*
+ * An AP, from boot.S's ap_start64 on its own kernel stack (boot.S has
+ * checked cpu < GUEST_MAX_CPUS): its own TSS, the shared IDT, its LAPIC
+ * on, then ring 3 for good, like the BSP.
+ */
+void ap_kmain(uint32_t cpu)
+{
+	tss_setup(cpu);
+	__asm__ volatile("lidt %0" : : "m"(idt_ptr));
+	apic_global_enable();
+	enter_user((uint64_t)ap_user_start, ustack_of(cpu), cpu);
 }

@@ -25,6 +25,7 @@ enum svc_nr {
 	SVC_PCI_READ,		/* a0 = cf8 address | offset, a1 = size */
 	SVC_PCI_WRITE,		/* a0 = address, a1 = size, a2 = value */
 	SVC_MAP,		/* a0 = phys, a1 = length: identity map */
+	SVC_IDLE,		/* HLT until an interrupt has been taken */
 };
 
 #define SVC_CONSOLE_MAX	4096u

@@ -73,7 +73,7 @@ def run(cmd):
     return p.returncode, out.decode(errors="replace")
 
 
-def qemu(image, append):
+def qemu(image, append, smp=1):
     if not QEMU:
         skip("qemu-system-x86_64 not installed")
     if not os.path.exists(image):
@@ -81,7 +81,7 @@ def qemu(image, append):
     return run([QEMU, "-kernel", image, "-append", append,
                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                 "-serial", "stdio", "-display", "none", "-no-reboot",
-                "-m", "256", "-accel", "tcg"])
+                "-m", "256", "-accel", "tcg", "-smp", str(smp)])
 
 
 def kvm_usable():
@@ -259,6 +259,44 @@ def case_qemu_memstress_params():
     check(m, "clamp not reported", out)
     check(c["pages"] == int(m.group(1)) and 0 < c["pages"] < 65536,
           "clamped size not used", out)
+
+
+def check_cpu_lines(name, out, cpus):
+    """Every AP's summary line, with work done and IPIs taken."""
+    lines = re.findall(r"^%s: cpu (\d+): (.*)$" % name, out, re.M)
+    check([int(n) for n, _ in lines] == list(range(1, cpus)),
+          "per-CPU lines %r, expected CPUs 1..%d" %
+          ([n for n, _ in lines], cpus - 1), out)
+    for n, rest in lines:
+        c = counters(rest)
+        check(c["rewrites"] > 0 and c["ipis"] > 0,
+              "cpu %s did no work or took no IPI: %s" % (n, rest), out)
+    return lines
+
+
+def case_qemu_memstress_smp():
+    # cpus=4 under -smp 4: three APs started with INIT-SIPI-SIPI, each
+    # rewriting its share and taking the BSP's IPIs, all exactly.
+    status, out = qemu(MEMSTRESS, "seconds=3 pages=2048 cpus=4", smp=4)
+    c = expect_pass("memstress", status, QEMU_PASS, out)
+    check(c["cpus"] == 4 and c["pages"] == 2048 and c["rewrites"] >= 2048,
+          "not all 4 CPUs over the working set", out)
+    check_cpu_lines("memstress", out, 4)
+
+
+def case_qemu_memstress_smp_missing():
+    # More CPUs asked of the guest than the machine has: the AP that
+    # does not exist never comes up, and the guest says which.
+    status, out = qemu(MEMSTRESS, "seconds=3 cpus=4", smp=2)
+    expect_fail("memstress", status, QEMU_FAIL, "ap_start cpu=2:", out)
+
+
+def case_qemu_memstress_smp_ipi():
+    # Negative control of the per-CPU interrupt check: an IPI counted as
+    # sent but never sent must be reported lost, on that CPU.
+    status, out = qemu(MEMSTRESS, "seconds=20 cpus=2 selftest_ipi=1", smp=2)
+    expect_fail("memstress", status, QEMU_FAIL, "ipi_lost cpu=1 sent=2 "
+                "taken=1 ", out)
 
 
 def case_qemu_dmastress():
