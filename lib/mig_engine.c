@@ -447,6 +447,7 @@ void mig_engine_stats(struct mig_engine *e, struct mig_stats *out)
 	*out = e->pub;
 	out->status = e->status;
 	out->outcome_unknown = e->outcome_unknown;
+	out->migrated_away = e->migrated_away;
 	if (e->ch && mig_status_is_active(e->status)) {
 		last = __atomic_load_n(&e->ch->last_io_ns, __ATOMIC_RELAXED);
 		out->io_idle_ms = (clock_ns() - (last ? last :

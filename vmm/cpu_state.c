@@ -231,7 +231,7 @@ static int cs_next(struct cs_iter *it, uint32_t *tag, const void **data,
 } while (0)
 
 int vcpu_state_load(int vcpu_fd, const void *blob, size_t len,
-		    char *err, size_t errlen)
+		    unsigned flags, char *err, size_t errlen)
 {
 	struct cs_iter it = { .p = blob, .left = len };
 	struct kvm_regs regs;
@@ -335,7 +335,8 @@ int vcpu_state_load(int vcpu_fd, const void *blob, size_t len,
 			return -EINVAL;
 		}
 	}
-	CS_SET(vcpu_fd, KVM_SET_LAPIC, lapic, "KVM_SET_LAPIC");
+	if (!(flags & VCPU_LOAD_SKIP_LAPIC))
+		CS_SET(vcpu_fd, KVM_SET_LAPIC, lapic, "KVM_SET_LAPIC");
 	CS_SET(vcpu_fd, KVM_SET_VCPU_EVENTS, events, "KVM_SET_VCPU_EVENTS");
 	CS_SET(vcpu_fd, KVM_SET_MP_STATE, mp, "KVM_SET_MP_STATE");
 	if (CS_NEED(CS_DEBUGREGS))

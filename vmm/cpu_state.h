@@ -28,8 +28,13 @@
 #define CPU_STATE_MAX_MSRS	256
 
 int vcpu_state_save(int kvm_fd, int vcpu_fd, void **blob, size_t *len);
+/* VCPU_LOAD_SKIP_LAPIC: debug, the negative control of the multi-vCPU
+ * tests -- leave the LAPIC as KVM_CREATE_VCPU made it (software-disabled,
+ * nothing pending), as a VMM that forgot an AP's LAPIC would. */
+#define VCPU_LOAD_SKIP_LAPIC	0x1u
+
 int vcpu_state_load(int vcpu_fd, const void *blob, size_t len,
-		    char *err, size_t errlen);
+		    unsigned flags, char *err, size_t errlen);
 
 int vm_kstate_save(int vm_fd, void **blob, size_t *len);
 int vm_kstate_load(int vm_fd, const void *blob, size_t len,

@@ -321,8 +321,14 @@ static int host_state_apply(void *host, char *err, size_t errlen)
 		return ret;
 	}
 	for (unsigned i = 0; i < vm->nr_cpus; i++) {
+		/* The debug switch spares the BSP: its LAPIC takes the
+		 * devices' MSIs, and the AP's lost one is what a guest
+		 * checking per-vCPU interrupts must see. */
+		unsigned flags = i == 1 && m->skip_ap_lapic ?
+				 VCPU_LOAD_SKIP_LAPIC : 0;
+
 		ret = vcpu_state_load(vm->vcpus[i].fd, l->vcpu[i],
-				      l->vcpu_len[i], why, sizeof(why));
+				      l->vcpu_len[i], flags, why, sizeof(why));
 		if (ret) {
 			snprintf(err, errlen, "vCPU %u state: %s", i, why);
 			return ret;

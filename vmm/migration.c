@@ -184,12 +184,25 @@ int migration_cpr_incoming(struct vm *vm, enum mig_mode mode,
 #define GONE_MSG "The guest has migrated away and runs on the destination; " \
 		 "only quit is left to do here"
 
+/* A source whose guest went to a destination: QEMU's postmigrate. The
+ * engine knows it before it reports COMPLETED; the flag of
+ * host_handed_over() comes a moment later. */
+static bool migrated_away(struct vm *vm)
+{
+	struct mig_stats st;
+
+	if (atomic_load(&vm->mig->postmigrate))
+		return true;
+	mig_engine_stats(vm->mig->engine, &st);
+	return st.migrated_away && !st.incoming;
+}
+
 int migration_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 {
 	struct mig_params p;
 
 	mig_engine_get_params(vm->mig->engine, &p);
-	if (atomic_load(&vm->mig->postmigrate)) {
+	if (migrated_away(vm)) {
 		snprintf(err, errlen, GONE_MSG);
 		return -EINVAL;
 	}
@@ -241,7 +254,7 @@ int migration_start_channels(struct vm *vm, struct json_object *channels,
 	}
 	if (!cpr_uri[0])
 		return migration_start(vm, main_uri, err, errlen);
-	if (atomic_load(&vm->mig->postmigrate)) {
+	if (migrated_away(vm)) {
 		snprintf(err, errlen, GONE_MSG);
 		return -EINVAL;
 	}
@@ -277,7 +290,7 @@ const char *migration_run_state(struct vm *vm)
 
 	if (incoming_pending(vm))
 		return "inmigrate";
-	if (atomic_load(&vm->mig->postmigrate))
+	if (migrated_away(vm))
 		return "postmigrate";
 	mig_engine_stats(vm->mig->engine, &st);
 	if (st.outcome_unknown)
@@ -291,7 +304,7 @@ const char *migration_cont_refusal(struct vm *vm)
 {
 	struct mig_stats st;
 
-	if (atomic_load(&vm->mig->postmigrate))
+	if (migrated_away(vm))
 		return GONE_MSG;
 	mig_engine_stats(vm->mig->engine, &st);
 	if (st.outcome_unknown)
@@ -599,6 +612,8 @@ int migration_set_capability(struct vm *vm, const char *name, bool on,
 		cap = &vm->mig->cpr_keep_irqfds;
 	else if (!strcmp(name, "events"))
 		cap = &vm->mig->events;
+	else if (!strcmp(name, "x-skip-ap-lapic"))
+		cap = &vm->mig->skip_ap_lapic;
 	else if (!is_qemu_capability(name)) {
 		/* QEMU's message for a value outside its enum. */
 		snprintf(err, errlen, "Parameter 'capability' does not accept "
@@ -667,6 +682,7 @@ struct json_object *migration_query_capabilities(struct vm *vm)
 		{ "x-multifd-devstate-reverse", p.devstate_reverse },
 		{ "x-multifd-devstate-drop-first", p.devstate_drop_first },
 		{ "x-cpr-keep-irqfds", vm->mig->cpr_keep_irqfds },
+		{ "x-skip-ap-lapic", vm->mig->skip_ap_lapic },
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(caps); i++) {

@@ -259,6 +259,10 @@ static struct json_object *cmd_query_status(struct qmp_client *c,
 			       json_object_new_boolean(s == VM_STATE_RUNNING &&
 						       !mig));
 	json_object_object_add(o, "singlestep", json_object_new_boolean(false));
+	/* ferry's own: the last pause's time to get every vCPU out of
+	 * KVM_RUN (a stop, or a migration's switchover). */
+	json_object_object_add(o, "x-vcpus-pause-us", json_object_new_int64(
+		(int64_t)(vm_pause_ns(c->q->vm) / 1000)));
 	json_object_object_add(o, "status",
 			       json_object_new_string(mig && s != VM_STATE_SHUTDOWN ?
 						      mig : run_state_names[s]));
@@ -854,6 +858,7 @@ static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
 	};
 	static const char *const ret_status[] = {
 		"running", "bool", "singlestep", "bool", "status", "RunState",
+		"x-vcpus-pause-us", "int",
 	};
 	static const char *const ret_name[] = { "*name", "str" };
 	static const char *const ret_uuid[] = { "UUID", "str" };

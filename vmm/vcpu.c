@@ -141,7 +141,7 @@ int vcpus_create(struct vm *vm)
 		if (ret)
 			return ret;
 		if (i > 0) {
-			/* APs wait for INIT/SIPI; our guests use the BSP. */
+			/* APs wait for the guest's INIT-SIPI-SIPI. */
 			struct kvm_mp_state mp = {
 				.mp_state = KVM_MP_STATE_UNINITIALIZED,
 			};
@@ -403,6 +403,7 @@ void vcpus_stop(struct vm *vm)
 
 void vm_pause(struct vm *vm)
 {
+	uint64_t t0 = clock_ns();
 	bool all;
 
 	pthread_mutex_lock(&vm->run_lock);
@@ -418,7 +419,21 @@ void vm_pause(struct vm *vm)
 			break;
 		pthread_cond_wait(&vm->run_cond, &vm->run_lock);
 	}
+	/* Part of every switchover's downtime: query-status shows it and
+	 * make bench measures it per vCPU count. */
+	if (vm->pause_depth == 1)
+		vm->pause_ns = clock_ns() - t0;
 	pthread_mutex_unlock(&vm->run_lock);
+}
+
+uint64_t vm_pause_ns(struct vm *vm)
+{
+	uint64_t ns;
+
+	pthread_mutex_lock(&vm->run_lock);
+	ns = vm->pause_ns;
+	pthread_mutex_unlock(&vm->run_lock);
+	return ns;
 }
 
 void vm_resume(struct vm *vm)

@@ -50,6 +50,7 @@ struct vm_mig {
 	/* live update (migration.c sets them, mig_host.c uses them) */
 	char **cpr_exec_argv;		/* cpr-exec-command, NULL-ended */
 	bool cpr_keep_irqfds;		/* debug: the negative control */
+	bool skip_ap_lapic;		/* debug: vCPU 1's LAPIC not loaded */
 	unsigned cpr_gap_ms;		/* debug: a longer freeze */
 };
 

@@ -134,6 +134,7 @@ struct vm {
 	pthread_mutex_t run_lock;
 	pthread_cond_t run_cond;
 	unsigned pause_depth;	/* > 0: vCPUs must stay out of KVM_RUN */
+	uint64_t pause_ns;	/* the last pause: kick to all parked */
 	bool stopping;		/* vCPU threads must exit */
 	enum vm_run_state state;
 
@@ -196,6 +197,9 @@ int vcpu_set_boot_state(struct vcpu *vcpu, uint32_t entry, uint32_t eax,
 			uint32_t ebx);
 /* Pause (nestable) / resume all vCPUs; return when none is in KVM_RUN. */
 void vm_pause(struct vm *vm);
+/* How long the last vm_pause() from the running state took, from the
+ * kick to every vCPU thread parked (ns; 0 before the first). */
+uint64_t vm_pause_ns(struct vm *vm);
 void vm_resume(struct vm *vm);
 /* QMP stop/cont: true if the run state changed. */
 bool vm_user_stop(struct vm *vm);

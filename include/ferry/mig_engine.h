@@ -292,6 +292,9 @@ struct mig_stats {
 	uint64_t dev_queued_peak;
 	enum mig_mode mode;		/* what the last migration was */
 	bool outcome_unknown;		/* see mig_engine_resolve() */
+	/* The guest was handed over to a destination: set before the
+	 * status reads COMPLETED, so whoever sees COMPLETED sees it. */
+	bool migrated_away;
 	char reason[256];		/* why not switched over yet */
 	char error[512];		/* the first error */
 };

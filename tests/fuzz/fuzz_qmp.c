@@ -56,6 +56,11 @@ enum vm_run_state vm_run_state(struct vm *v)
 	return v->state;
 }
 
+uint64_t vm_pause_ns(struct vm *v)
+{
+	return v->pause_ns;
+}
+
 bool vm_user_stop(struct vm *v)
 {
 	if (v->state != VM_STATE_RUNNING)

@@ -19,6 +19,10 @@ def stop_cont_run(wd, vmms, kernel, append, progress, name):
         check(q.cmd("stop") == {"return": {}}, "stop")
         q.wait_event("STOP")
         st = q.cmd("query-status")["return"]
+        # ferry's own member: the stop's time to get the vCPUs out
+        pause_us = st.pop("x-vcpus-pause-us", None)
+        check(isinstance(pause_us, int) and 0 < pause_us < 10 ** 7,
+              "x-vcpus-pause-us %r" % pause_us)
         check(st == {"running": False, "singlestep": False,
                      "status": "paused"}, "paused status %r" % st)
         before = v.serial_text()
