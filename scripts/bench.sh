@@ -10,7 +10,9 @@
 # BENCH_CPR_ARGS (e.g. BENCH_CPR_ARGS="--mode cpr-exec --reps 10").
 # BENCH_CPR=0 skips it, BENCH_CPR=1 runs it even after --scenario (which
 # otherwise skips it, as --list and --negative-control do), BENCH_CPR=only
-# runs only it (make bench-cpr).
+# runs only it (make bench-cpr). The vCPU pause benchmark
+# (bench/pausebench.py: 1, 4 and 16 busy vCPUs stopped through QMP) runs
+# with the migration benchmarks unless BENCH_PAUSE=0 or --scenario/--list.
 # Results: for each, a table and a JSON document on stdout, the JSON also
 # in $1/bench-results.json and $1/bench-cpr-results.json, and a timeline
 # plot per migration run in $1/bench-plots/ (bench/plot.py, gnuplot).
@@ -45,13 +47,15 @@ case $cpr in
 	exit 2 ;;
 esac
 cpr_args=
+pause=${BENCH_PAUSE:-1}
 # shellcheck disable=SC2086 # BENCH_ARGS is a word list on purpose
 for a in "$@" ${BENCH_ARGS:-}; do
 	case $a in
 	--quick|--json-only) cpr_args="$cpr_args $a" ;;
 	# Not the whole migbench run: no cprbench after it either.
 	--scenario|--scenario=*|--list|--negative-control|-h|--help)
-		[ "$cpr" != auto ] || cpr=0 ;;
+		[ "$cpr" != auto ] || cpr=0
+		pause=0 ;;
 	esac
 done
 [ "$cpr" != auto ] || cpr=1
@@ -66,6 +70,12 @@ if [ "$cpr" != only ]; then
 		python3 "$here/bench/plot.py" "$build/bench-results.json" \
 			"$build/bench-plots" || { r=$?; [ "$r" -eq 77 ] ||
 			[ "$rc" -ne 0 ] || rc=$r; }
+	fi
+	if [ "$pause" != 0 ]; then
+		# shellcheck disable=SC2086 # word list on purpose
+		python3 "$here/bench/pausebench.py" --build "$build" $cpr_args \
+			--output "$build/bench-pause-results.json" ||
+			{ r=$?; [ "$rc" -ne 0 ] || rc=$r; }
 	fi
 fi
 if [ "$cpr" != 0 ]; then
