@@ -15,6 +15,7 @@ usage() {
 	cat <<EOF
 usage: $0 --config legacy|iommufd --test-bin PATH [--cache DIR]
           [--timeout SECS] [--verbose]
+       $0 --prepare-kernel [--cache DIR]
 
 Boots Debian's Linux $KSERIES kernel under qemu-system-x86_64 -accel tcg
 (q35, intel-iommu, edu) with a busybox initramfs whose /init loads the
@@ -31,6 +32,10 @@ PATH (a host binary, with the shared libraries ldd lists) is copied in.
                      CONFIG_IOMMUFD=m and CONFIG_VFIO_DEVICE_CDEV=y, plus
                      iommufd: /dev/iommu and /dev/vfio/devices/vfioN exist
   --test-bin PATH    the test program (required)
+  --prepare-kernel   only download and unpack the kernel (and busybox) into
+                     the cache, print the directory (boot/vmlinuz-*,
+                     lib/modules/*, bin/busybox) and exit: the nested-KVM
+                     harness (tests/nested/run.sh) boots the same kernel
   --cache DIR        downloads, unpacked kernel, built modules
                      (default \${FERRY_KVFIO_CACHE:-\$HOME/.cache/ferry-kvfio})
   --timeout SECS     bound on the QEMU run (default 300)
@@ -44,7 +49,7 @@ FERRY_KVFIO_KABI=<abi> (e.g. 6.12.117+deb12-amd64) overrides it.
 EOF
 }
 
-CONFIG='' TEST_BIN='' TIMEOUT=300 VERBOSE=0
+CONFIG='' TEST_BIN='' TIMEOUT=300 VERBOSE=0 PREPARE=0
 CACHE=${FERRY_KVFIO_CACHE:-${HOME:-/nonexistent}/.cache/ferry-kvfio}
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -57,6 +62,7 @@ while [ $# -gt 0 ]; do
 	--timeout) TIMEOUT=${2:-}; shift 2 || break ;;
 	--timeout=*) TIMEOUT=${1#*=}; shift ;;
 	--verbose|-v) VERBOSE=1; shift ;;
+	--prepare-kernel) PREPARE=1; shift ;;
 	--help|-h) usage; exit 0 ;;
 	*) echo "kvfio: unknown argument '$1' (see --help)" >&2; exit 1 ;;
 	esac
@@ -66,14 +72,16 @@ say() { echo "kvfio: $*" >&2; }
 die() { say "FAIL: $*"; exit 1; }
 skip() { say "SKIP: $*"; exit 77; }
 
-case $CONFIG in
-legacy) IOMMUFD=off; WANT=$LEGACY_MODS ;;
-iommufd) IOMMUFD=on; WANT=$IOMMUFD_MODS ;;
-*) die "--config legacy|iommufd is required${CONFIG:+, not '$CONFIG'} (see --help)" ;;
-esac
-[ -n "$TEST_BIN" ] || die "--test-bin PATH is required (see --help)"
-[ -f "$TEST_BIN" ] && [ -x "$TEST_BIN" ] || die "test binary '$TEST_BIN' is not an executable file"
-TEST_BIN=$(readlink -f "$TEST_BIN")
+if [ "$PREPARE" = 0 ]; then
+	case $CONFIG in
+	legacy) IOMMUFD=off; WANT=$LEGACY_MODS ;;
+	iommufd) IOMMUFD=on; WANT=$IOMMUFD_MODS ;;
+	*) die "--config legacy|iommufd is required${CONFIG:+, not '$CONFIG'} (see --help)" ;;
+	esac
+	[ -n "$TEST_BIN" ] || die "--test-bin PATH is required (see --help)"
+	[ -f "$TEST_BIN" ] && [ -x "$TEST_BIN" ] || die "test binary '$TEST_BIN' is not an executable file"
+	TEST_BIN=$(readlink -f "$TEST_BIN")
+fi
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout wants a positive number of seconds"
 [ -n "$CACHE" ] || die "--cache wants a directory"
 
@@ -194,6 +202,11 @@ if [ ! -e "$ROOT/.ready" ]; then
 	rm -rf "$ROOT.tmp/usr/share/doc" "$ROOT.tmp/usr/share/man"
 	mv "$ROOT.tmp" "$ROOT"
 	touch "$ROOT/.ready"
+fi
+echo "$KABI" >"$CACHE/last-kabi"
+if [ "$PREPARE" = 1 ]; then
+	echo "$ROOT"
+	exit 0
 fi
 
 # ---- the source files the module builds need -----------------------------
@@ -329,7 +342,6 @@ if [ ! -e "$MODDIR/.ready" ]; then
 	mv "$MODDIR.tmp" "$MODDIR"
 	touch "$MODDIR/.ready"
 fi
-echo "$KABI" >"$CACHE/last-kabi"
 VMLINUZ=$ROOT/boot/vmlinuz-$KABI
 read -r -a MODS <"$MODDIR/order"
 # Everything the run reads from the cache is immutable once .ready exists.
