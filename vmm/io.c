@@ -59,21 +59,32 @@ int vm_register_mmio(struct vm *vm, uint64_t base, uint64_t len,
 	return ret;
 }
 
-int vm_unregister_mmio(struct vm *vm, uint64_t base)
+static int io_unregister(struct vm *vm, struct vm_io_handler *tab,
+			 unsigned *nr, uint64_t base)
 {
 	int ret = -ENOENT;
 	unsigned i;
 
 	pthread_rwlock_wrlock(&vm->io_lock);
-	for (i = 0; i < vm->nr_mmio; i++) {
-		if (vm->mmio[i].base == base) {
-			vm->mmio[i] = vm->mmio[--vm->nr_mmio];
+	for (i = 0; i < *nr; i++) {
+		if (tab[i].base == base) {
+			tab[i] = tab[--*nr];
 			ret = 0;
 			break;
 		}
 	}
 	pthread_rwlock_unlock(&vm->io_lock);
 	return ret;
+}
+
+int vm_unregister_mmio(struct vm *vm, uint64_t base)
+{
+	return io_unregister(vm, vm->mmio, &vm->nr_mmio, base);
+}
+
+int vm_unregister_pio(struct vm *vm, uint16_t base)
+{
+	return io_unregister(vm, vm->pio, &vm->nr_pio, base);
 }
 
 /*

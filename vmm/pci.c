@@ -43,6 +43,7 @@ struct pci_bus {
 	uint32_t config_addr;
 	struct pci_dev *slots[PCI_MAX_SLOTS];
 	uint64_t mmio_next;
+	uint32_t io_next;	/* I/O BARs, from PCI_IO_START */
 
 	struct pci_dev host;
 	uint8_t host_cfg[PCI_CFG_SPACE_SIZE];
@@ -166,6 +167,7 @@ struct pci_bus *pci_bus_create(struct vm *vm)
 		return NULL;
 	bus->vm = vm;
 	bus->mmio_next = VM_PCI_MMIO_START;
+	bus->io_next = PCI_IO_START;
 	pthread_mutex_init(&bus->lock, NULL);
 	host_bridge_init(bus);
 
@@ -225,6 +227,25 @@ int pci_bus_remove(struct pci_bus *bus, struct pci_dev *d)
 	    bus->slots[d->slot] == d) {
 		bus->slots[d->slot] = NULL;
 		ret = 0;
+	}
+	pthread_mutex_unlock(&bus->lock);
+	return ret;
+}
+
+int pci_bus_alloc_io(struct pci_bus *bus, uint32_t size, uint16_t *port)
+{
+	uint32_t base;
+	int ret = 0;
+
+	if (!IS_POW2(size) || size < 4 || size > PCI_IO_BAR_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&bus->lock);
+	base = ALIGN_UP(bus->io_next, size);
+	if (base + size > PCI_IO_END) {
+		ret = -ENOSPC;
+	} else {
+		bus->io_next = base + size;
+		*port = (uint16_t)base;
 	}
 	pthread_mutex_unlock(&bus->lock);
 	return ret;

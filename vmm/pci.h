@@ -42,5 +42,12 @@ int pci_bus_remove(struct pci_bus *bus, struct pci_dev *d);
 /* Allocate a naturally aligned MMIO window of size (power of 2, at least
  * 4 KiB). 0, -EINVAL or -ENOSPC. */
 int pci_bus_alloc_mmio(struct pci_bus *bus, uint64_t size, uint64_t *gpa);
+/* Ports for an I/O BAR: size a power of two, 4..256 (PCI's limit),
+ * naturally aligned in [PCI_IO_START, PCI_IO_END), as firmware places
+ * them above the legacy ISA ports. */
+#define PCI_IO_START	0xc000u
+#define PCI_IO_END	0x10000u
+#define PCI_IO_BAR_MAX	256u
+int pci_bus_alloc_io(struct pci_bus *bus, uint32_t size, uint16_t *port);
 
 #endif /* FERRY_VMM_PCI_H */

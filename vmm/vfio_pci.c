@@ -5,12 +5,14 @@
  *
  * Config space: the device's config region (7) is the source of truth
  * for everything except what a VMM must own: the BAR registers (the VMM
- * places BARs), the expansion ROM BAR (not exposed), the command register
+ * places BARs), the expansion ROM BAR (the device's ROM region, read-only,
+ * decoded when its enable bit and memory decode are on), the command register
  * (tracked to know when memory decode is on, and forwarded), and the
  * MSI-X Message Control (its enable/mask bits drive our routing, and are
  * forwarded too so the device knows).
  *
- * BARs: one MMIO handler covers a whole BAR for as long as it is mapped;
+ * BARs: one MMIO (or, for an I/O BAR, port) handler covers a whole BAR
+ * for as long as it is mapped and its decode is on;
  * the mmap'able parts are laid over it as KVM memory slots, which take
  * precedence in the guest, so taking a slot away (trap while saving)
  * makes the very next guest access exit to the handler. There is never a
@@ -54,11 +56,18 @@
 #define PCI_BAR0		0x10
 #define PCI_BAR_END		0x28
 #define PCI_ROM_BAR		0x30
+#define PCI_ROM_ENABLE		0x1u
+#define PCI_ROM_ADDR_MASK	0xfffff800u
+#define PCI_ROM_MIN_SIZE	2048ull		/* the address mask's low bits */
+#define PCI_ROM_MAX_SIZE	(16ull << 20)
 #define PCI_CAP_PTR		0x34
 #define PCI_STATUS_CAP_LIST	0x10
+#define PCI_COMMAND_IO		0x1
 #define PCI_COMMAND_MEMORY	0x2
 #define PCI_COMMAND_MASTER	0x4
 #define PCI_BAR_IO		0x1
+#define PCI_BAR_IO_FLAGS_MASK	0x3u
+#define PCI_BAR_IO_MIN_SIZE	4ull	/* PCI: I/O BARs are 4..256 bytes */
 #define PCI_BAR_MEM_TYPE_MASK	0x6
 #define PCI_BAR_MEM_TYPE_64	0x4
 #define PCI_BAR_MEM_FLAGS_MASK	0xfu
@@ -83,6 +92,7 @@ struct vup_bar {
 	unsigned index;
 	bool present;
 	bool is64;
+	bool is_io;		/* an I/O BAR: ports, trapped, never mmap'd */
 	uint64_t size;		/* as the guest sees it: power of two */
 	uint64_t region_size;	/* as the device declared it */
 	uint32_t flags;		/* low 4 bits of the BAR register */
@@ -113,6 +123,12 @@ struct vfio_pci {
 	uint32_t bar_mask[VUP_NR_BARS];	/* writable bits of each */
 	uint16_t command;
 	struct vup_bar bars[VUP_NR_BARS];
+	/* Expansion ROM (region 6): size 0 if the device has none. */
+	uint64_t rom_size;		/* power of two, as the guest sees it */
+	uint64_t rom_region_size;	/* as the device declared it */
+	uint32_t rom_reg;		/* the guest-visible register */
+	bool rom_mapped;
+	uint64_t rom_gpa;
 	bool saving_traps;
 
 	unsigned msix_cap;		/* 0: none */
@@ -169,6 +185,10 @@ static uint64_t bar_addr(const struct vfio_pci *dev, unsigned i)
 {
 	const struct vup_bar *bar = &dev->bars[i];
 	uint64_t a = dev->bar_reg[i] & ~PCI_BAR_MEM_FLAGS_MASK;
+
+	if (bar->is_io)
+		return dev->bar_reg[i] & ~PCI_BAR_IO_FLAGS_MASK &
+		       ~(bar->size - 1) & 0xffffu;
 
 	if (bar->is64)
 		a |= (uint64_t)dev->bar_reg[i + 1] << 32;
@@ -339,7 +359,9 @@ static void bar_unmap(struct vfio_pci *dev, struct vup_bar *bar)
 	/* Slots first: once they are gone the handler sees every access,
 	 * then the handler goes. */
 	bar_del_slots(dev, bar);
-	ret = vm_unregister_mmio(dev->vm, bar->mapped_gpa);
+	ret = bar->is_io ?
+	      vm_unregister_pio(dev->vm, (uint16_t)bar->mapped_gpa) :
+	      vm_unregister_mmio(dev->vm, bar->mapped_gpa);
 	if (ret < 0)
 		pr_warn("device %s: BAR%u: cannot unregister MMIO at %#llx: %s",
 			dev->id, bar->index,
@@ -352,7 +374,9 @@ static int bar_map(struct vfio_pci *dev, struct vup_bar *bar,
 {
 	int ret;
 
-	ret = vm_register_mmio(dev->vm, gpa, bar->size, bar_mmio, bar);
+	ret = bar->is_io ? vm_register_pio(dev->vm, (uint16_t)gpa,
+					   (uint16_t)bar->size, bar_mmio, bar) :
+	      vm_register_mmio(dev->vm, gpa, bar->size, bar_mmio, bar);
 	if (ret < 0) {
 		pr_warn("device %s: BAR%u: cannot place at %#llx (+%#llx): %s",
 			dev->id, bar->index, (unsigned long long)gpa,
@@ -371,7 +395,12 @@ static void bar_update(struct vfio_pci *dev, unsigned i)
 {
 	struct vup_bar *bar = &dev->bars[i];
 	uint64_t gpa = bar_addr(dev, i);
-	bool want = (dev->command & PCI_COMMAND_MEMORY) &&
+	/* Ports: anywhere but 0 in the 64 KiB space (a clash with another
+	 * handler is refused by vm_register_pio and logged). */
+	bool want = bar->is_io ?
+		    (dev->command & PCI_COMMAND_IO) && gpa &&
+		    gpa + bar->size <= 0x10000 :
+		    (dev->command & PCI_COMMAND_MEMORY) &&
 		    bar_addr_usable(dev, gpa, bar->size);
 
 	if (!bar->present)
@@ -382,12 +411,78 @@ static void bar_update(struct vfio_pci *dev, unsigned i)
 		(void)bar_map(dev, bar, gpa);
 }
 
+/* The ROM register's writable bits: the address (sizing reads back the
+ * size) and the enable bit; nothing without a ROM. */
+static uint32_t rom_writable(const struct vfio_pci *dev)
+{
+	if (!dev->rom_size)
+		return 0;
+	return ((uint32_t)~(dev->rom_size - 1) & PCI_ROM_ADDR_MASK) |
+	       PCI_ROM_ENABLE;
+}
+
+/* The ROM reads from the device's region 6; writes go nowhere (it is
+ * a ROM). A dead device reads all-ones. */
+static void rom_mmio(void *opaque, uint64_t offset, void *data,
+		     unsigned size, bool is_write)
+{
+	struct vfio_pci *dev = opaque;
+
+	if (is_write)
+		return;
+	if (!atomic_load(&dev->connected) ||
+	    !range_within(offset, size, dev->rom_region_size) ||
+	    vdev_region_read(dev->vdev, VFU_PCI_ROM_REGION_INDEX, offset,
+			     data, size) < 0)
+		memset(data, 0xff, size);
+}
+
+static void rom_unmap(struct vfio_pci *dev)
+{
+	int ret;
+
+	if (!dev->rom_mapped)
+		return;
+	ret = vm_unregister_mmio(dev->vm, dev->rom_gpa);
+	if (ret < 0)
+		pr_warn("device %s: ROM: cannot unregister MMIO at %#llx: %s",
+			dev->id, (unsigned long long)dev->rom_gpa,
+			strerror(-ret));
+	dev->rom_mapped = false;
+}
+
+/* The ROM decodes with its enable bit and memory decode both on.
+ * Caller holds dev->lock. */
+static void rom_update(struct vfio_pci *dev)
+{
+	uint64_t gpa = dev->rom_reg & PCI_ROM_ADDR_MASK;
+	bool want = dev->rom_size && (dev->rom_reg & PCI_ROM_ENABLE) &&
+		    (dev->command & PCI_COMMAND_MEMORY) &&
+		    bar_addr_usable(dev, gpa, dev->rom_size);
+	int ret;
+
+	if (dev->rom_mapped && (!want || dev->rom_gpa != gpa))
+		rom_unmap(dev);
+	if (!want || dev->rom_mapped)
+		return;
+	ret = vm_register_mmio(dev->vm, gpa, dev->rom_size, rom_mmio, dev);
+	if (ret < 0) {
+		pr_warn("device %s: ROM: cannot place at %#llx (+%#llx): %s",
+			dev->id, (unsigned long long)gpa,
+			(unsigned long long)dev->rom_size, strerror(-ret));
+		return;
+	}
+	dev->rom_mapped = true;
+	dev->rom_gpa = gpa;
+}
+
 static void bars_update(struct vfio_pci *dev)
 {
 	unsigned i;
 
 	for (i = 0; i < VUP_NR_BARS; i++)
 		bar_update(dev, i);
+	rom_update(dev);
 }
 
 /* Trapped BAR access: MSI-X structures are ours, the rest is the
@@ -455,7 +550,7 @@ static bool cfg_virt_byte(struct vfio_pci *dev, uint32_t off,
 		return true;
 	}
 	if (off >= PCI_ROM_BAR && off < PCI_ROM_BAR + 4) {
-		*val = 0;	/* no expansion ROM exposed */
+		*val = dev->rom_reg >> (8 * (off - PCI_ROM_BAR));
 		return true;
 	}
 	if (dev->msix_cap && off >= dev->msix_cap + PCI_MSIX_CTRL &&
@@ -558,8 +653,19 @@ static void vup_write_config(struct pci_dev *d, uint32_t offset,
 		pthread_mutex_unlock(&dev->lock);
 		return;
 	}
-	if (offset >= PCI_ROM_BAR && offset < PCI_ROM_BAR + 4)
+	if (offset >= PCI_ROM_BAR && offset < PCI_ROM_BAR + 4) {
+		uint32_t reg;
+
+		if (!dev->rom_size)
+			return;		/* no ROM: reads 0, ignores writes */
+		pthread_mutex_lock(&dev->lock);
+		reg = merge_bytes(dev->rom_reg, PCI_ROM_BAR, offset, val,
+				  size, 4);
+		dev->rom_reg = reg & rom_writable(dev);
+		rom_update(dev);
+		pthread_mutex_unlock(&dev->lock);
 		return;
+	}
 
 	cfg_forward(dev, offset, &val, size);
 
@@ -799,6 +905,34 @@ static int cpr_region_info(struct vfio_pci *dev, const struct vup_cpr *cpr,
 	return 0;
 }
 
+/* An I/O BAR: ports the guest reaches through the port handler, each
+ * access forwarded as a region read or write (there is no mmap of
+ * ports). */
+static int setup_io_bar(struct vfio_pci *dev, struct vup_bar *bar,
+			char *err, size_t errlen)
+{
+	unsigned i = bar->index;
+	uint64_t size = roundup_pow2(MAX(bar->region.size,
+					 PCI_BAR_IO_MIN_SIZE));
+
+	if (size > PCI_IO_BAR_MAX) {
+		snprintf(err, errlen, "I/O BAR%u of %#llx bytes: PCI allows "
+			 "at most %u", i, (unsigned long long)bar->region.size,
+			 PCI_IO_BAR_MAX);
+		return -EINVAL;
+	}
+	vdev_region_release(&bar->region);	/* no fd: ports are trapped */
+	bar->region.fd = -1;
+	bar->present = true;
+	bar->is_io = true;
+	bar->region_size = bar->region.size;
+	bar->size = size;
+	bar->flags = PCI_BAR_IO;
+	/* 16 address bits on x86; the upper half reads 0. */
+	dev->bar_mask[i] = (uint32_t)~(size - 1) & 0xfffcu;
+	return 0;
+}
+
 static int setup_bar(struct vfio_pci *dev, unsigned i,
 		     const struct vup_cpr *cpr, char *err, size_t errlen)
 {
@@ -824,11 +958,8 @@ static int setup_bar(struct vfio_pci *dev, unsigned i,
 	}
 	if (!bar->region.size)
 		return 0;
-	if (reg & PCI_BAR_IO) {
-		pr_warn("device %s: BAR%u is an I/O BAR, not supported: hidden",
-			dev->id, i);
-		return 0;
-	}
+	if (reg & PCI_BAR_IO)
+		return setup_io_bar(dev, bar, err, errlen);
 	bar->is64 = (reg & PCI_BAR_MEM_TYPE_MASK) == PCI_BAR_MEM_TYPE_64;
 	if (bar->is64 && i == VUP_NR_BARS - 1) {
 		snprintf(err, errlen, "BAR%u claims 64 bits but is the last BAR", i);
@@ -872,6 +1003,47 @@ static int setup_bar(struct vfio_pci *dev, unsigned i,
 			bar->map = p;
 		}
 	}
+	return 0;
+}
+
+/* The expansion ROM: region 6 if the device has one (absent: size 0 or
+ * refused, as for a BAR). Its contents are read through the region on
+ * each access: a ROM is read rarely (option ROM scans, drivers reading
+ * their firmware tables), never mmap'd. */
+static int setup_rom(struct vfio_pci *dev, const struct vup_cpr *cpr,
+		     char *err, size_t errlen)
+{
+	struct vdev_region r = { .fd = -1 };
+	uint64_t size = 0;
+	int ret;
+
+	if (cpr) {
+		/* Absent in a description from before ROMs: none. */
+		if (json_object_object_get_ex(cpr->desc, "rom_size", NULL) &&
+		    desc_u64(cpr->desc, "rom_size", PCI_ROM_MAX_SIZE, &size))
+			return -EBADMSG;
+	} else if (dev->info.num_regions > VFU_PCI_ROM_REGION_INDEX) {
+		ret = vdev_region_info(dev->vdev, VFU_PCI_ROM_REGION_INDEX, &r);
+		if (ret < 0 && ret != -EINVAL) {
+			snprintf(err, errlen, "ROM region info: %s",
+				 strerror(-ret));
+			return ret;
+		}
+		if (!ret && r.size && !(r.flags & VFU_REGION_FLAG_READ)) {
+			pr_warn("device %s: its ROM region is not readable: hidden",
+				dev->id);
+			r.size = 0;
+		}
+		size = ret ? 0 : r.size;
+		vdev_region_release(&r);
+	}
+	if (size > PCI_ROM_MAX_SIZE) {
+		snprintf(err, errlen, "ROM of %#llx bytes is too large",
+			 (unsigned long long)size);
+		return -EINVAL;
+	}
+	dev->rom_region_size = size;
+	dev->rom_size = size ? roundup_pow2(MAX(size, PCI_ROM_MIN_SIZE)) : 0;
 	return 0;
 }
 
@@ -1048,6 +1220,7 @@ static int place_bars(struct vfio_pci *dev, bool adopted, char *err,
 		      size_t errlen)
 {
 	unsigned order[VUP_NR_BARS], n = 0;
+	bool has_io = false;
 	uint16_t cmd;
 	uint64_t gpa;
 	unsigned i;
@@ -1079,6 +1252,21 @@ static int place_bars(struct vfio_pci *dev, bool adopted, char *err,
 		struct vup_bar *bar = &dev->bars[order[k]];
 
 		i = order[k];
+		if (bar->is_io) {
+			uint16_t port;
+
+			ret = pci_bus_alloc_io(dev->bus, (uint32_t)bar->size,
+					       &port);
+			if (ret < 0) {
+				snprintf(err, errlen, "no room for I/O BAR%u "
+					 "(%#llx ports)", i,
+					 (unsigned long long)bar->size);
+				return ret;
+			}
+			dev->bar_reg[i] = port | PCI_BAR_IO;
+			has_io = true;
+			continue;
+		}
 		ret = pci_bus_alloc_mmio(dev->bus,
 					 MAX(bar->size, VUP_PAGE_SIZE), &gpa);
 		if (ret < 0) {
@@ -1091,8 +1279,23 @@ static int place_bars(struct vfio_pci *dev, bool adopted, char *err,
 			dev->bar_reg[i + 1] = gpa >> 32;
 	}
 
+	/* The ROM gets its place too, with decode off: as firmware leaves
+	 * it, for the driver to turn on while it reads. */
+	dev->rom_reg = 0;
+	if (dev->rom_size) {
+		ret = pci_bus_alloc_mmio(dev->bus, MAX(dev->rom_size,
+						       VUP_PAGE_SIZE), &gpa);
+		if (ret < 0) {
+			snprintf(err, errlen, "no room for the ROM (%#llx "
+				 "bytes) in the PCI window",
+				 (unsigned long long)dev->rom_size);
+			return ret;
+		}
+		dev->rom_reg = (uint32_t)gpa;
+	}
+
 	cmd = cfg_u16(dev, PCI_COMMAND) | PCI_COMMAND_MEMORY |
-	      PCI_COMMAND_MASTER;
+	      PCI_COMMAND_MASTER | (has_io ? PCI_COMMAND_IO : 0);
 	/* An adopted device has it, and its guest's own value follows
 	 * with the PCI state. */
 	if (!adopted)
@@ -1204,6 +1407,9 @@ static int vup_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 		if (dev->bars[i].is64 && dev->bars[i].present)
 			i++;	/* the upper half is not a BAR of its own */
 	}
+	ret = setup_rom(dev, cpr, why, sizeof(why));
+	if (ret < 0)
+		goto err_destroy;
 	ret = find_msix(dev, cpr, why, sizeof(why));
 	if (ret < 0)
 		goto err_destroy;
@@ -1291,6 +1497,7 @@ void vfio_pci_destroy(struct vfio_pci *dev)
 		bar->map = NULL;
 		vdev_region_release(&bar->region);
 	}
+	rom_unmap(dev);
 	pthread_mutex_unlock(&dev->lock);
 	if (quiet) {
 		dev->vdev->ops->cpr_abandon(dev->vdev);
@@ -1366,6 +1573,8 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev)
 				       json_object_new_int64(bar_addr(dev, i)));
 		json_object_object_add(b, "size",
 				       json_object_new_int64(bar->size));
+		json_object_object_add(b, "type", json_object_new_string(
+					       bar->is_io ? "io" : "memory"));
 		json_object_object_add(b, "64bit",
 				       json_object_new_boolean(bar->is64));
 		json_object_object_add(b, "mapped",
@@ -1376,6 +1585,19 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev)
 	}
 	json_object_object_add(o, "saving-traps",
 			       json_object_new_boolean(dev->saving_traps));
+	if (dev->rom_size) {
+		struct json_object *r = json_object_new_object();
+
+		json_object_object_add(r, "address", json_object_new_int64(
+					       dev->rom_reg & PCI_ROM_ADDR_MASK));
+		json_object_object_add(r, "size",
+				       json_object_new_int64(dev->rom_size));
+		json_object_object_add(r, "enabled", json_object_new_boolean(
+					       dev->rom_reg & PCI_ROM_ENABLE));
+		json_object_object_add(r, "mapped",
+				       json_object_new_boolean(dev->rom_mapped));
+		json_object_object_add(o, "rom", r);
+	}
 	pthread_mutex_unlock(&dev->lock);
 	json_object_object_add(o, "bars", bars);
 	json_object_object_add(o, "msix-vectors",
@@ -1417,6 +1639,8 @@ struct json_object *vfio_pci_identity(struct vfio_pci *dev)
 		json_object_array_add(bars, json_object_new_int64(
 			dev->bars[i].present ? (int64_t)dev->bars[i].size : 0));
 	json_object_object_add(o, "bar-sizes", bars);
+	json_object_object_add(o, "rom-size",
+			       json_object_new_int64((int64_t)dev->rom_size));
 	json_object_object_add(o, "msix-vectors",
 			       json_object_new_int(dev->msix ?
 						   msix_nr_vectors(dev->msix) : 0));
@@ -1424,7 +1648,7 @@ struct json_object *vfio_pci_identity(struct vfio_pci *dev)
 }
 
 #define VUP_STATE_MAGIC		0x49435046u	/* "FPCI" */
-#define VUP_STATE_VERSION	1u
+#define VUP_STATE_VERSION	2u	/* 2: rom_reg */
 
 struct vup_state {
 	uint32_t magic;
@@ -1433,8 +1657,10 @@ struct vup_state {
 	uint16_t msix_ctrl;
 	uint32_t bar_reg[VUP_NR_BARS];
 	uint32_t msix_len;
+	uint32_t rom_reg;
 	/* uint8_t msix[msix_len]; */
 } __attribute__((packed));
+#define VUP_STATE_V1_SIZE	offsetof(struct vup_state, rom_reg)
 
 int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len)
 {
@@ -1449,6 +1675,7 @@ int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len)
 	s->command = dev->command;
 	s->msix_ctrl = dev->msix_ctrl;
 	memcpy(s->bar_reg, dev->bar_reg, sizeof(s->bar_reg));
+	s->rom_reg = dev->rom_reg;
 	pthread_mutex_unlock(&dev->lock);
 	s->msix_len = (uint32_t)mlen;
 	if (dev->msix)
@@ -1462,20 +1689,28 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 			char *err, size_t errlen)
 {
 	size_t mlen = dev->msix ? msix_state_size(dev->msix) : 0;
+	size_t hdr = sizeof(struct vup_state);
 	struct vup_state s;
 	int ret;
 
-	if (len < sizeof(s)) {
+	memset(&s, 0, sizeof(s));
+	if (len < VUP_STATE_V1_SIZE) {
 		snprintf(err, errlen, "PCI state is %zu bytes", len);
 		return -EBADMSG;
 	}
-	memcpy(&s, blob, sizeof(s));
-	if (s.magic != VUP_STATE_MAGIC || s.version != VUP_STATE_VERSION) {
+	memcpy(&s, blob, VUP_STATE_V1_SIZE);
+	if (s.magic != VUP_STATE_MAGIC ||
+	    (s.version != 1 && s.version != VUP_STATE_VERSION)) {
 		snprintf(err, errlen, "PCI state: bad magic/version %#x/%u",
 			 s.magic, s.version);
 		return -EBADMSG;
 	}
-	if (s.msix_len != mlen || len != sizeof(s) + mlen) {
+	/* Version 1 (no ROM) from an older source: the ROM stays off. */
+	if (s.version == 1)
+		hdr = VUP_STATE_V1_SIZE;
+	else if (len >= hdr)
+		memcpy(&s, blob, hdr);
+	if (s.msix_len != mlen || len < hdr || len - hdr != mlen) {
 		snprintf(err, errlen, "PCI state: MSI-X state is %u bytes, "
 			 "this device needs %zu", s.msix_len, mlen);
 		return -EBADMSG;
@@ -1488,10 +1723,11 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 	for (unsigned i = 0; i < VUP_NR_BARS; i++)
 		dev->bar_reg[i] = (s.bar_reg[i] & dev->bar_mask[i]) |
 				  (dev->bar_reg[i] & ~dev->bar_mask[i]);
+	dev->rom_reg = s.rom_reg & rom_writable(dev);
 	bars_update(dev);
 	pthread_mutex_unlock(&dev->lock);
 	if (dev->msix) {
-		ret = msix_state_set(dev->msix, (const uint8_t *)blob + sizeof(s),
+		ret = msix_state_set(dev->msix, (const uint8_t *)blob + hdr,
 				     mlen, dev->cpr_adopted);
 		if (ret) {
 			snprintf(err, errlen, "PCI state: MSI-X: %s",
@@ -1590,6 +1826,7 @@ int vfio_pci_cpr_save(struct vfio_pci *dev, struct cpr_fds *reg,
 			ret = cpr_add_fd(reg, prefix, "bar", i, r->fd);
 	}
 	json_object_object_add(d, "bars", bars);
+	json_add_u64(d, "rom_size", dev->rom_region_size);
 	json_add_u64(d, "msix_irq_count", dev->msix_irq_count);
 	json_add_u64(d, "nr_dma", dev->nr_dma);
 	for (unsigned v = 0; dev->msix && !ret &&

@@ -30,6 +30,7 @@ int vm_register_pio(struct vm *vm, uint16_t base, uint16_t len,
 int vm_register_mmio(struct vm *vm, uint64_t base, uint64_t len,
 		     vm_io_fn fn, void *opaque);
 int vm_unregister_mmio(struct vm *vm, uint64_t base);
+int vm_unregister_pio(struct vm *vm, uint16_t base);
 
 /* Map host memory into the guest as a KVM memory slot. flags: */
 #define VM_MEM_LOG_DIRTY	(1u << 0)

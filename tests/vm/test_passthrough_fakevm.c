@@ -55,19 +55,25 @@ struct vm *fake_vm_ptr(void)
 	return (struct vm *)&fake_vm;
 }
 
-bool fake_vm_mmio(uint64_t gpa, void *data, unsigned size, bool is_write)
+static bool window_access(struct fake_mmio *tab, uint64_t addr, void *data,
+			  unsigned size, bool is_write)
 {
 	unsigned i;
 
 	for (i = 0; i < FAKE_MAX_MMIO; i++) {
-		struct fake_mmio *m = &fake_vm.mmio[i];
+		struct fake_mmio *m = &tab[i];
 
-		if (m->used && gpa >= m->base && gpa - m->base < m->len) {
-			m->fn(m->opaque, gpa - m->base, data, size, is_write);
+		if (m->used && addr >= m->base && addr - m->base < m->len) {
+			m->fn(m->opaque, addr - m->base, data, size, is_write);
 			return true;
 		}
 	}
 	return false;
+}
+
+bool fake_vm_mmio(uint64_t gpa, void *data, unsigned size, bool is_write)
+{
+	return window_access(fake_vm.mmio, gpa, data, size, is_write);
 }
 
 const struct fake_slot *fake_vm_slot_at(uint64_t gpa)
@@ -85,47 +91,29 @@ const struct fake_slot *fake_vm_slot_at(uint64_t gpa)
 
 void fake_vm_pio(uint16_t port, void *data, unsigned size, bool is_write)
 {
-	if (port < fake_vm.pio_base ||
-	    port - fake_vm.pio_base >= fake_vm.pio_len || !fake_vm.pio_fn) {
-		if (!is_write)
-			memset(data, 0xff, size);
-		return;
-	}
-	fake_vm.pio_fn(fake_vm.pio_opaque, port - fake_vm.pio_base, data,
-		       size, is_write);
+	if (!window_access(fake_vm.pio, port, data, size, is_write) &&
+	    !is_write)
+		memset(data, 0xff, size);
 }
 
 /* ---- vm.h ------------------------------------------------------- */
 
-int vm_register_pio(struct vm *vm, uint16_t base, uint16_t len,
-		    vm_io_fn fn, void *opaque)
-{
-	if (fake_vm.pio_fn)
-		return -EEXIST;
-	fake_vm.pio_base = base;
-	fake_vm.pio_len = len;
-	fake_vm.pio_fn = fn;
-	fake_vm.pio_opaque = opaque;
-	return 0;
-}
-
-int vm_register_mmio(struct vm *vm, uint64_t base, uint64_t len,
-		     vm_io_fn fn, void *opaque)
+static int window_add(struct fake_mmio *tab, uint64_t base, uint64_t len,
+		      vm_io_fn fn, void *opaque)
 {
 	unsigned i;
 	int ret = -ENOSPC;
 
 	pthread_mutex_lock(&fake_vm.lock);
 	for (i = 0; i < FAKE_MAX_MMIO; i++)
-		if (fake_vm.mmio[i].used &&
-		    ranges_overlap(base, len, fake_vm.mmio[i].base,
-				   fake_vm.mmio[i].len)) {
+		if (tab[i].used &&
+		    ranges_overlap(base, len, tab[i].base, tab[i].len)) {
 			ret = -EEXIST;
 			goto out;
 		}
 	for (i = 0; i < FAKE_MAX_MMIO; i++) {
-		if (!fake_vm.mmio[i].used) {
-			fake_vm.mmio[i] = (struct fake_mmio){
+		if (!tab[i].used) {
+			tab[i] = (struct fake_mmio){
 				.used = true, .base = base, .len = len,
 				.fn = fn, .opaque = opaque,
 			};
@@ -138,17 +126,39 @@ out:
 	return ret;
 }
 
-int vm_unregister_mmio(struct vm *vm, uint64_t base)
+static int window_del(struct fake_mmio *tab, uint64_t base)
 {
 	unsigned i;
 
 	for (i = 0; i < FAKE_MAX_MMIO; i++) {
-		if (fake_vm.mmio[i].used && fake_vm.mmio[i].base == base) {
-			fake_vm.mmio[i].used = false;
+		if (tab[i].used && tab[i].base == base) {
+			tab[i].used = false;
 			return 0;
 		}
 	}
 	return -ENOENT;
+}
+
+int vm_register_pio(struct vm *vm, uint16_t base, uint16_t len,
+		    vm_io_fn fn, void *opaque)
+{
+	return window_add(fake_vm.pio, base, len, fn, opaque);
+}
+
+int vm_unregister_pio(struct vm *vm, uint16_t base)
+{
+	return window_del(fake_vm.pio, base);
+}
+
+int vm_register_mmio(struct vm *vm, uint64_t base, uint64_t len,
+		     vm_io_fn fn, void *opaque)
+{
+	return window_add(fake_vm.mmio, base, len, fn, opaque);
+}
+
+int vm_unregister_mmio(struct vm *vm, uint64_t base)
+{
+	return window_del(fake_vm.mmio, base);
 }
 
 int vm_add_mem_slot(struct vm *vm, uint64_t gpa, uint64_t size, void *hva,

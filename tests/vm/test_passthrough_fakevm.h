@@ -33,10 +33,7 @@ struct fake_vm {
 	void *ram;
 	struct vm_ram_range range;
 
-	uint16_t pio_base, pio_len;
-	vm_io_fn pio_fn;
-	void *pio_opaque;
-
+	struct fake_mmio pio[FAKE_MAX_MMIO];	/* the same kind of window */
 	struct fake_mmio mmio[FAKE_MAX_MMIO];
 	struct fake_slot slots[FAKE_MAX_SLOTS];
 	unsigned nr_slots;

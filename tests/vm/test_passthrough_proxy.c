@@ -4,8 +4,9 @@
  * server (libferry's, in a child process, hosting a small fake device)
  * and a recording stand-in for the VM core: config mechanism #1, BAR
  * placement/sizing/moving, trapped and direct BAR access, trap while
- * saving, MSI-X routing/masking/pending, DMA to guest RAM, server death,
- * and creation failures. No KVM needed.
+ * saving, MSI-X routing/masking/pending, DMA to guest RAM, an I/O BAR
+ * reached through ports, the read-only expansion ROM, server death, and
+ * creation failures. No KVM needed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +51,13 @@
 #define DMA_LEN		256u
 #define DMA_BYTE	0xab
 
+/* BAR4: 12 ports of registers (an I/O BAR of 16 to the guest); the
+ * expansion ROM: 3000 bytes (a 4 KiB BAR), 0x55 0xaa then i & 0xff. */
+#define IO_BAR		4u
+#define IO_REGION_SIZE	12u
+#define IO_BAR_SIZE	16u
+#define ROM_SIZE	3000u
+#define ROM_BAR_SIZE	4096u
 /* DEV_SHORT_FD hands out a BAR2 fd of one page for its 64 KiB (a guest
  * access past the end would wedge the vCPU); DEV_UNSEALED one the server
  * could still shrink. */
@@ -61,6 +69,8 @@ enum variant { DEV_GOOD, DEV_NOT_PCI, DEV_BAD_MSIX, DEV_SHORT_FD,
 static struct {
 	struct vfu_server *srv;
 	uint8_t bar0[BAR0_SIZE];
+	uint8_t io[IO_REGION_SIZE];
+	uint8_t rom[ROM_SIZE];
 	uint8_t cfg[256];
 	uint8_t *devmem;
 } fd_dev;
@@ -89,6 +99,14 @@ static ssize_t fdev_access(void *dev, uint32_t index, uint64_t offset,
 		break;
 	case 2:
 		mem = fd_dev.devmem;
+		break;
+	case IO_BAR:
+		mem = fd_dev.io;
+		break;
+	case 6:
+		if (is_write)
+			return -EINVAL;	/* the proxy must never write it */
+		mem = fd_dev.rom;
 		break;
 	case 7:
 		mem = fd_dev.cfg;
@@ -154,6 +172,11 @@ static void __attribute__((noreturn)) run_device(const char *path,
 	cfg_put32(0x08, 0x08800001);
 	cfg_put32(0x10, 0x0);			/* BAR0: 32-bit memory */
 	cfg_put32(0x18, 0xc);			/* BAR2: 64-bit prefetch */
+	cfg_put32(0x20, 0x1);			/* BAR4: I/O */
+	fd_dev.rom[0] = 0x55;
+	fd_dev.rom[1] = 0xaa;
+	for (unsigned i = 2; i < ROM_SIZE; i++)
+		fd_dev.rom[i] = i & 0xff;
 	fd_dev.cfg[0x34] = MSIX_CAP;
 	fd_dev.cfg[MSIX_CAP] = 0x11;
 	cfg_put16(MSIX_CAP + 2, NR_VECTORS - 1);
@@ -189,8 +212,16 @@ static void __attribute__((noreturn)) run_device(const char *path,
 		.flags = VFU_REGION_FLAG_READ | VFU_REGION_FLAG_WRITE,
 		.fd = -1,
 	};
+	d.regions[IO_BAR] = (struct vfu_region_desc){
+		.size = IO_REGION_SIZE,
+		.flags = VFU_REGION_FLAG_READ | VFU_REGION_FLAG_WRITE,
+		.fd = -1,
+	};
+	d.regions[6] = (struct vfu_region_desc){
+		.size = ROM_SIZE, .flags = VFU_REGION_FLAG_READ, .fd = -1,
+	};
 	for (int i = 0; i < VFU_PCI_NUM_REGIONS; i++)
-		if (i != 0 && i != 2 && i != 7)
+		if (i != 0 && i != 2 && i != 7 && i != IO_BAR && i != 6)
 			d.regions[i].fd = -1;
 	d.irq_count[VFU_PCI_MSIX_IRQ_INDEX] = NR_VECTORS;
 
@@ -390,10 +421,90 @@ static void test_identity_and_caps(void **state)
 	assert_int_equal(cfg_read(1, MSIX_CAP, 1), 0x11);
 	/* MSI-X starts disabled; table size read-only */
 	assert_int_equal(cfg_read(1, MSIX_CAP + 2, 2), NR_VECTORS - 1);
-	/* the VMM turned memory decode and bus mastering on */
-	assert_int_equal(cfg_read(1, 0x04, 2) & 0x6, 0x6);
-	/* no expansion ROM */
-	assert_int_equal(cfg_read(1, 0x30, 4), 0);
+	/* the VMM turned I/O and memory decode and bus mastering on */
+	assert_int_equal(cfg_read(1, 0x04, 2) & 0x7, 0x7);
+	/* the expansion ROM has a place, its decode off */
+	assert_true(cfg_read(1, 0x30, 4) >= VM_PCI_MMIO_START);
+	assert_int_equal(cfg_read(1, 0x30, 4) & 0x1, 0);
+}
+
+static uint32_t pio_read(uint16_t port, unsigned size)
+{
+	uint32_t v = 0;
+
+	fake_vm_pio(port, &v, size, false);
+	return v;
+}
+
+static void pio_write(uint16_t port, uint32_t v, unsigned size)
+{
+	fake_vm_pio(port, &v, size, true);
+}
+
+static void test_io_bar(void **state)
+{
+	uint32_t reg = cfg_read(1, 0x20, 4);
+	uint16_t port = reg & ~0x3u, np = 0xd000;
+
+	/* an I/O BAR in the ports firmware uses, naturally aligned */
+	assert_int_equal(reg & 0x3, 0x1);
+	assert_true(port >= 0xc000 && IS_ALIGNED(port, IO_BAR_SIZE));
+	/* sizing: 16 ports, 16 address bits */
+	cfg_write(1, 0x20, 0xffffffff, 4);
+	assert_int_equal(cfg_read(1, 0x20, 4), (0xffffu & ~(IO_BAR_SIZE - 1)) | 1);
+	cfg_write(1, 0x20, port, 4);
+	assert_int_equal(cfg_read(1, 0x20, 4), port | 1u);
+
+	/* ports reach the device's region as reads and writes */
+	pio_write(port + 4, 0xa5c3e1f0, 4);
+	assert_int_equal(pio_read(port + 4, 4), 0xa5c3e1f0);
+	pio_write(port + 8, 0x7e, 1);
+	assert_int_equal(pio_read(port + 8, 1), 0x7e);
+	assert_int_equal(pio_read(port + 5, 2), 0xc3e1);
+	/* the 4 ports past the device's 12 read all-ones, writes vanish */
+	pio_write(port + 12, 0x12345678, 4);
+	assert_int_equal(pio_read(port + 12, 4), 0xffffffff);
+
+	/* moved: the old ports float, the new ones answer */
+	cfg_write(1, 0x20, np, 4);
+	assert_int_equal(pio_read(port + 4, 4), 0xffffffff);
+	assert_int_equal(pio_read(np + 4, 4), 0xa5c3e1f0);
+	/* I/O decode off: nothing; on again: back */
+	cfg_write(1, 0x04, cfg_read(1, 0x04, 2) & ~0x1u, 2);
+	assert_int_equal(pio_read(np + 4, 4), 0xffffffff);
+	cfg_write(1, 0x04, cfg_read(1, 0x04, 2) | 0x1u, 2);
+	assert_int_equal(pio_read(np + 4, 4), 0xa5c3e1f0);
+	cfg_write(1, 0x20, port, 4);
+	assert_int_equal(pio_read(port + 4, 4), 0xa5c3e1f0);
+}
+
+static void test_rom(void **state)
+{
+	uint32_t reg = cfg_read(1, 0x30, 4), v;
+	uint64_t gpa = reg & ~0x7ffu;
+
+	assert_true(IS_ALIGNED(gpa, ROM_BAR_SIZE));
+	/* decode off: the ROM is not there */
+	assert_false(fake_vm_mmio(gpa, &v, 4, false));
+	/* sizing: a 4 KiB ROM; the enable bit is the only other one */
+	cfg_write(1, 0x30, 0xfffffffe, 4);
+	assert_int_equal(cfg_read(1, 0x30, 4), ~(ROM_BAR_SIZE - 1));
+	cfg_write(1, 0x30, (uint32_t)gpa | 1, 4);
+	assert_int_equal(cfg_read(1, 0x30, 4), (uint32_t)gpa | 1);
+
+	/* on: the device's ROM, read-only, all-ones past its end */
+	assert_int_equal(mmio_read32(gpa), 0x0302aa55);
+	assert_int_equal(mmio_read32(gpa + 0x100), 0x03020100);
+	mmio_write32(gpa, 0);
+	assert_int_equal(mmio_read32(gpa), 0x0302aa55);
+	assert_int_equal(mmio_read32(gpa + ROM_SIZE), 0xffffffff);
+	/* memory decode off takes it away too */
+	cfg_write(1, 0x04, cfg_read(1, 0x04, 2) & ~0x2u, 2);
+	assert_false(fake_vm_mmio(gpa, &v, 4, false));
+	cfg_write(1, 0x04, cfg_read(1, 0x04, 2) | 0x2u, 2);
+	assert_int_equal(mmio_read32(gpa + 4), 0x07060504);
+	cfg_write(1, 0x30, (uint32_t)gpa, 4);
+	assert_false(fake_vm_mmio(gpa, &v, 4, false));
 }
 
 static void test_bar_placement_and_sizing(void **state)
@@ -583,15 +694,78 @@ static void test_dma_into_guest_ram(void **state)
 	assert_int_equal((int32_t)mmio_read32(b0 + REG_RESULT), -EFAULT);
 }
 
+/* The guest's ROM and I/O BAR registers travel in the PCI state (v2);
+ * a v1 blob (from before ROMs) still loads, with the ROM off. */
+static void test_state_rom_and_io(void **state)
+{
+	uint32_t rom = cfg_read(1, 0x30, 4) & ~0x7ffu, io = cfg_read(1, 0x20, 4);
+	uint16_t port = io & ~0x3u;
+	char err[128];
+	uint8_t *v1;
+	void *blob;
+	size_t len;
+
+	cfg_write(1, 0x30, rom | 1, 4);
+	cfg_write(1, 0x20, 0xd000, 4);
+	pio_write(0xd000, 0x11223344, 4);
+	assert_int_equal(vfio_pci_save_state(t.dev, &blob, &len), 0);
+	cfg_write(1, 0x30, rom, 4);
+	cfg_write(1, 0x20, port, 4);
+	assert_int_equal(vfio_pci_load_state(t.dev, blob, len, err,
+					     sizeof(err)), 0);
+	assert_int_equal(cfg_read(1, 0x30, 4), rom | 1);
+	assert_int_equal(mmio_read32(rom), 0x0302aa55);
+	assert_int_equal(cfg_read(1, 0x20, 4), 0xd001);
+	assert_int_equal(pio_read(0xd000, 4), 0x11223344);
+	assert_int_equal(pio_read(port, 4), 0xffffffff);
+
+	/* version 1: the same without the 4 bytes of rom_reg at 40 */
+	v1 = malloc(len - 4);
+	assert_non_null(v1);
+	memcpy(v1, blob, 40);
+	memcpy(v1 + 40, (uint8_t *)blob + 44, len - 44);
+	v1[4] = 1;
+	assert_int_equal(vfio_pci_load_state(t.dev, v1, len - 4, err,
+					     sizeof(err)), 0);
+	assert_int_equal(cfg_read(1, 0x30, 4), 0);
+	assert_int_equal(pio_read(0xd000, 4), 0x11223344);
+	/* an unknown version, a short blob: refused with a reason */
+	v1[4] = 3;
+	assert_int_equal(vfio_pci_load_state(t.dev, v1, len - 4, err,
+					     sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "version"));
+	assert_int_equal(vfio_pci_load_state(t.dev, blob, len - 1, err,
+					     sizeof(err)), -EBADMSG);
+	free(v1);
+	free(blob);
+	/* back as the later tests expect */
+	cfg_write(1, 0x20, port, 4);
+	cfg_write(1, 0x30, rom, 4);
+}
+
 static void test_describe(void **state)
 {
-	struct json_object *o = vfio_pci_describe(t.dev), *v;
+	struct json_object *o = vfio_pci_describe(t.dev), *v, *w;
 
 	assert_non_null(o);
 	assert_true(json_object_object_get_ex(o, "id", &v));
 	assert_string_equal(json_object_get_string(v), "fdma0");
 	assert_true(json_object_object_get_ex(o, "bars", &v));
-	assert_int_equal(json_object_array_length(v), 2);
+	assert_int_equal(json_object_array_length(v), 3);
+	for (size_t i = 0; i < 3; i++) {
+		struct json_object *b = json_object_array_get_idx(v, i), *x;
+
+		assert_true(json_object_object_get_ex(b, "index", &x));
+		assert_true(json_object_object_get_ex(b, "type", &w));
+		assert_string_equal(json_object_get_string(w),
+				    json_object_get_int(x) == (int)IO_BAR ?
+				    "io" : "memory");
+	}
+	assert_true(json_object_object_get_ex(o, "rom", &v));
+	assert_true(json_object_object_get_ex(v, "size", &w));
+	assert_int_equal(json_object_get_int64(w), ROM_BAR_SIZE);
+	assert_true(json_object_object_get_ex(v, "enabled", &w));
+	assert_false(json_object_get_boolean(w));
 	assert_true(json_object_object_get_ex(o, "msix-vectors", &v));
 	assert_int_equal(json_object_get_int(v), NR_VECTORS);
 	assert_true(json_object_object_get_ex(o, "connected", &v));
@@ -751,6 +925,9 @@ int main(void)
 		cmocka_unit_test(test_host_bridge),
 		cmocka_unit_test(test_identity_and_caps),
 		cmocka_unit_test(test_bar_placement_and_sizing),
+		cmocka_unit_test(test_io_bar),
+		cmocka_unit_test(test_rom),
+		cmocka_unit_test(test_state_rom_and_io),
 		cmocka_unit_test(test_trapped_access),
 		cmocka_unit_test(test_direct_bar_and_saving_traps),
 		cmocka_unit_test(test_bar_move_and_decode),
