@@ -13,8 +13,8 @@ PY=/usr/bin/python3
 
 usage() {
 	cat <<EOF
-usage: $0 [--force] [--smp N] [--mem SIZE] [--timeout SECS] [--cache DIR]
-          [--verbose] -- PROGRAM [ARG...]
+usage: $0 [--force] [--cpu MODEL] [--smp N] [--mem SIZE] [--timeout SECS]
+          [--cache DIR] [--verbose] -- PROGRAM [ARG...]
 
 Where /dev/kvm can be opened (and without --force), exec PROGRAM ARG...
 Where it cannot: skip (77), unless FERRY_NESTED=1 is set in the
@@ -29,6 +29,7 @@ kvm_amd, and run PROGRAM there, with:
   - the FERRY_*, FERRYCTL, PYTHON*, ASAN_OPTIONS and UBSAN_OPTIONS variables.
 
   --force          boot the nested guest (even where /dev/kvm works)
+  --cpu MODEL      QEMU's CPU model, one with SVM (default max)
   --smp N          vCPUs of the TCG machine (default 2)
   --mem SIZE       its RAM (default 3G)
   --timeout SECS   bound on the QEMU run (default 1500)
@@ -40,10 +41,11 @@ Guest times are TCG times: a nested run checks correctness, not speed.
 EOF
 }
 
-FORCE=0 SMP=2 MEM=3G TIMEOUT=1500 VERBOSE=0 CACHE_ARGS=()
+FORCE=0 CPU=max SMP=2 MEM=3G TIMEOUT=1500 VERBOSE=0 CACHE_ARGS=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--force) FORCE=1; shift ;;
+	--cpu) CPU=${2:-}; shift 2 || break ;;
 	--smp) SMP=${2:-}; shift 2 || break ;;
 	--mem) MEM=${2:-}; shift 2 || break ;;
 	--timeout) TIMEOUT=${2:-}; shift 2 || break ;;
@@ -162,14 +164,14 @@ mkdir -p "$R$PWD"
 printf '%q ' "${args[@]}" >"$R/etc/nested.cmd"
 
 (cd "$R" && find . -mindepth 1 | sort | cpio -o -H newc --quiet -R 0:0) >"$TMP/initrd.cpio"
-say "initramfs $(($(stat -c %s "$TMP/initrd.cpio") >> 20)) MiB; booting under TCG (-cpu max -smp $SMP -m $MEM): ${args[*]}"
+say "initramfs $(($(stat -c %s "$TMP/initrd.cpio") >> 20)) MiB; booting under TCG (-cpu $CPU -smp $SMP -m $MEM): ${args[*]}"
 
 APPEND="console=ttyS0 panic=-1 quiet"
 [ "$VERBOSE" = 0 ] || APPEND="console=ttyS0 panic=-1"
 BIOS=()
 [ -r /usr/share/qemu/qboot.rom ] && BIOS=(-bios /usr/share/qemu/qboot.rom)
 set +e
-timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=single -cpu max \
+timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=single -cpu "$CPU" \
 	-smp "$SMP" -m "$MEM" -nographic -nodefaults -serial stdio -no-reboot \
 	"${BIOS[@]}" -kernel "$VMLINUZ" -initrd "$TMP/initrd.cpio" \
 	-append "$APPEND" -pidfile "$TMP/qemu.pid" </dev/null 2>"$TMP/qemu.err" |
