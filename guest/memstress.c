@@ -216,6 +216,25 @@ static int aps_finish(uint64_t *rewrites, uint64_t *passes,
 		}
 		if (st == SHARE_FAIL)
 			return fail_mismatch(&sh->bad, &sh->ps, cpu);
+		/* The last IPI, sent before the stop, must be taken too:
+		 * the AP idles with interrupts on. */
+		waited = 0;
+		while (irq_count_cpu(cpu, IPI_VECTOR) < sh->ipis_sent &&
+		       waited <= us_to_tsc(IPI_TIMEOUT_US)) {
+			now = rdtsc();
+			gap = now - last;
+			last = now;
+			if (gap < us_to_tsc(GAP_PAUSED_US))
+				waited += gap;
+			cpu_relax();
+		}
+		if (irq_count_cpu(cpu, IPI_VECTOR) != sh->ipis_sent) {
+			say("FAIL %s cpu=%u sent=%lu taken=%lu max_stall_us=%lu",
+			    irq_count_cpu(cpu, IPI_VECTOR) < sh->ipis_sent ?
+			    "ipi_lost" : "ipi_extra", cpu, sh->ipis_sent,
+			    irq_count_cpu(cpu, IPI_VECTOR), stall_max_us());
+			return 1;
+		}
 		say("cpu %u: rewrites=%lu passes=%lu max_stall_us=%lu "
 		    "ipis=%lu", cpu, sh->ps.rewrites, sh->ps.pass - 1,
 		    tsc_to_us(sh->max_stall_tsc), sh->ipis_sent);
