@@ -81,7 +81,6 @@ struct fault_chan {
 	atomic_bool end_out, commit_out;	/* written (or dropped) */
 	atomic_bool shut;
 	bool dropping;			/* CUT_FWD_AT_COMMIT reached */
-	uint16_t last_type;		/* of the section being written */
 	uint64_t hdr_left;		/* stream header bytes to pass */
 	uint8_t sec[MIG_SECTION_HDR_SIZE];
 	size_t sec_have;
@@ -156,6 +155,10 @@ static int fault_write(struct mig_channel *ch, const void *buf, size_t len)
 			c->dropping = true;
 		if (sec.type == MIG_SEC_COMMIT)
 			atomic_store(&c->commit_out, true);
+		/* Before the write: once END is out, the destination's
+		 * READY may race our own return from the write. */
+		if (sec.type == MIG_SEC_END)
+			atomic_store(&c->end_out, true);
 	}
 	if (c->dropping)
 		return 0;
@@ -178,7 +181,6 @@ static int fault_write(struct mig_channel *ch, const void *buf, size_t len)
 				continue;
 			memcpy(&sec, c->sec, sizeof(sec));
 			c->sec_have = 0;
-			c->last_type = sec.type;
 			c->payload_left = sec.length;
 			c->payload_off = 0;
 			c->in_target = false;
@@ -213,8 +215,6 @@ static int fault_write(struct mig_channel *ch, const void *buf, size_t len)
 	ret = mig_write(c->inner, p, len);
 	ch->bytes_written = c->inner->bytes_written;
 	free(copy);
-	if (!ret && c->last_type == MIG_SEC_END && !c->payload_left)
-		atomic_store(&c->end_out, true);
 	return ret;
 }
 
