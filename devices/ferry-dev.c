@@ -48,11 +48,11 @@ static int host_dma_write(void *host, uint64_t iova, const void *buf,
 	return vfu_server_dma_write(h->srv, iova, buf, len);
 }
 
-static int host_irq_trigger(void *host, uint32_t vector)
+static int host_irq_trigger(void *host, uint32_t index, uint32_t vector)
 {
 	struct dev_host *h = host;
 
-	return vfu_server_irq_trigger(h->srv, VFU_PCI_MSIX_IRQ_INDEX, vector);
+	return vfu_server_irq_trigger(h->srv, index, vector);
 }
 
 static const struct ferry_dma_host_ops dev_host_ops = {
@@ -60,6 +60,23 @@ static const struct ferry_dma_host_ops dev_host_ops = {
 	.dma_write = host_dma_write,
 	.irq_trigger = host_irq_trigger,
 };
+
+static const char *const irq_mode_names[FERRY_DMA_IRQ_MODE_NR] = {
+	[FERRY_DMA_IRQ_MODE_MSIX] = "msix",
+	[FERRY_DMA_IRQ_MODE_MSI] = "msi",
+	[FERRY_DMA_IRQ_MODE_INTX] = "intx",
+};
+
+static int parse_irq_mode(const char *s, enum ferry_dma_irq_mode *out)
+{
+	for (unsigned int i = 0; i < FERRY_DMA_IRQ_MODE_NR; i++) {
+		if (!strcmp(s, irq_mode_names[i])) {
+			*out = (enum ferry_dma_irq_mode)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
 
 static void on_signal(int sig)
 {
@@ -80,6 +97,8 @@ static void usage(FILE *f)
 "  -n, --name NAME           device name for logs (default: socket name)\n"
 "      --device-memory SIZE  BAR2 size, power of two >= 64K (default 4M)\n"
 "      --msix-vectors N      MSI-X vectors, 1..%u (default %u)\n"
+"      --irq-mode MODE       interrupts: msix (default), msi (MSI, 2\n"
+"                            vectors) or intx (level INTA# only)\n"
 "      --dirty-rate BYTES    device dirties its own memory, bytes/s (0)\n"
 "      --load-latency MS     delay after the resume header is loaded (0)\n"
 "      --no-precopy          offer no PRE_COPY: all state at the switchover\n"
@@ -117,6 +136,7 @@ static int parse_u64(const char *s, uint64_t *out)
 enum {
 	OPT_DEVMEM = 256,
 	OPT_VECTORS,
+	OPT_IRQ_MODE,
 	OPT_DIRTY,
 	OPT_LATENCY,
 	OPT_NO_PRECOPY,
@@ -225,10 +245,10 @@ static int dev_fresh(struct dev_ctx *c)
 		snprintf(c->ctl_file, sizeof(c->ctl_file), "%s",
 			 c->control_path);
 	}
-	pr_info("%s: serving on %s (device memory %" PRIu64 " bytes, %u "
-		"MSI-X vectors, dirty rate %" PRIu64 " B/s, load latency %u "
-		"ms%s%s%s)", c->name, c->socket_path,
-		ferry_dma_devmem_size(c->dma),
+	pr_info("%s: serving on %s (device memory %" PRIu64 " bytes, "
+		"interrupts %s, %u MSI-X vectors, dirty rate %" PRIu64 " B/s, "
+		"load latency %u ms%s%s%s)", c->name, c->socket_path,
+		ferry_dma_devmem_size(c->dma), irq_mode_names[c->cfg.irq_mode],
 		c->cfg.msix_vectors ? c->cfg.msix_vectors :
 		FERRY_DMA_DEFAULT_VECTORS, c->cfg.dirty_rate,
 		c->cfg.load_latency_ms, c->cfg.no_precopy ? ", no pre-copy" : "",
@@ -379,6 +399,7 @@ int main(int argc, char **argv)
 		{ "name", required_argument, NULL, 'n' },
 		{ "device-memory", required_argument, NULL, OPT_DEVMEM },
 		{ "msix-vectors", required_argument, NULL, OPT_VECTORS },
+		{ "irq-mode", required_argument, NULL, OPT_IRQ_MODE },
 		{ "dirty-rate", required_argument, NULL, OPT_DIRTY },
 		{ "load-latency", required_argument, NULL, OPT_LATENCY },
 		{ "no-precopy", no_argument, NULL, OPT_NO_PRECOPY },
@@ -440,6 +461,13 @@ int main(int argc, char **argv)
 				return EXIT_USAGE;
 			}
 			c.cfg.msix_vectors = (uint32_t)v;
+			break;
+		case OPT_IRQ_MODE:
+			if (parse_irq_mode(optarg, &c.cfg.irq_mode)) {
+				fprintf(stderr, "ferry-dev: --irq-mode: '%s' is "
+					"not msix, msi or intx\n", optarg);
+				return EXIT_USAGE;
+			}
 			break;
 		case OPT_DIRTY:
 			if (parse_size(optarg, &v)) {

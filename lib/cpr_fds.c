@@ -380,9 +380,12 @@ int cpr_fds_send(const struct cpr_fds *r, int sock, unsigned timeout_ms)
 			.msg_control = u.buf,
 			.msg_controllen = CMSG_SPACE(count * sizeof(int)),
 		};
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		struct cmsghdr *c;
 		ssize_t n;
 
+		/* The padding after an odd number of fds goes out too. */
+		memset(&u, 0, sizeof(u));
+		c = CMSG_FIRSTHDR(&m);
 		c->cmsg_level = SOL_SOCKET;
 		c->cmsg_type = SCM_RIGHTS;
 		c->cmsg_len = CMSG_LEN(count * sizeof(int));

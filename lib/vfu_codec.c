@@ -163,17 +163,19 @@ int vfu_codec_set_irqs(const void *p, size_t len, size_t nr_fds,
 		return -EINVAL;
 	if (out->index >= VFU_PCI_NUM_IRQS)
 		return -EINVAL;
+	data = out->flags & VFU_IRQ_SET_DATA_MASK;
 	/*
-	 * No vector is maskable (GET_IRQ_INFO never says MASKABLE), but
-	 * QEMU's INTx path masks and unmasks the one INTx vector (with a
-	 * resample eventfd, or none) as libvfio-user accepts: taken as a
-	 * no-op for exactly that vector, refused for any other.
+	 * Only INTx is maskable (GET_IRQ_INFO says MASKABLE for it alone),
+	 * and only as a whole: vector 0, count 1. An eventfd rides only
+	 * with UNMASK (the resample fd, or none to drop it), as in
+	 * vfio-pci, which has no MASK eventfd either.
 	 */
 	if (!(out->flags & VFU_IRQ_SET_ACTION_TRIGGER) &&
 	    (out->index != VFU_PCI_INTX_IRQ_INDEX || out->start ||
-	     out->count != 1 || !lim->irq_count[out->index]))
+	     out->count != 1 || !lim->irq_count[out->index] ||
+	     ((out->flags & VFU_IRQ_SET_ACTION_MASK) &&
+	      data == VFU_IRQ_SET_DATA_EVENTFD)))
 		return -EINVAL;
-	data = out->flags & VFU_IRQ_SET_DATA_MASK;
 
 	if (out->count == 0) {
 		/* Disable the whole index; nothing else may ride along. */

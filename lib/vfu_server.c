@@ -13,6 +13,7 @@
  * not take are closed when the message is released, on every path.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,6 +318,9 @@ static int handle_irq_info(struct vfu_server *srv, struct vfu_msg *msg)
 	if (req.index == VFU_PCI_MSI_IRQ_INDEX ||
 	    req.index == VFU_PCI_MSIX_IRQ_INDEX)
 		out.flags |= VFU_IRQ_INFO_NORESIZE;
+	/* INTx is a level: masked on delivery, unmasked by the client. */
+	if (req.index == VFU_PCI_INTX_IRQ_INDEX)
+		out.flags |= VFU_IRQ_INFO_MASKABLE | VFU_IRQ_INFO_AUTOMASKED;
 	return reply_buf(srv, msg, &out, sizeof(out));
 }
 
@@ -326,6 +330,94 @@ static void irq_signal(int fd)
 
 	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
 		pr_debug("irq eventfd write failed: %d", -errno);
+}
+
+/*
+ * Deliver INTx unless it is masked, and mask it if delivered (automask,
+ * as kernel vfio-pci does for a level interrupt): 1 delivered, 0 masked
+ * or no eventfd, -errno. Lock held.
+ */
+static int intx_fire(struct vfu_server *srv)
+{
+	uint64_t one = 1;
+	int fd = srv->irq_fds[VFU_PCI_INTX_IRQ_INDEX][0];
+
+	if (fd < 0 || srv->intx_masked)
+		return 0;
+	if (write(fd, &one, sizeof(one)) < 0)
+		return -errno;
+	srv->intx_masked = true;
+	return 1;
+}
+
+/* INTx disabled or the client gone: no resample fd, not masked. Lock
+ * held. */
+static void intx_forget(struct vfu_server *srv)
+{
+	close_safely(&srv->intx_resample_fd);
+	srv->intx_masked = false;
+}
+
+/*
+ * Unmask INTx, then let the device signal again if its level is still
+ * up (the guest's handler may have left a cause set). irqs_changed is
+ * called without the lock: the device triggers from inside it.
+ */
+static void intx_unmask(struct vfu_server *srv)
+{
+	pthread_mutex_lock(&srv->lock);
+	srv->intx_masked = false;
+	pthread_mutex_unlock(&srv->lock);
+	if (srv->desc.ops->irqs_changed)
+		srv->desc.ops->irqs_changed(srv->desc.dev,
+					    VFU_PCI_INTX_IRQ_INDEX);
+}
+
+/*
+ * INTx MASK / UNMASK (the codec let them through for INTx vector 0
+ * only, and DATA_EVENTFD for UNMASK only). UNMASK with an eventfd sets
+ * the resample fd (none: stop watching); it does not unmask by itself,
+ * but one already signalled is seen at the next poll.
+ */
+static int set_intx_mask(struct vfu_server *srv, struct vfu_msg *msg,
+			 const struct vfu_irq_set *s, const uint8_t *bools)
+{
+	uint32_t data = s->flags & VFU_IRQ_SET_DATA_MASK;
+	int fd = -1;
+
+	if (data == VFU_IRQ_SET_DATA_EVENTFD) {
+		if (msg->nr_fds) {
+			int fl;
+
+			fd = vfu_msg_take_fd(msg, 0);
+			/* Only the dispatcher reads it, after poll said
+			 * so; non-blocking all the same, so that a client
+			 * reading its own copy cannot wedge us. */
+			fl = fcntl(fd, F_GETFL);
+			if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+				int ret = -errno;
+
+				close_safely(&fd);
+				return ret;
+			}
+		}
+		pthread_mutex_lock(&srv->lock);
+		close_safely(&srv->intx_resample_fd);
+		srv->intx_resample_fd = fd;
+		pthread_mutex_unlock(&srv->lock);
+		return reply_buf(srv, msg, NULL, 0);
+	}
+	/* DATA_BOOL false: nothing to do, as in vfio-pci. */
+	if (data == VFU_IRQ_SET_DATA_BOOL && !bools[0])
+		return reply_buf(srv, msg, NULL, 0);
+	if (s->flags & VFU_IRQ_SET_ACTION_UNMASK) {
+		intx_unmask(srv);
+	} else {
+		pthread_mutex_lock(&srv->lock);
+		srv->intx_masked = true;
+		pthread_mutex_unlock(&srv->lock);
+	}
+	return reply_buf(srv, msg, NULL, 0);
 }
 
 static int handle_set_irqs(struct vfu_server *srv, struct vfu_msg *msg)
@@ -340,15 +432,15 @@ static int handle_set_irqs(struct vfu_server *srv, struct vfu_msg *msg)
 	if (ret)
 		return ret;
 
-	/* INTx MASK/UNMASK (the codec let nothing else through): no-op;
-	 * a resample eventfd is dropped with the message. */
 	if (!(s.flags & VFU_IRQ_SET_ACTION_TRIGGER))
-		return reply_buf(srv, msg, NULL, 0);
+		return set_intx_mask(srv, msg, &s, bools);
 	pthread_mutex_lock(&srv->lock);
 	fds = srv->irq_fds[s.index];
 	if (s.count == 0) {
 		for (uint32_t i = 0; i < srv->desc.irq_count[s.index]; i++)
 			close_safely(&fds[i]);
+		if (s.index == VFU_PCI_INTX_IRQ_INDEX)
+			intx_forget(srv);
 		changed = true;
 	} else if (s.flags & VFU_IRQ_SET_DATA_EVENTFD) {
 		for (uint32_t i = 0; i < s.count; i++) {
@@ -358,9 +450,15 @@ static int handle_set_irqs(struct vfu_server *srv, struct vfu_msg *msg)
 		}
 		changed = true;
 	} else {
-		for (uint32_t i = 0; i < s.count; i++)
-			if (!bools || bools[i])
+		for (uint32_t i = 0; i < s.count; i++) {
+			if (bools && !bools[i])
+				continue;
+			/* A loopback INTx obeys the mask as a real one. */
+			if (s.index == VFU_PCI_INTX_IRQ_INDEX)
+				intx_fire(srv);
+			else
 				irq_signal(fds[s.start + i]);
+		}
 	}
 	pthread_mutex_unlock(&srv->lock);
 
@@ -378,9 +476,13 @@ int vfu_server_irq_trigger(struct vfu_server *srv, uint32_t index,
 	if (index >= VFU_PCI_NUM_IRQS || sub >= srv->desc.irq_count[index])
 		return -EINVAL;
 	pthread_mutex_lock(&srv->lock);
-	fd = srv->irq_fds[index][sub];
-	if (fd >= 0)
-		ret = write(fd, &one, sizeof(one)) < 0 ? -errno : 1;
+	if (index == VFU_PCI_INTX_IRQ_INDEX) {
+		ret = intx_fire(srv);
+	} else {
+		fd = srv->irq_fds[index][sub];
+		if (fd >= 0)
+			ret = write(fd, &one, sizeof(one)) < 0 ? -errno : 1;
+	}
 	pthread_mutex_unlock(&srv->lock);
 	return ret;
 }
@@ -927,20 +1029,48 @@ enum {
 	WAIT_HOLD,		/* a live update wants the dispatcher */
 };
 
-/* Wait for input on fd, a stop request or a hold request. WAIT_* or
- * -errno. */
-static int server_wait(struct vfu_server *srv, int fd)
+/*
+ * The INTx resample eventfd became readable: the guest EOId the level
+ * interrupt. Anything that reads as end of file or fails is not an
+ * eventfd that will ever signal: stop watching it rather than spin.
+ */
+static void server_intx_resample(struct vfu_server *srv)
 {
-	struct pollfd p[3] = {
+	uint64_t v;
+	ssize_t n = read(srv->intx_resample_fd, &v, sizeof(v));
+
+	if (n > 0) {
+		intx_unmask(srv);
+		return;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	pr_warn("%s: INTx resample fd %s: no longer watched", srv->desc.name,
+		n ? strerror(errno) : "at end of file");
+	pthread_mutex_lock(&srv->lock);
+	close_safely(&srv->intx_resample_fd);
+	pthread_mutex_unlock(&srv->lock);
+}
+
+/* Wait for input on fd, a stop request or a hold request; with a client
+ * (resample true), serve the INTx resample fd on the way. WAIT_* or
+ * -errno. */
+static int server_wait(struct vfu_server *srv, int fd, bool resample)
+{
+	struct pollfd p[4] = {
 		{ .fd = fd, .events = POLLIN },
 		{ .fd = srv->stop_fd, .events = POLLIN },
 		{ .fd = srv->hold_fd, .events = POLLIN },
+		{ .fd = -1, .events = POLLIN },
 	};
 
 	for (;;) {
 		if (atomic_load(&srv->stopping))
 			return WAIT_STOP;
-		if (poll(p, 3, -1) < 0) {
+		/* Only the dispatcher changes it: no lock to read it. */
+		p[3].fd = resample ? srv->intx_resample_fd : -1;
+		p[3].revents = 0;
+		if (poll(p, 4, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
@@ -949,6 +1079,9 @@ static int server_wait(struct vfu_server *srv, int fd)
 			return WAIT_STOP;
 		if (p[2].revents)
 			return WAIT_HOLD;
+		/* Before the client's messages, but not instead of them. */
+		if (p[3].revents)
+			server_intx_resample(srv);
 		if (p[0].revents)
 			return WAIT_READABLE;
 	}
@@ -1007,6 +1140,7 @@ static void server_conn_cleanup(struct vfu_server *srv)
 			close_safely(&srv->irq_fds[i][v]);
 		}
 	}
+	intx_forget(srv);
 	pthread_mutex_unlock(&srv->lock);
 
 	vfu_dma_log_stop(&srv->dma);
@@ -1035,7 +1169,7 @@ static int server_serve_loop(struct vfu_server *srv, struct vfu_conn *conn)
 		struct vfu_msg msg;
 
 		if (conn->fd >= 0) {
-			ret = server_wait(srv, conn->fd);
+			ret = server_wait(srv, conn->fd, true);
 			if (ret == WAIT_HOLD) {
 				if (server_hold_point(srv))
 					goto handed_over;
@@ -1172,6 +1306,7 @@ struct vfu_server *vfu_server_create(const struct vfu_device_desc *desc,
 		srv->cfg.max_dma_size = VFU_SERVER_DEFAULT_MAX_DMA_SIZE;
 
 	srv->listen_fd = -1;
+	srv->intx_resample_fd = -1;
 	srv->mig_state = VFU_MIG_STATE_RUNNING;
 	srv->lim.max_data_xfer_size = srv->cfg.max_data_xfer_size;
 	srv->lim.max_dma_size = srv->cfg.max_dma_size;
@@ -1228,6 +1363,7 @@ void vfu_server_destroy(struct vfu_server *srv)
 	close_safely(&srv->listen_fd);
 	close_safely(&srv->stop_fd);
 	close_safely(&srv->hold_fd);
+	close_safely(&srv->intx_resample_fd);
 	/* Taken over but never served: only our copy of the socket. */
 	if (srv->has_adopted)
 		vfu_conn_close(&srv->adopted);
@@ -1289,7 +1425,7 @@ int vfu_server_run(struct vfu_server *srv)
 		uid_t peer = 0;
 		int fd;
 
-		ret = server_wait(srv, srv->listen_fd);
+		ret = server_wait(srv, srv->listen_fd, false);
 		if (ret == WAIT_HOLD) {
 			if (server_hold_point(srv))
 				return 0;

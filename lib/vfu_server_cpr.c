@@ -7,7 +7,7 @@
  * Session description (host byte order, packed; every count bounded
  * before it sizes anything, the whole blob consumed exactly):
  *
- *   u32 magic "VSRV"   u16 version 1   u16 reserved 0
+ *   u32 magic "VSRV"   u16 version 2   u16 reserved 0
  *   u32 flags (CLIENT | NEGOTIATED | LOG)   u32 mig_state
  *   u32 next_msg_id
  *   caps: u32 major u32 minor u32 max_msg_fds u32 max_data_xfer_size
@@ -19,9 +19,14 @@
  *   LOG only: u64 page_size u32 nr_ranges, ranges {u64 iova u64 length},
  *         then for each region with a file: u64 nr_words, the words
  *   u32 nr_irq_indexes, per index: u32 count, count bytes (1: eventfd)
+ *   version 2: u32 intx (INTX_MASKED | INTX_RESAMPLE)
  *
  * fds: "listen", "client" (CLIENT), "dma.<file>" (each file a region
- * uses; one per regular file, see vfu_dma_file), "irq.<index>.<vector>".
+ * uses; one per regular file, see vfu_dma_file), "irq.<index>.<vector>",
+ * "intx.resample" (INTX_RESAMPLE).
+ *
+ * Version 1 (no INTx word) is still loaded: INTx unmasked, no resample
+ * fd, which is what a version-1 server had.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -39,13 +44,19 @@
 #include "vfu_server_priv.h"
 
 #define SRV_CPR_MAGIC		0x56525356u	/* "VSRV" */
-#define SRV_CPR_VERSION		1u
+#define SRV_CPR_VERSION		2u
+#define SRV_CPR_VERSION_MIN	1u	/* before the INTx word */
 
 #define SRV_CPR_CLIENT		(1u << 0)
 #define SRV_CPR_NEGOTIATED	(1u << 1)
 #define SRV_CPR_LOG		(1u << 2)
 #define SRV_CPR_FLAGS		(SRV_CPR_CLIENT | SRV_CPR_NEGOTIATED | \
 				 SRV_CPR_LOG)
+
+#define SRV_CPR_INTX_MASKED	(1u << 0)
+#define SRV_CPR_INTX_RESAMPLE	(1u << 1)
+#define SRV_CPR_INTX_FLAGS	(SRV_CPR_INTX_MASKED | SRV_CPR_INTX_RESAMPLE)
+#define SRV_CPR_INTX_FD		"intx.resample"
 
 /* One region as it travels. */
 struct srv_cpr_region {
@@ -204,6 +215,7 @@ static int save_dma(struct vfu_dma_table *t, struct cpr_fds *fds,
 static int save_irqs(struct vfu_server *srv, struct cpr_fds *fds,
 		     struct blob_wr *w)
 {
+	uint32_t intx;
 	int ret;
 
 	blob_put_u32(w, VFU_PCI_NUM_IRQS);
@@ -223,6 +235,12 @@ static int save_irqs(struct vfu_server *srv, struct cpr_fds *fds,
 				return ret;
 		}
 	}
+	intx = (srv->intx_masked ? SRV_CPR_INTX_MASKED : 0) |
+	       (srv->intx_resample_fd >= 0 ? SRV_CPR_INTX_RESAMPLE : 0);
+	blob_put_u32(w, intx);
+	if (intx & SRV_CPR_INTX_RESAMPLE)
+		return cpr_fds_add(fds, SRV_CPR_INTX_FD,
+				   srv->intx_resample_fd);
 	return 0;
 }
 
@@ -292,6 +310,7 @@ struct srv_cpr {
 	struct vfu_dma_log_range log_ranges[VFU_DMA_LOG_MAX_RANGES];
 	const uint8_t **dirty;		/* per region: words, or NULL */
 	const uint8_t *irq_set[VFU_PCI_NUM_IRQS];
+	uint32_t intx;			/* SRV_CPR_INTX_* (version 1: 0) */
 };
 
 #define bad(...)	({ snprintf(err, errlen, __VA_ARGS__); -EBADMSG; })
@@ -427,7 +446,8 @@ static int parse_log(struct blob_rd *r, struct srv_cpr *s, char *err,
 }
 
 static int parse_irqs(struct vfu_server *srv, struct blob_rd *r,
-		      struct srv_cpr *s, char *err, size_t errlen)
+		      uint16_t version, struct srv_cpr *s, char *err,
+		      size_t errlen)
 {
 	uint32_t n;
 
@@ -447,6 +467,15 @@ static int parse_irqs(struct vfu_server *srv, struct blob_rd *r,
 				return bad("IRQ %u.%u: %u", i, v,
 					   s->irq_set[i][v]);
 	}
+	if (version < 2)
+		return 0;
+	if (blob_get_u32(r, &s->intx))
+		return bad("INTx state truncated");
+	if (s->intx & ~SRV_CPR_INTX_FLAGS)
+		return bad("INTx state 0x%x", s->intx);
+	if (s->intx && !srv->desc.irq_count[VFU_PCI_INTX_IRQ_INDEX])
+		return bad("INTx state 0x%x for a device without INTx",
+			   s->intx);
 	return 0;
 }
 
@@ -465,9 +494,11 @@ static int parse(struct vfu_server *srv, const void *blob, size_t len,
 	if (blob_rd_err(&r) || magic != SRV_CPR_MAGIC)
 		return bad("not a vfio-user server session (magic 0x%08x)",
 			   magic);
-	if (version != SRV_CPR_VERSION || reserved)
+	if (version < SRV_CPR_VERSION_MIN || version > SRV_CPR_VERSION ||
+	    reserved)
 		return bad("server session version %u, reserved %u (expected "
-			   "%u, 0)", version, reserved, SRV_CPR_VERSION);
+			   "%u..%u, 0)", version, reserved, SRV_CPR_VERSION_MIN,
+			   SRV_CPR_VERSION);
 	blob_get_u32(&r, &s->flags);
 	blob_get_u32(&r, &s->mig_state);
 	blob_get_u32(&r, &s->next_msg_id);
@@ -512,13 +543,15 @@ static int parse(struct vfu_server *srv, const void *blob, size_t len,
 		if (ret)
 			return ret;
 	}
-	ret = parse_irqs(srv, &r, s, err, errlen);
+	ret = parse_irqs(srv, &r, version, s, err, errlen);
 	if (ret)
 		return ret;
 	for (uint32_t i = 0; i < VFU_PCI_NUM_IRQS; i++)
 		for (uint32_t v = 0; v < srv->desc.irq_count[i]; v++)
 			if (s->irq_set[i][v] && !(s->flags & SRV_CPR_CLIENT))
 				return bad("IRQ eventfds without a client");
+	if (s->intx && !(s->flags & SRV_CPR_CLIENT))
+		return bad("INTx state without a client");
 	if (blob_rd_left(&r))
 		return bad("%zu bytes after the server session",
 			   blob_rd_left(&r));
@@ -553,6 +586,9 @@ static int check_fds(struct vfu_server *srv, struct cpr_fds *fds,
 				return bad("no \"%s\" fd", name);
 		}
 	}
+	if ((s->intx & SRV_CPR_INTX_RESAMPLE) &&
+	    cpr_fds_peek(fds, SRV_CPR_INTX_FD) < 0)
+		return bad("no \"%s\" fd", SRV_CPR_INTX_FD);
 	return 0;
 }
 
@@ -658,6 +694,9 @@ int vfu_server_restore(struct vfu_server *srv, struct cpr_fds *fds,
 			srv->irq_fds[i][v] = cpr_fds_take(fds, name);
 		}
 	}
+	srv->intx_masked = s->intx & SRV_CPR_INTX_MASKED;
+	if (s->intx & SRV_CPR_INTX_RESAMPLE)
+		srv->intx_resample_fd = cpr_fds_take(fds, SRV_CPR_INTX_FD);
 	srv->listen_fd = cpr_fds_take(fds, "listen");
 	srv->access = acc ? *acc : SOCK_ACCESS_PRIVATE;
 	srv->mig_state = s->mig_state;

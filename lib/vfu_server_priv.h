@@ -124,6 +124,16 @@ struct vfu_server {
 	enum vfu_mig_state mig_state;
 
 	int *irq_fds[VFU_PCI_NUM_IRQS];
+	/*
+	 * INTx, as kernel vfio-pci does it: the line is masked when it is
+	 * delivered (automask) and stays so until the client unmasks it,
+	 * by SET_IRQS or by signalling the resample eventfd (KVM's irqfd
+	 * resampler does on the guest's EOI), which the dispatcher polls.
+	 * Both under lock; the resample fd is only changed by the
+	 * dispatcher (and restore, before it runs).
+	 */
+	bool intx_masked;
+	int intx_resample_fd;		/* -1: none */
 
 	struct vfu_dma_table dma;
 };

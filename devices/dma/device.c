@@ -27,6 +27,11 @@ int ferry_dma_config_check(const struct ferry_dma_config *cfg,
 			 FERRY_DMA_DEVMEM_MIN);
 		return -EINVAL;
 	}
+	if ((unsigned int)cfg->irq_mode >= FERRY_DMA_IRQ_MODE_NR) {
+		snprintf(err, errlen, "interrupt mode %u unknown",
+			 (unsigned int)cfg->irq_mode);
+		return -EINVAL;
+	}
 	if (vec > FERRY_DMA_MAX_VECTORS) {
 		snprintf(err, errlen, "MSI-X vector count %u must be 1..%u",
 			 vec, FERRY_DMA_MAX_VECTORS);
@@ -186,7 +191,9 @@ static void fdma_irqs_changed(void *dev, uint32_t index)
 {
 	struct ferry_dma *d = dev;
 
-	if (index != VFU_PCI_MSIX_IRQ_INDEX)
+	/* INTx: an eventfd assigned, or the server unmasked the line (the
+	 * guest's EOI): signal again if the level is still up. */
+	if (index != fdma_irq_index(d))
 		return;
 	pthread_mutex_lock(&d->lock);
 	fdma_irq_flush(d);
@@ -241,9 +248,14 @@ void ferry_dma_describe(struct ferry_dma *d, struct vfu_device_desc *desc)
 	r->trap_while_saving[1] = r->sparse[1];
 	r->nr_trap_while_saving = 2;
 
+	/* INTA# in every mode (the pin is in config space); MSI or MSI-X
+	 * only in the mode that advertises its capability. */
 	desc->irq_count[VFU_PCI_INTX_IRQ_INDEX] = 1;
-	desc->irq_count[VFU_PCI_MSI_IRQ_INDEX] = 0;
-	desc->irq_count[VFU_PCI_MSIX_IRQ_INDEX] = d->cfg.msix_vectors;
+	desc->irq_count[VFU_PCI_MSI_IRQ_INDEX] =
+		d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_MSI ? FDMA_MSI_VECTORS : 0;
+	desc->irq_count[VFU_PCI_MSIX_IRQ_INDEX] =
+		d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_MSIX ?
+		d->cfg.msix_vectors : 0;
 	desc->ops = d->cfg.no_precopy ? &ferry_dma_vfu_ops_stop_copy :
 					&ferry_dma_vfu_ops;
 	desc->dev = d;

@@ -20,7 +20,9 @@
 
 #define FDMA_CONFIG_SIZE	4096u
 #define FDMA_CONFIG_SAVED	256u	/* standard header + our capability */
-#define FDMA_MSIX_CAP_OFF	0x40u
+#define FDMA_MSIX_CAP_OFF	0x40u	/* MSI-X or MSI: the one capability */
+#define FDMA_MSI_QMASK		1u	/* MSI Multiple Message Capable: */
+#define FDMA_MSI_VECTORS	(1u << FDMA_MSI_QMASK)	/* 2 vectors */
 #define FDMA_SLICE		(64u * 1024u)	/* engine work unit */
 #define FDMA_PAGE		4096u
 
@@ -147,7 +149,8 @@ struct ferry_dma {
 	uint8_t config[FDMA_CONFIG_SIZE];
 	uint8_t config_wmask[FDMA_CONFIG_SIZE];
 	uint8_t msix_table[FERRY_DMA_MAX_VECTORS * PCI_MSIX_ENTRY_SIZE];
-	uint32_t msix_pba;	/* vectors waiting for an eventfd */
+	uint32_t msix_pba;	/* MSI-X/MSI vectors waiting for an eventfd
+				 * (INTx: always 0, the level is the state) */
 
 	struct fdma_regs regs;
 	struct fdma_inflight inflight;
@@ -187,6 +190,10 @@ ssize_t fdma_config_access(struct ferry_dma *d, uint64_t off, void *buf,
 			   uint32_t count, bool is_write);
 ssize_t fdma_bar0_access(struct ferry_dma *d, uint64_t off, void *buf,
 			 uint32_t count, bool is_write);
+/* The IRQ index (VFU_PCI_*_IRQ_INDEX) of the interrupt mode, and the
+ * vectors it has (INTx: 1). */
+uint32_t fdma_irq_index(const struct ferry_dma *d);
+uint32_t fdma_irq_count(const struct ferry_dma *d);
 /* Raise interrupt causes (FERRY_DMA_IRQ_*): status, mask, vectors. */
 void fdma_irq_raise(struct ferry_dma *d, uint32_t causes);
 /* Signal what became deliverable (unmask, eventfd assigned, resume). */

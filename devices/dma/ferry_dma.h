@@ -30,9 +30,19 @@ struct ferry_dma_host_ops {
 	int (*dma_read)(void *host, uint64_t iova, void *buf, size_t len);
 	int (*dma_write)(void *host, uint64_t iova, const void *buf,
 			 size_t len);
-	/* Signal MSI-X vector `vector`: 1 delivered, 0 no eventfd (the
-	 * device keeps it pending in the PBA), -errno. */
-	int (*irq_trigger)(void *host, uint32_t vector);
+	/* Signal vector `vector` of IRQ index `index` (VFU_PCI_*_IRQ_INDEX,
+	 * the one of the configured ferry_dma_irq_mode): 1 delivered, 0 not
+	 * (no eventfd, or INTx masked: the device keeps it pending and
+	 * signals again when told through irqs_changed), -errno. */
+	int (*irq_trigger)(void *host, uint32_t index, uint32_t vector);
+};
+
+/* How the device interrupts (docs/ferry-dma.md "Interrupts"). */
+enum ferry_dma_irq_mode {
+	FERRY_DMA_IRQ_MODE_MSIX,	/* MSI-X capability (the default) */
+	FERRY_DMA_IRQ_MODE_MSI,		/* plain MSI capability, 2 vectors */
+	FERRY_DMA_IRQ_MODE_INTX,	/* no capability: level INTA# only */
+	FERRY_DMA_IRQ_MODE_NR,
 };
 
 struct ferry_dma_config {
@@ -44,6 +54,7 @@ struct ferry_dma_config {
 	/* Offer no PRE_COPY: all of the state at the switchover, as a
 	 * device without pre-copy support does. */
 	bool no_precopy;
+	enum ferry_dma_irq_mode irq_mode;
 };
 
 /* Validate a configuration: 0 or -EINVAL with a reason in err. */

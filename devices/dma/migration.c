@@ -471,8 +471,21 @@ int fdma_state_check(struct ferry_dma *d, const struct fdma_mig_state *s)
 		       FERRY_DMA_VENDOR_ID, FERRY_DMA_DEVICE_ID);
 		return -EINVAL;
 	}
+	/* The interrupt mode is not in the stream: the capability list
+	 * tells it (none, MSI or MSI-X at the one offset we use). */
+	if (s->config[0x34] != d->config[0x34] ||
+	    (d->config[0x34] &&
+	     s->config[FDMA_MSIX_CAP_OFF] != d->config[FDMA_MSIX_CAP_OFF])) {
+		pr_err("%s: resume: interrupt capability 0x%02x at 0x%02x, "
+		       "this device has 0x%02x at 0x%02x (same --irq-mode on "
+		       "both sides?)", d->name, s->config[FDMA_MSIX_CAP_OFF],
+		       s->config[0x34], d->config[FDMA_MSIX_CAP_OFF],
+		       d->config[0x34]);
+		return -EINVAL;
+	}
 	if (s->halted > 1 || s->inflight_valid > 1 ||
-	    (s->msix_pba >> d->cfg.msix_vectors)) {
+	    (s->msix_pba >> fdma_irq_count(d)) ||
+	    (d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_INTX && s->msix_pba)) {
 		pr_err("%s: resume: device state flags out of range "
 		       "(halted %u in-flight %u pba 0x%x)", d->name,
 		       s->halted, s->inflight_valid, s->msix_pba);

@@ -3,11 +3,16 @@
  * ferry-dma register file: PCI config space (region 7), BAR0 registers,
  * MSI-X table/PBA storage, and interrupt delivery.
  *
- * MSI-X masking is the VMM's job (it emulates the table and routes the
- * eventfds); the device-side table is storage the VMM may mirror. The
- * device only gates delivery on its own IRQ_MASK register and on having
- * an eventfd: a vector without one is kept in the PBA and re-signalled
- * when an eventfd is assigned.
+ * The interrupt mode (cfg.irq_mode) picks the capability and the IRQ
+ * index. MSI-X and MSI masking is the VMM's job (it emulates the table or
+ * capability and routes the eventfds); the device-side table is storage
+ * the VMM may mirror. With MSI-X or MSI the device only gates delivery
+ * on its own IRQ_MASK register and on having an eventfd: a vector
+ * without one is kept in the pending bits (the PBA) and re-signalled
+ * when an eventfd is assigned. INTx is a level: asserted while a cause
+ * is set in IRQ_STATUS and not masked in IRQ_MASK. The server automasks
+ * the line when it delivers it and tells us when it is unmasked (the
+ * guest's EOI); if the level is still up then, it is signalled again.
  */
 #include <errno.h>
 #include <string.h>
@@ -18,7 +23,12 @@
 
 #define PCI_COMMAND_WMASK	0x0406u	/* memory, bus master, INTx disable */
 #define PCI_STATUS_CAP_LIST	0x0010u
+#define PCI_CAP_ID_MSI		0x05u
 #define PCI_CAP_ID_MSIX		0x11u
+#define PCI_MSI_FLAGS_ENABLE	0x0001u
+#define PCI_MSI_FLAGS_QMASK	0x000eu	/* multiple message capable */
+#define PCI_MSI_FLAGS_QSIZE	0x0070u	/* multiple message enable */
+#define PCI_MSI_FLAGS_64BIT	0x0080u
 #define PCI_MSIX_CTRL_WMASK	0xc000u	/* enable, function mask */
 #define PCI_BAR_MEM_64		0x4u
 #define PCI_BAR_MEM_PREFETCH	0x8u
@@ -33,6 +43,42 @@ static void put32(uint8_t *p, uint32_t v)
 {
 	put16(p, v & 0xffff);
 	put16(p + 2, v >> 16);
+}
+
+/* The MSI-X capability at off, the only one in the list. */
+static void msix_cap_init(struct ferry_dma *d, unsigned int off)
+{
+	uint8_t *c = d->config, *m = d->config_wmask;
+
+	c[0x34] = off;
+	c[off] = PCI_CAP_ID_MSIX;
+	c[off + 1] = 0;			/* end of list */
+	put16(c + off + 2, (uint16_t)(d->cfg.msix_vectors - 1));
+	put16(m + off + 2, PCI_MSIX_CTRL_WMASK);
+	put32(c + off + 4, FERRY_DMA_MSIX_TABLE_OFF | 0);
+	put32(c + off + 8, FERRY_DMA_MSIX_PBA_OFF | 0);
+}
+
+/*
+ * A plain MSI capability at off, the only one in the list: 64-bit
+ * address, FDMA_MSI_VECTORS vectors (Multiple Message Capable 1), no
+ * per-vector masking. The VMM programs the interrupt from address and
+ * data; the device only needs Multiple Message Enable (how many of its
+ * vectors the guest granted, see irq_vectors()).
+ */
+static void msi_cap_init(struct ferry_dma *d, unsigned int off)
+{
+	uint8_t *c = d->config, *m = d->config_wmask;
+
+	c[0x34] = off;
+	c[off] = PCI_CAP_ID_MSI;
+	c[off + 1] = 0;			/* end of list */
+	put16(c + off + 2, PCI_MSI_FLAGS_64BIT |
+	      (uint16_t)(FDMA_MSI_QMASK << 1));
+	put16(m + off + 2, PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE);
+	put32(m + off + 4, 0xfffffffcu);	/* dword aligned */
+	put32(m + off + 8, 0xffffffffu);
+	put16(m + off + 0xc, 0xffffu);
 }
 
 void fdma_config_init(struct ferry_dma *d)
@@ -64,16 +110,21 @@ void fdma_config_init(struct ferry_dma *d)
 
 	put16(c + 0x2c, FERRY_DMA_VENDOR_ID);	/* subsystem vendor */
 	put16(c + 0x2e, FERRY_DMA_DEVICE_ID);	/* subsystem */
-	c[0x34] = FDMA_MSIX_CAP_OFF;
 	m[0x3c] = 0xff;			/* interrupt line */
-	c[0x3d] = 1;			/* INTA# */
+	c[0x3d] = 1;			/* INTA#, in every mode */
 
-	c[FDMA_MSIX_CAP_OFF] = PCI_CAP_ID_MSIX;
-	c[FDMA_MSIX_CAP_OFF + 1] = 0;	/* end of list */
-	put16(c + FDMA_MSIX_CAP_OFF + 2, (uint16_t)(d->cfg.msix_vectors - 1));
-	put16(m + FDMA_MSIX_CAP_OFF + 2, PCI_MSIX_CTRL_WMASK);
-	put32(c + FDMA_MSIX_CAP_OFF + 4, FERRY_DMA_MSIX_TABLE_OFF | 0);
-	put32(c + FDMA_MSIX_CAP_OFF + 8, FERRY_DMA_MSIX_PBA_OFF | 0);
+	switch (d->cfg.irq_mode) {
+	case FERRY_DMA_IRQ_MODE_MSIX:
+		msix_cap_init(d, FDMA_MSIX_CAP_OFF);
+		break;
+	case FERRY_DMA_IRQ_MODE_MSI:
+		msi_cap_init(d, FDMA_MSIX_CAP_OFF);
+		break;
+	default:
+		/* INTx only: no capability list at all. */
+		put16(c + 0x06, 0);
+		break;
+	}
 }
 
 ssize_t fdma_config_access(struct ferry_dma *d, uint64_t off, void *buf,
@@ -107,25 +158,91 @@ void fdma_regs_soft_reset(struct ferry_dma *d)
 	d->reset_pending = false;
 }
 
-/* Signal one vector now, or remember it in the PBA. Lock held. */
+uint32_t fdma_irq_index(const struct ferry_dma *d)
+{
+	switch (d->cfg.irq_mode) {
+	case FERRY_DMA_IRQ_MODE_MSI:
+		return VFU_PCI_MSI_IRQ_INDEX;
+	case FERRY_DMA_IRQ_MODE_INTX:
+		return VFU_PCI_INTX_IRQ_INDEX;
+	default:
+		return VFU_PCI_MSIX_IRQ_INDEX;
+	}
+}
+
+uint32_t fdma_irq_count(const struct ferry_dma *d)
+{
+	switch (d->cfg.irq_mode) {
+	case FERRY_DMA_IRQ_MODE_MSI:
+		return FDMA_MSI_VECTORS;
+	case FERRY_DMA_IRQ_MODE_INTX:
+		return 1;
+	default:
+		return d->cfg.msix_vectors;
+	}
+}
+
+/*
+ * Vectors a cause may use now. With MSI, the guest may grant fewer than
+ * we are capable of (Multiple Message Enable): then every cause shares
+ * what it granted, as hardware does. Lock held.
+ */
+static uint32_t irq_vectors(const struct ferry_dma *d)
+{
+	uint16_t ctrl;
+
+	if (d->cfg.irq_mode != FERRY_DMA_IRQ_MODE_MSI)
+		return fdma_irq_count(d);
+	ctrl = d->config[FDMA_MSIX_CAP_OFF + 2] |
+	       (uint16_t)(d->config[FDMA_MSIX_CAP_OFF + 3] << 8);
+	return MIN(1u << ((ctrl & PCI_MSI_FLAGS_QSIZE) >> 4),
+		   (uint32_t)FDMA_MSI_VECTORS);
+}
+
+/* Signal one MSI/MSI-X vector now, or remember it in the pending bits
+ * (the PBA). Lock held. */
 static void irq_signal(struct ferry_dma *d, uint32_t vector)
 {
 	int ret;
 
-	if (vector >= d->cfg.msix_vectors)
+	if (vector >= irq_vectors(d)) {
+		/* Fewer vectors granted than the cause maps to: it shares
+		 * vector 0, and a bit left pending from before goes too. */
+		d->msix_pba &= ~(1u << vector);
 		vector = 0;
+	}
 	if (!fdma_is_running(d)) {
 		/* STOP: no interrupts; delivered on the way back to RUNNING. */
 		d->msix_pba |= 1u << vector;
 		return;
 	}
-	ret = d->host_ops->irq_trigger(d->host, vector);
+	ret = d->host_ops->irq_trigger(d->host, fdma_irq_index(d), vector);
 	if (ret == 1) {
 		d->msix_pba &= ~(1u << vector);
 		d->regs.irqs_raised++;
 	} else {
 		d->msix_pba |= 1u << vector;
 	}
+}
+
+/* The INTx level: a cause set and not masked by the device. Lock held. */
+static bool intx_asserted(const struct ferry_dma *d)
+{
+	return (d->regs.irq_status & ~d->regs.irq_mask) != 0;
+}
+
+/*
+ * Signal INTx if the line is up. Nothing is remembered when it is not
+ * delivered (STOP, no eventfd, masked by the server): the level is the
+ * state, and every event that may let it through (RUNNING again, an
+ * eventfd assigned, the server's unmask) comes back here. Lock held.
+ */
+static void intx_signal(struct ferry_dma *d)
+{
+	if (!fdma_is_running(d) || !intx_asserted(d))
+		return;
+	if (d->host_ops->irq_trigger(d->host, VFU_PCI_INTX_IRQ_INDEX, 0) == 1)
+		d->regs.irqs_raised++;
 }
 
 static uint32_t cause_vector(uint32_t cause)
@@ -143,24 +260,31 @@ void fdma_irq_raise(struct ferry_dma *d, uint32_t causes)
 			continue;
 		if (d->regs.irq_mask & bit)
 			d->regs.irq_pending |= bit;
-		else
+		else if (d->cfg.irq_mode != FERRY_DMA_IRQ_MODE_INTX)
 			irq_signal(d, cause_vector(bit));
 	}
+	if (d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_INTX)
+		intx_signal(d);
 }
 
 void fdma_irq_flush(struct ferry_dma *d)
 {
-	uint32_t ready, bit, v;
+	uint32_t ready, bit, v, nvec;
 
 	if (!fdma_is_running(d))
 		return;
 	ready = d->regs.irq_pending & ~d->regs.irq_mask;
 	d->regs.irq_pending &= ~ready;
+	if (d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_INTX) {
+		/* The level covers the pending causes too. */
+		intx_signal(d);
+		return;
+	}
+	nvec = irq_vectors(d);
 	for (bit = 1; bit && bit <= ready; bit <<= 1)
 		if (ready & bit)
-			d->msix_pba |= 1u << MIN(cause_vector(bit),
-						  d->cfg.msix_vectors - 1);
-	for (v = 0; v < d->cfg.msix_vectors; v++)
+			d->msix_pba |= 1u << MIN(cause_vector(bit), nvec - 1);
+	for (v = 0; v < fdma_irq_count(d); v++)
 		if (d->msix_pba & (1u << v))
 			irq_signal(d, v);
 }

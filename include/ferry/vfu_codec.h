@@ -73,8 +73,10 @@ int vfu_codec_irq_info(const void *p, size_t len, size_t nr_fds,
 		       struct vfu_irq_info *out);
 
 /*
- * SET_IRQS: exactly one DATA and one ACTION flag; MASK/UNMASK are refused
- * (no vector is maskable). count 0 only as DATA_NONE|TRIGGER (disable the
+ * SET_IRQS: exactly one DATA and one ACTION flag; MASK/UNMASK only for
+ * INTx vector 0, count 1 (the only maskable vector), and DATA_EVENTFD
+ * only with UNMASK (the resample fd). count 0 only as DATA_NONE|TRIGGER
+ * (disable the
  * index); otherwise [start, start+count) must fit the index. DATA_BOOL
  * carries count bytes (*bools set); DATA_EVENTFD carries count fds, or 0
  * fds to de-assign; other forms carry nothing.

@@ -36,8 +36,9 @@
  * EINVAL (malformed) and the server keeps serving.
  *
  * Disconnect. When the client goes away the server unmaps every DMA
- * region, closes every IRQ eventfd, stops DMA logging, keeps the device
- * state (migration state included) and accepts the next client.
+ * region, closes every IRQ eventfd (the INTx resample fd too, and INTx
+ * is unmasked), stops DMA logging, keeps the device state (migration
+ * state included) and accepts the next client.
  *
  * Live update. A server process can hand its whole session -- listening
  * socket, client connection, DMA maps (their files stay open for this),
@@ -104,7 +105,9 @@ struct vfu_device_ops {
 	/* DEVICE_RESET: back to power-on state, migration state RUNNING. */
 	int (*reset)(void *dev);
 	/* Optional: the IRQ eventfds of an index changed (assigned or
-	 * removed); a device with pending interrupts may re-signal. */
+	 * removed), or INTx was unmasked; a device with pending interrupts
+	 * (or its INTx level up) may re-signal. Called without server
+	 * locks, from the dispatcher. */
 	void (*irqs_changed)(void *dev, uint32_t index);
 	/* Optional: a client connected / disconnected. */
 	void (*attach)(void *dev);
@@ -160,7 +163,12 @@ int vfu_server_dma_read(struct vfu_server *srv, uint64_t iova, void *buf,
 int vfu_server_dma_write(struct vfu_server *srv, uint64_t iova,
 			 const void *buf, size_t len);
 /* Signal vector `sub` of IRQ `index`. Returns 1 if an eventfd was
- * written, 0 if none is assigned (the device keeps it pending), -errno. */
+ * written, 0 if none is assigned (the device keeps it pending), -errno.
+ * INTx is a level, automasked as in kernel vfio-pci: delivering it masks
+ * it, and while masked this returns 0; when the client unmasks it
+ * (SET_IRQS UNMASK, or its resample eventfd is signalled on the guest's
+ * EOI) the server calls ops->irqs_changed(dev, VFU_PCI_INTX_IRQ_INDEX),
+ * and the device triggers again if its level is still up. */
 int vfu_server_irq_trigger(struct vfu_server *srv, uint32_t index,
 			   uint32_t sub);
 /*

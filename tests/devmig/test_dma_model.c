@@ -7,6 +7,9 @@
  * counter, and the live-update state: a device paused mid-descriptor
  * with an interrupt pending is adopted over the same device memory and
  * finishes exactly; every truncated or mis-fielded state is refused.
+ * The interrupt modes: the config space each advertises (MSI-X, plain
+ * MSI, INTx only), MSI vectors, and INTx as a level against a host that
+ * automasks as the vfio-user server does.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -37,6 +40,11 @@ struct host {
 	uint8_t *mem;
 	bool eventfd[FERRY_DMA_MAX_VECTORS];
 	unsigned int irqs[FERRY_DMA_MAX_VECTORS];
+	uint32_t last_index;		/* IRQ index of the last trigger */
+	/* INTx, as the server does it: delivered only when unmasked, and
+	 * masked by the delivery. */
+	unsigned int intx;
+	bool intx_masked;
 	/* Block the engine in its Nth write until release is set. */
 	unsigned int writes;
 	unsigned int block_at;
@@ -82,13 +90,21 @@ static int h_write(void *opaque, uint64_t iova, const void *buf, size_t len)
 	return 0;
 }
 
-static int h_irq(void *opaque, uint32_t vector)
+static int h_irq(void *opaque, uint32_t index, uint32_t vector)
 {
 	struct host *h = opaque;
 	int ret = 0;
 
 	pthread_mutex_lock(&h->lock);
-	if (h->eventfd[vector]) {
+	h->last_index = index;
+	if (index == VFU_PCI_INTX_IRQ_INDEX) {
+		CHECK(vector == 0, "INTx vector %u", vector);
+		if (h->eventfd[0] && !h->intx_masked) {
+			h->intx++;
+			h->intx_masked = true;
+			ret = 1;
+		}
+	} else if (h->eventfd[vector]) {
 		h->irqs[vector]++;
 		ret = 1;
 	}
@@ -1042,6 +1058,235 @@ static void test_takeover_state(uint8_t *mem)
 	      count_open_fds());
 }
 
+static struct ferry_dma *make_mode(struct host *h, enum ferry_dma_irq_mode m)
+{
+	struct ferry_dma_config cfg = {
+		.name = "mode", .devmem_size = 64 << 10, .msix_vectors = 4,
+		.irq_mode = m,
+	};
+	struct ferry_dma *d = NULL;
+
+	if (ferry_dma_create(&cfg, &hops, h, &d)) {
+		fprintf(stderr, "ferry_dma_create (mode %d) failed\n", m);
+		exit(1);
+	}
+	return d;
+}
+
+static uint32_t cfg_rd(struct ferry_dma *d, uint32_t off, uint32_t n)
+{
+	uint32_t v = 0;
+
+	ferry_dma_vfu_ops.region_access(d, VFU_PCI_CONFIG_REGION_INDEX, off,
+					&v, n, false);
+	return v;
+}
+
+static void cfg_wr(struct ferry_dma *d, uint32_t off, uint32_t v, uint32_t n)
+{
+	ferry_dma_vfu_ops.region_access(d, VFU_PCI_CONFIG_REGION_INDEX, off,
+					&v, n, true);
+}
+
+/* One descriptor that interrupts: a completion, or an error (bad op). */
+static void irq_job(struct ferry_dma *d, struct host *h, uint32_t *idx,
+		    bool error)
+{
+	submit(d, h, (*idx)++, (struct ferry_dma_desc){
+		.op = error ? 0xee : FERRY_DMA_OP_FILL, .dst = DATA_IOVA,
+		.len = 16, .flags = FERRY_DMA_DESC_F_IRQ });
+	CHECK(ferry_dma_wait_idle(d, IDLE_TIMEOUT_MS) == 0, "idle");
+}
+
+static void host_intx_unmask(struct ferry_dma *d, struct host *h)
+{
+	pthread_mutex_lock(&h->lock);
+	h->intx_masked = false;
+	pthread_mutex_unlock(&h->lock);
+	ferry_dma_vfu_ops.irqs_changed(d, VFU_PCI_INTX_IRQ_INDEX);
+}
+
+static unsigned int host_intx(struct host *h)
+{
+	unsigned int n;
+
+	pthread_mutex_lock(&h->lock);
+	n = h->intx;
+	pthread_mutex_unlock(&h->lock);
+	return n;
+}
+
+static void test_irq_modes(uint8_t *mem)
+{
+	struct vfu_device_desc desc;
+	struct ferry_dma_config bad = { .irq_mode = FERRY_DMA_IRQ_MODE_NR };
+	struct host h;
+	struct ferry_dma *d;
+	char err[128];
+	uint32_t idx = 0;
+
+	CHECK(ferry_dma_config_check(&bad, err, sizeof(err)) == -EINVAL,
+	      "unknown mode accepted");
+
+	/* MSI-X: as it always was. */
+	host_init(&h, mem);
+	d = make_mode(&h, FERRY_DMA_IRQ_MODE_MSIX);
+	ferry_dma_describe(d, &desc);
+	CHECK(desc.irq_count[VFU_PCI_INTX_IRQ_INDEX] == 1 &&
+	      desc.irq_count[VFU_PCI_MSI_IRQ_INDEX] == 0 &&
+	      desc.irq_count[VFU_PCI_MSIX_IRQ_INDEX] == 4, "msix counts");
+	CHECK(cfg_rd(d, 0x06, 2) & 0x10, "msix: CAP_LIST");
+	CHECK(cfg_rd(d, 0x34, 1) == 0x40 && cfg_rd(d, 0x40, 1) == 0x11 &&
+	      cfg_rd(d, 0x41, 1) == 0 && cfg_rd(d, 0x42, 2) == 3,
+	      "msix capability");
+	CHECK(cfg_rd(d, 0x3d, 1) == 1, "msix: pin");
+	ferry_dma_destroy(d);
+
+	/* MSI: the capability, its read-only and writable bits. */
+	d = make_mode(&h, FERRY_DMA_IRQ_MODE_MSI);
+	ferry_dma_describe(d, &desc);
+	CHECK(desc.irq_count[VFU_PCI_INTX_IRQ_INDEX] == 1 &&
+	      desc.irq_count[VFU_PCI_MSI_IRQ_INDEX] == 2 &&
+	      desc.irq_count[VFU_PCI_MSIX_IRQ_INDEX] == 0, "msi counts");
+	CHECK(cfg_rd(d, 0x06, 2) & 0x10, "msi: CAP_LIST");
+	CHECK(cfg_rd(d, 0x34, 1) == 0x40, "msi: pointer 0x%x",
+	      cfg_rd(d, 0x34, 1));
+	CHECK(cfg_rd(d, 0x40, 1) == 0x05 && cfg_rd(d, 0x41, 1) == 0,
+	      "msi: id/next 0x%x", cfg_rd(d, 0x40, 2));
+	CHECK(cfg_rd(d, 0x42, 2) == 0x0082, "msi: control 0x%x",
+	      cfg_rd(d, 0x42, 2));
+	CHECK(cfg_rd(d, 0x3d, 1) == 1, "msi: pin");
+	cfg_wr(d, 0x40, 0xffffffff, 4);
+	CHECK(cfg_rd(d, 0x40, 4) == 0x00f30005u, "msi: ctrl after ~0 0x%x",
+	      cfg_rd(d, 0x40, 4));
+	cfg_wr(d, 0x44, 0xffffffff, 4);
+	cfg_wr(d, 0x48, 0xffffffff, 4);
+	cfg_wr(d, 0x4c, 0xffffffff, 4);
+	CHECK(cfg_rd(d, 0x44, 4) == 0xfffffffcu &&
+	      cfg_rd(d, 0x48, 4) == 0xffffffffu &&
+	      cfg_rd(d, 0x4c, 4) == 0xffffu, "msi: address/data 0x%x 0x%x 0x%x",
+	      cfg_rd(d, 0x44, 4), cfg_rd(d, 0x48, 4), cfg_rd(d, 0x4c, 4));
+	cfg_wr(d, 0x3c, 0x0b, 1);
+	CHECK(cfg_rd(d, 0x3c, 1) == 0x0b, "interrupt line");
+	/* Two vectors granted (MME 1): completion 0, error 1, on MSI. */
+	cfg_wr(d, 0x42, 0x0011, 2);
+	ring_setup(d);
+	irq_job(d, &h, &idx, false);
+	irq_job(d, &h, &idx, true);
+	CHECK(h.last_index == VFU_PCI_MSI_IRQ_INDEX, "msi index %u",
+	      h.last_index);
+	CHECK(host_irqs(&h, 0) == 1 && host_irqs(&h, 1) == 1,
+	      "msi vectors %u %u", host_irqs(&h, 0), host_irqs(&h, 1));
+	/* One vector granted (MME 0): the error shares vector 0. */
+	cfg_wr(d, 0x42, 0x0001, 2);
+	irq_job(d, &h, &idx, true);
+	CHECK(host_irqs(&h, 0) == 2 && host_irqs(&h, 1) == 1,
+	      "msi one vector %u %u", host_irqs(&h, 0), host_irqs(&h, 1));
+	/* No eventfd: pending, delivered when one is assigned. */
+	h.eventfd[0] = false;
+	irq_job(d, &h, &idx, false);
+	CHECK(host_irqs(&h, 0) == 2, "msi without eventfd");
+	h.eventfd[0] = true;
+	ferry_dma_vfu_ops.irqs_changed(d, VFU_PCI_MSIX_IRQ_INDEX);
+	CHECK(host_irqs(&h, 0) == 2, "msi: MSI-X index changes nothing");
+	ferry_dma_vfu_ops.irqs_changed(d, VFU_PCI_MSI_IRQ_INDEX);
+	CHECK(host_irqs(&h, 0) == 3, "msi: delivered on assign %u",
+	      host_irqs(&h, 0));
+	CHECK(rd64(d, FERRY_DMA_REG_IRQS_RAISED_LO) == 4, "msi raised %llu",
+	      (unsigned long long)rd64(d, FERRY_DMA_REG_IRQS_RAISED_LO));
+	ferry_dma_destroy(d);
+	host_fini(&h);
+
+	/* INTx: no capability, a level. */
+	host_init(&h, mem);
+	idx = 0;
+	d = make_mode(&h, FERRY_DMA_IRQ_MODE_INTX);
+	ferry_dma_describe(d, &desc);
+	CHECK(desc.irq_count[VFU_PCI_INTX_IRQ_INDEX] == 1 &&
+	      desc.irq_count[VFU_PCI_MSI_IRQ_INDEX] == 0 &&
+	      desc.irq_count[VFU_PCI_MSIX_IRQ_INDEX] == 0, "intx counts");
+	CHECK(!(cfg_rd(d, 0x06, 2) & 0x10) && cfg_rd(d, 0x34, 1) == 0,
+	      "intx: a capability list 0x%x 0x%x", cfg_rd(d, 0x06, 2),
+	      cfg_rd(d, 0x34, 1));
+	CHECK(cfg_rd(d, 0x40, 4) == 0, "intx: stray capability");
+	CHECK(cfg_rd(d, 0x3d, 1) == 1, "intx: pin");
+	/* The MSI-X window is not advertised, but does not break. */
+	{
+		uint64_t pba = 1;
+
+		ferry_dma_vfu_ops.region_access(d, VFU_PCI_BAR0_REGION_INDEX,
+						FERRY_DMA_MSIX_TABLE_OFF, &pba,
+						8, true);
+		ferry_dma_vfu_ops.region_access(d, VFU_PCI_BAR0_REGION_INDEX,
+						FERRY_DMA_MSIX_PBA_OFF, &pba,
+						8, false);
+		CHECK(pba == 0, "intx: PBA 0x%llx", (unsigned long long)pba);
+	}
+	ring_setup(d);
+	irq_job(d, &h, &idx, false);
+	CHECK(host_intx(&h) == 1 && h.last_index == VFU_PCI_INTX_IRQ_INDEX,
+	      "intx: first %u", host_intx(&h));
+	/* Raised again while the line is masked at the server: nothing. */
+	irq_job(d, &h, &idx, true);
+	CHECK(host_intx(&h) == 1, "intx: through the mask %u", host_intx(&h));
+	/* EOI with the status still set: the level is up, again. */
+	host_intx_unmask(d, &h);
+	CHECK(host_intx(&h) == 2, "intx: level not re-asserted %u",
+	      host_intx(&h));
+	/* The guest clears the status (W1C): EOI finds the line down. */
+	wr(d, FERRY_DMA_REG_IRQ_STATUS, FERRY_DMA_IRQ_COMPLETION |
+	   FERRY_DMA_IRQ_ERROR);
+	host_intx_unmask(d, &h);
+	CHECK(host_intx(&h) == 2, "intx: signalled with the line down %u",
+	      host_intx(&h));
+	/* Masked in IRQ_MASK: no level; unmasking there raises it. */
+	wr(d, FERRY_DMA_REG_IRQ_MASK, FERRY_DMA_IRQ_COMPLETION);
+	irq_job(d, &h, &idx, false);
+	CHECK(host_intx(&h) == 2, "intx: masked cause signalled");
+	wr(d, FERRY_DMA_REG_IRQ_MASK, 0);
+	CHECK(host_intx(&h) == 3, "intx: unmasked cause not signalled %u",
+	      host_intx(&h));
+	/* STOP: nothing; back to RUNNING: the level is looked at again. */
+	wr(d, FERRY_DMA_REG_IRQ_MASK, FERRY_DMA_IRQ_COMPLETION);
+	host_intx_unmask(d, &h);
+	CHECK(host_intx(&h) == 3, "intx: masked level signalled");
+	CHECK(set_state(d, VFU_MIG_STATE_RUNNING, VFU_MIG_STATE_STOP) == 0,
+	      "stop");
+	wr(d, FERRY_DMA_REG_IRQ_MASK, 0);
+	host_intx_unmask(d, &h);
+	CHECK(host_intx(&h) == 3, "intx: signalled in STOP");
+	CHECK(set_state(d, VFU_MIG_STATE_STOP, VFU_MIG_STATE_RUNNING) == 0,
+	      "run");
+	CHECK(host_intx(&h) == 4, "intx: not signalled on RUNNING %u",
+	      host_intx(&h));
+	CHECK(rd64(d, FERRY_DMA_REG_IRQS_RAISED_LO) == 4, "intx raised %llu",
+	      (unsigned long long)rd64(d, FERRY_DMA_REG_IRQS_RAISED_LO));
+	/* A state from another mode is refused (capability differs). */
+	{
+		struct ferry_dma_config other = {
+			.name = "other", .devmem_size = 64 << 10,
+			.msix_vectors = 4, .irq_mode = FERRY_DMA_IRQ_MODE_MSIX,
+		};
+		struct host hb;
+		void *blob = NULL;
+		size_t len = 0;
+
+		host_init(&hb, mem);
+		CHECK(ferry_dma_pause(d, IDLE_TIMEOUT_MS) == 0, "pause");
+		CHECK(ferry_dma_save(d, &blob, &len) == 0, "save");
+		expect_adopt_reject(d, &hb, &other, blob, len,
+				    "INTx state into an MSI-X device");
+		other.irq_mode = FERRY_DMA_IRQ_MODE_MSI;
+		expect_adopt_reject(d, &hb, &other, blob, len,
+				    "INTx state into an MSI device");
+		ferry_dma_unpause(d);
+		free(blob);
+		host_fini(&hb);
+	}
+	ferry_dma_destroy(d);
+	host_fini(&h);
+}
+
 int main(void)
 {
 	uint8_t *mem = calloc(1, GUEST_SIZE);
@@ -1058,6 +1303,7 @@ int main(void)
 	test_dirty_rate(mem);
 	test_resets(mem);
 	test_takeover_state(mem);
+	test_irq_modes(mem);
 	free(mem);
 	if (failures) {
 		fprintf(stderr, "%d check(s) failed\n", failures);

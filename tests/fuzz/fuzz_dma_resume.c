@@ -43,7 +43,7 @@ static int f_write(void *h, uint64_t iova, const void *buf, size_t len)
 	return 0;
 }
 
-static int f_irq(void *h, uint32_t vector)
+static int f_irq(void *h, uint32_t index, uint32_t vector)
 {
 	return 1;
 }

@@ -338,10 +338,10 @@ static int dev_dma_write(void *host, uint64_t iova, const void *buf,
 				    len);
 }
 
-static int dev_irq_trigger(void *host, uint32_t vector)
+static int dev_irq_trigger(void *host, uint32_t index, uint32_t vector)
 {
-	return vfu_server_irq_trigger(((struct fz_dev *)host)->srv,
-				      VFU_PCI_MSIX_IRQ_INDEX, vector);
+	return vfu_server_irq_trigger(((struct fz_dev *)host)->srv, index,
+				      vector);
 }
 
 static const struct ferry_dma_host_ops dev_host_ops = {

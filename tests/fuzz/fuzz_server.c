@@ -214,7 +214,7 @@ static size_t put_state(uint8_t *buf, size_t off, uint32_t st)
 			   VFU_FEATURE_MIG_DEVICE_STATE, 16, &s, sizeof(s));
 }
 
-#define NR_SEEDS	4
+#define NR_SEEDS	5
 static uint8_t seed_buf[NR_SEEDS][4096];
 static struct ferry_fuzz_seed seed_list[NR_SEEDS];
 
@@ -327,6 +327,36 @@ size_t ferry_fuzz_seeds(const struct ferry_fuzz_seed **out)
 		o = put_feature(b, o, VFU_FEATURE_GET |
 				VFU_FEATURE_MIG_DEVICE_STATE, 16, NULL, 0);
 		seed_list[3] = (struct ferry_fuzz_seed){ b, o };
+	}
+	/* 4: INTx masking: a loopback trigger (automask), MASK, UNMASK in
+	 * each form -- the resample fd one without its fd (the memory
+	 * transport carries none), then disable. */
+	{
+		struct vfu_irq_set s = { 20, VFU_IRQ_SET_DATA_NONE |
+					 VFU_IRQ_SET_ACTION_TRIGGER,
+					 VFU_PCI_INTX_IRQ_INDEX, 0, 1 };
+		struct vfu_irq_info ii = { 16, 0, VFU_PCI_INTX_IRQ_INDEX, 0 };
+		uint8_t sb[21];
+
+		b = seed_buf[4];
+		o = put_msg(b, 0, VFU_CMD_DEVICE_GET_IRQ_INFO, &ii, sizeof(ii));
+		o = put_msg(b, o, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s));
+		s.flags = VFU_IRQ_SET_DATA_NONE | VFU_IRQ_SET_ACTION_MASK;
+		o = put_msg(b, o, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s));
+		s.flags = VFU_IRQ_SET_DATA_NONE | VFU_IRQ_SET_ACTION_UNMASK;
+		o = put_msg(b, o, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s));
+		s.flags = VFU_IRQ_SET_DATA_BOOL | VFU_IRQ_SET_ACTION_UNMASK;
+		s.argsz = sizeof(sb);
+		memcpy(sb, &s, sizeof(s));
+		sb[20] = 1;
+		o = put_msg(b, o, VFU_CMD_DEVICE_SET_IRQS, sb, sizeof(sb));
+		s.argsz = 20;
+		s.flags = VFU_IRQ_SET_DATA_EVENTFD | VFU_IRQ_SET_ACTION_UNMASK;
+		o = put_msg(b, o, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s));
+		s.flags = VFU_IRQ_SET_DATA_NONE | VFU_IRQ_SET_ACTION_TRIGGER;
+		s.count = 0;
+		o = put_msg(b, o, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s));
+		seed_list[4] = (struct ferry_fuzz_seed){ b, o };
 	}
 	*out = seed_list;
 	return NR_SEEDS;

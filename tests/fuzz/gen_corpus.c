@@ -534,7 +534,7 @@ static int g_dma_write(void *h, uint64_t iova, const void *buf, size_t len)
 	return 0;
 }
 
-static int g_irq(void *h, uint32_t vector)
+static int g_irq(void *h, uint32_t index, uint32_t vector)
 {
 	return 0;
 }

@@ -2,10 +2,12 @@
 /*
  * The vfio-user server driven over a socketpair by a raw test client:
  * every command once, its main error paths, device DMA (fd-backed and
- * message-based) with dirty logging, migration with gating, and
- * disconnect hygiene (fd count back to baseline, device state kept).
+ * message-based) with dirty logging, migration with gating, INTx
+ * automasking with UNMASK and the resample eventfd, and disconnect
+ * hygiene (fd count back to baseline, device state kept).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -49,6 +51,9 @@ struct tdev {
 	uint8_t resumed[64];
 	size_t resumed_len;
 	unsigned int attaches, detaches;
+	/* irqs_changed calls per index (the dispatcher writes, the test
+	 * reads while it waits for a resample to be seen: atomics). */
+	unsigned int irqs_changed[VFU_PCI_NUM_IRQS];
 };
 
 static ssize_t tdev_access(void *opaque, uint32_t index, uint64_t offset,
@@ -82,6 +87,19 @@ static void tdev_attach(void *opaque)
 static void tdev_detach(void *opaque)
 {
 	((struct tdev *)opaque)->detaches++;
+}
+
+static void tdev_irqs_changed(void *opaque, uint32_t index)
+{
+	struct tdev *d = opaque;
+
+	assert_true(index < VFU_PCI_NUM_IRQS);
+	__atomic_add_fetch(&d->irqs_changed[index], 1, __ATOMIC_SEQ_CST);
+}
+
+static unsigned int irqs_changed(struct tdev *d, uint32_t index)
+{
+	return __atomic_load_n(&d->irqs_changed[index], __ATOMIC_SEQ_CST);
 }
 
 static int tdev_set_state(void *opaque, enum vfu_mig_state from,
@@ -141,6 +159,7 @@ static const struct vfu_mig_ops tdev_mig = {
 static const struct vfu_device_ops tdev_ops = {
 	.region_access = tdev_access,
 	.reset = tdev_reset,
+	.irqs_changed = tdev_irqs_changed,
 	.attach = tdev_attach,
 	.detach = tdev_detach,
 	.mig = &tdev_mig,
@@ -942,18 +961,10 @@ static void test_set_irqs(void **state)
 	s.flags = VFU_IRQ_SET_DATA_NONE | VFU_IRQ_SET_ACTION_MASK;
 	assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), NULL,
 			      0), -EINVAL);
-	/* INTx mask/unmask as QEMU sends them: accepted, nothing kept (the
-	 * resample eventfd closed). */
+	/* INTx: only the one vector (see test_intx_*). */
 	s = (struct vfu_irq_set){ sizeof(s), VFU_IRQ_SET_DATA_NONE |
-				  VFU_IRQ_SET_ACTION_UNMASK,
-				  VFU_PCI_INTX_IRQ_INDEX, 0, 1 };
-	assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), NULL,
-			      0), 0);
-	s.flags = VFU_IRQ_SET_DATA_EVENTFD | VFU_IRQ_SET_ACTION_UNMASK;
-	assert_int_equal(xfer_fds(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s),
-				  efd, 1, NULL, 0, NULL), 0);
-	s.count = 2;				/* only the one vector */
-	s.flags = VFU_IRQ_SET_DATA_NONE | VFU_IRQ_SET_ACTION_MASK;
+				  VFU_IRQ_SET_ACTION_MASK,
+				  VFU_PCI_INTX_IRQ_INDEX, 0, 2 };
 	assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), NULL,
 			      0), -EINVAL);
 	assert_int_equal(count_open_fds(), base + 2);
@@ -973,6 +984,282 @@ static void test_set_irqs(void **state)
 				  efd, 3, NULL, 0, NULL), 0);
 	for (int i = 0; i < 3; i++)
 		close_safely(&efd[i]);
+}
+
+static int set_irqs(struct fx *f, uint32_t index, uint32_t flags,
+		    const int *fds, size_t nr_fds)
+{
+	struct vfu_irq_set s = { sizeof(s), flags, index, 0, 1 };
+
+	return xfer_fds(f, VFU_CMD_DEVICE_SET_IRQS, &s, sizeof(s), fds,
+			nr_fds, NULL, 0, NULL);
+}
+
+static int set_irqs_bool(struct fx *f, uint32_t index, uint32_t action,
+			 uint8_t b)
+{
+	uint8_t buf[sizeof(struct vfu_irq_set) + 1];
+	struct vfu_irq_set s = { sizeof(buf), VFU_IRQ_SET_DATA_BOOL | action,
+				 index, 0, 1 };
+
+	memcpy(buf, &s, sizeof(s));
+	buf[sizeof(s)] = b;
+	return xfer(f, VFU_CMD_DEVICE_SET_IRQS, buf, sizeof(buf), NULL, 0);
+}
+
+static int intx(struct fx *f)
+{
+	return vfu_server_irq_trigger(f->srv, VFU_PCI_INTX_IRQ_INDEX, 0);
+}
+
+/* How many times efd was signalled since the last look (0: none). */
+static uint64_t efd_take(int efd)
+{
+	uint64_t v = 0;
+
+	if (read(efd, &v, sizeof(v)) != sizeof(v))
+		return 0;
+	return v;
+}
+
+/* Wait (bounded) until irqs_changed(INTx) reaches want. */
+static bool wait_intx_changed(struct fx *f, unsigned int want)
+{
+	for (int i = 0; i < 2000; i++) {
+		if (irqs_changed(&f->dev, VFU_PCI_INTX_IRQ_INDEX) >= want)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+/*
+ * INTx as kernel vfio-pci has it: GET_IRQ_INFO says maskable and
+ * automasked; a delivery masks the line, so a second trigger is not
+ * delivered until UNMASK, which also asks the device to re-assert; MASK
+ * and the DATA_BOOL forms; the client's own TRIGGER obeys the mask;
+ * disabling the index forgets the mask. MSI and MSI-X are not maskable.
+ */
+static void test_intx_automask(void **state)
+{
+	struct fx *f = *state;
+	struct vfu_irq_info ii = { .argsz = sizeof(ii),
+				   .index = VFU_PCI_INTX_IRQ_INDEX };
+	const uint32_t none = VFU_IRQ_SET_DATA_NONE;
+	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), other, base;
+	unsigned int changed;
+
+	negotiate(f);
+	assert_true(efd >= 0);
+	assert_int_equal(xfer(f, VFU_CMD_DEVICE_GET_IRQ_INFO, &ii, sizeof(ii),
+			      &ii, sizeof(ii)), sizeof(ii));
+	assert_int_equal(ii.flags, VFU_IRQ_INFO_EVENTFD |
+			 VFU_IRQ_INFO_MASKABLE | VFU_IRQ_INFO_AUTOMASKED);
+	assert_int_equal(ii.count, 1);
+	ii.index = VFU_PCI_MSIX_IRQ_INDEX;
+	assert_int_equal(xfer(f, VFU_CMD_DEVICE_GET_IRQ_INFO, &ii, sizeof(ii),
+			      &ii, sizeof(ii)), sizeof(ii));
+	assert_int_equal(ii.flags, VFU_IRQ_INFO_EVENTFD |
+			 VFU_IRQ_INFO_NORESIZE);
+
+	/* No eventfd: not delivered, and not masked by the attempt. */
+	assert_int_equal(intx(f), 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  VFU_IRQ_SET_DATA_EVENTFD |
+				  VFU_IRQ_SET_ACTION_TRIGGER, &efd, 1), 0);
+	assert_int_equal(intx(f), 1);
+	assert_int_equal(intx(f), 0);		/* automasked */
+	assert_int_equal(efd_take(efd), 1);
+
+	changed = irqs_changed(&f->dev, VFU_PCI_INTX_IRQ_INDEX);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_UNMASK, NULL, 0), 0);
+	assert_int_equal(irqs_changed(&f->dev, VFU_PCI_INTX_IRQ_INDEX),
+			 changed + 1);
+	assert_int_equal(intx(f), 1);
+	assert_int_equal(efd_take(efd), 1);
+
+	/* UNMASK with a false bool does nothing; a true one unmasks. */
+	assert_int_equal(set_irqs_bool(f, VFU_PCI_INTX_IRQ_INDEX,
+				       VFU_IRQ_SET_ACTION_UNMASK, 0), 0);
+	assert_int_equal(intx(f), 0);
+	assert_int_equal(set_irqs_bool(f, VFU_PCI_INTX_IRQ_INDEX,
+				       VFU_IRQ_SET_ACTION_UNMASK, 1), 0);
+	assert_int_equal(irqs_changed(&f->dev, VFU_PCI_INTX_IRQ_INDEX),
+			 changed + 2);
+	/* MASK, and its bool forms. */
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_MASK, NULL, 0), 0);
+	assert_int_equal(intx(f), 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_UNMASK, NULL, 0), 0);
+	assert_int_equal(set_irqs_bool(f, VFU_PCI_INTX_IRQ_INDEX,
+				       VFU_IRQ_SET_ACTION_MASK, 0), 0);
+	assert_int_equal(set_irqs_bool(f, VFU_PCI_INTX_IRQ_INDEX,
+				       VFU_IRQ_SET_ACTION_MASK, 1), 0);
+	assert_int_equal(intx(f), 0);
+	assert_int_equal(efd_take(efd), 0);
+	/* The client's loopback TRIGGER obeys the mask, and masks. */
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_TRIGGER, NULL, 0),
+			 0);
+	assert_int_equal(efd_take(efd), 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_UNMASK, NULL, 0), 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_TRIGGER, NULL, 0),
+			 0);
+	assert_int_equal(efd_take(efd), 1);
+	assert_int_equal(intx(f), 0);
+
+	/* Not maskable: MSI-X, MSI (none here), an eventfd with MASK (the
+	 * fd is closed by the server). */
+	base = count_open_fds();
+	other = eventfd(0, EFD_CLOEXEC);
+	assert_int_equal(set_irqs(f, VFU_PCI_MSIX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_MASK, NULL, 0),
+			 -EINVAL);
+	assert_int_equal(set_irqs(f, VFU_PCI_MSIX_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_UNMASK, NULL, 0),
+			 -EINVAL);
+	assert_int_equal(set_irqs(f, VFU_PCI_MSIX_IRQ_INDEX,
+				  VFU_IRQ_SET_DATA_EVENTFD |
+				  VFU_IRQ_SET_ACTION_UNMASK, &other, 1),
+			 -EINVAL);
+	assert_int_equal(set_irqs(f, VFU_PCI_MSI_IRQ_INDEX,
+				  none | VFU_IRQ_SET_ACTION_UNMASK, NULL, 0),
+			 -EINVAL);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  VFU_IRQ_SET_DATA_EVENTFD |
+				  VFU_IRQ_SET_ACTION_MASK, &other, 1), -EINVAL);
+	close_safely(&other);
+	assert_int_equal(count_open_fds(), base);
+
+	/* Disabling INTx forgets the mask: a new eventfd delivers. */
+	{
+		struct vfu_irq_set s = { sizeof(s), none |
+					 VFU_IRQ_SET_ACTION_TRIGGER,
+					 VFU_PCI_INTX_IRQ_INDEX, 0, 0 };
+
+		assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s,
+				      sizeof(s), NULL, 0), 0);
+	}
+	assert_int_equal(intx(f), 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  VFU_IRQ_SET_DATA_EVENTFD |
+				  VFU_IRQ_SET_ACTION_TRIGGER, &efd, 1), 0);
+	assert_int_equal(intx(f), 1);
+	assert_int_equal(efd_take(efd), 1);
+	close_safely(&efd);
+}
+
+/*
+ * UNMASK with an eventfd: the server keeps it (the resample fd KVM
+ * signals on EOI) and unmasks whenever it is signalled, consuming the
+ * count; UNMASK with no fd stops that; so do disabling INTx and the
+ * client's disconnect, which also unmasks. A resample "eventfd" that
+ * only ever reads as end of file is dropped, not spun on.
+ */
+static void test_intx_resample(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t unmask_fd = VFU_IRQ_SET_DATA_EVENTFD |
+				   VFU_IRQ_SET_ACTION_UNMASK;
+	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	int rfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	uint64_t one = 1;
+	unsigned int changed;
+	int base, pfd[2];
+
+	negotiate(f);
+	assert_true(efd >= 0 && rfd >= 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  VFU_IRQ_SET_DATA_EVENTFD |
+				  VFU_IRQ_SET_ACTION_TRIGGER, &efd, 1), 0);
+	base = count_open_fds();
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX, unmask_fd, &rfd,
+				  1), 0);
+	assert_int_equal(count_open_fds(), base + 1);	/* kept */
+	assert_int_equal(intx(f), 1);
+	assert_int_equal(intx(f), 0);
+
+	/* The guest's EOI: KVM writes the resample fd. */
+	changed = irqs_changed(&f->dev, VFU_PCI_INTX_IRQ_INDEX);
+	assert_int_equal(write(rfd, &one, sizeof(one)), sizeof(one));
+	assert_true(wait_intx_changed(f, changed + 1));
+	assert_int_equal(intx(f), 1);
+	assert_int_equal(efd_take(efd), 2);
+	assert_int_equal(efd_take(rfd), 0);	/* the server read it */
+	/* Again, to be sure it is still watched. */
+	assert_int_equal(write(rfd, &one, sizeof(one)), sizeof(one));
+	assert_true(wait_intx_changed(f, changed + 2));
+	assert_int_equal(intx(f), 1);
+
+	/* UNMASK with no fd: no longer watched, closed. */
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX, unmask_fd, NULL,
+				  0), 0);
+	assert_int_equal(count_open_fds(), base);
+	changed = irqs_changed(&f->dev, VFU_PCI_INTX_IRQ_INDEX);
+	assert_int_equal(write(rfd, &one, sizeof(one)), sizeof(one));
+	usleep(50 * 1000);
+	/* A round trip: the dispatcher went through its poll since. */
+	assert_int_equal(set_irqs_bool(f, VFU_PCI_INTX_IRQ_INDEX,
+				       VFU_IRQ_SET_ACTION_MASK, 0), 0);
+	assert_int_equal(irqs_changed(&f->dev, VFU_PCI_INTX_IRQ_INDEX),
+			 changed);
+	assert_int_equal(intx(f), 0);
+	assert_int_equal(efd_take(rfd), 1);	/* nobody read it */
+
+	/* Disabling INTx drops the resample fd too. */
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX, unmask_fd, &rfd,
+				  1), 0);
+	assert_int_equal(count_open_fds(), base + 1);
+	{
+		struct vfu_irq_set s = { sizeof(s), VFU_IRQ_SET_DATA_NONE |
+					 VFU_IRQ_SET_ACTION_TRIGGER,
+					 VFU_PCI_INTX_IRQ_INDEX, 0, 0 };
+
+		assert_int_equal(xfer(f, VFU_CMD_DEVICE_SET_IRQS, &s,
+				      sizeof(s), NULL, 0), 0);
+	}
+	assert_int_equal(count_open_fds(), base - 1);	/* and the trigger */
+
+	/* Hostile: a pipe whose writer is gone reads as end of file
+	 * forever. The server drops it and serves on. */
+	assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX, unmask_fd,
+				  &pfd[0], 1), 0);
+	close_safely(&pfd[1]);
+	close_safely(&pfd[0]);
+	for (int i = 0; i < 2000 && count_open_fds() != base - 1; i++)
+		usleep(1000);
+	assert_int_equal(count_open_fds(), base - 1);
+	assert_int_equal(set_irqs_bool(f, VFU_PCI_INTX_IRQ_INDEX,
+				       VFU_IRQ_SET_ACTION_MASK, 0), 0);
+
+	/* Left masked, with a resample fd, for the disconnect to clean. */
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  VFU_IRQ_SET_DATA_EVENTFD |
+				  VFU_IRQ_SET_ACTION_TRIGGER, &efd, 1), 0);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX, unmask_fd, &rfd,
+				  1), 0);
+	assert_int_equal(intx(f), 1);
+	assert_int_equal(count_open_fds(), base + 1);
+	fx_stop_conn(f);
+	/* Server's trigger and resample copies, both socket ends. */
+	assert_int_equal(count_open_fds(), base + 1 - 4);
+	assert_int_equal(intx(f), 0);			/* no eventfd */
+	/* A new client starts unmasked. */
+	fx_start_conn(f);
+	negotiate(f);
+	assert_int_equal(set_irqs(f, VFU_PCI_INTX_IRQ_INDEX,
+				  VFU_IRQ_SET_DATA_EVENTFD |
+				  VFU_IRQ_SET_ACTION_TRIGGER, &efd, 1), 0);
+	efd_take(efd);
+	assert_int_equal(intx(f), 1);
+	assert_int_equal(efd_take(efd), 1);
+	close_safely(&efd);
+	close_safely(&rfd);
 }
 
 static void test_migration(void **state)
@@ -1156,6 +1443,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_disconnect_dma_blocked,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_set_irqs, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_intx_automask, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_intx_resample, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_migration, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_disconnect_cleanup, setup,

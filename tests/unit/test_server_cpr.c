@@ -2,8 +2,8 @@
 /*
  * The server side of a live update, in one process: server A serves a
  * real client (libferry's) with DMA maps -- two cut from one memfd, one
- * from another, one by message -- three MSI-X eventfds and a DMA log
- * with bits in it; A is held at a message boundary and saved; server B
+ * from another, one by message -- three MSI-X eventfds, INTx masked
+ * with a resample eventfd, and a DMA log with bits in it; A is held at a message boundary and saved; server B
  * is restored from the saved session and serves the same client on, A
  * leaving without a word. Then the parser: every truncation, every
  * field made wrong and every fd missing is refused with nothing taken,
@@ -30,6 +30,7 @@
 #include "ferry/util.h"
 #include "ferry/vfu_client.h"
 #include "ferry/vfu_server.h"
+#include "ferry/vfu_transport.h"
 
 #define NR_MSIX		4u
 #define MAX_MAPS	16u
@@ -115,6 +116,7 @@ static struct vfu_server *server_new(void)
 		.size = 4096, .fd = -1,
 		.flags = VFU_REGION_FLAG_READ | VFU_REGION_FLAG_WRITE,
 	};
+	desc.irq_count[VFU_PCI_INTX_IRQ_INDEX] = 1;
 	desc.irq_count[VFU_PCI_MSIX_IRQ_INDEX] = NR_MSIX;
 	return vfu_server_create(&desc, &cfg);
 }
@@ -126,6 +128,7 @@ struct fx {
 	pthread_t thread_a;
 	struct vfu_client *c;
 	int ram_fd, other_fd, efd[3];
+	int intx_fd, resample_fd;
 	uint8_t *ram;
 	uint8_t msg[4096];
 	struct cpr_fds *saved;		/* A's fds, borrowed */
@@ -163,6 +166,32 @@ static struct cpr_fds *received(struct fx *f)
 	close(sv[0]);
 	close(sv[1]);
 	return r;
+}
+
+/*
+ * INTx UNMASK with the resample eventfd, which libferry's client has no
+ * call for: sent raw on its socket between two of its requests (the
+ * reply is dropped by its receiver as unexpected; the next request's
+ * reply says this one was served).
+ */
+static void send_unmask_fd(struct fx *f, int fd)
+{
+	struct vfu_irq_set s = {
+		sizeof(s), VFU_IRQ_SET_DATA_EVENTFD | VFU_IRQ_SET_ACTION_UNMASK,
+		VFU_PCI_INTX_IRQ_INDEX, 0, 1,
+	};
+	struct vfu_hdr h = { .msg_id = 0xfff0,
+			     .cmd = VFU_CMD_DEVICE_SET_IRQS };
+	struct iovec iov = { .iov_base = &s, .iov_len = sizeof(s) };
+	struct vfu_conn c;
+	uint8_t buf[4];
+
+	vfu_conn_init_sock(&c, vfu_client_fd(f->c));
+	assert_int_equal(vfu_conn_send(&c, &h, &iov, 1, &fd, 1), 0);
+	c.fd = -1;	/* borrowed */
+	vfu_conn_close(&c);
+	assert_int_equal(vfu_client_region_read(f->c, VFU_PCI_BAR0_REGION_INDEX,
+						0, buf, 4), 0);
 }
 
 static int setup(void **state)
@@ -205,6 +234,15 @@ static int setup(void **state)
 	}
 	assert_int_equal(vfu_client_set_irqs(f->c, VFU_PCI_MSIX_IRQ_INDEX, 0,
 					     3, f->efd), 0);
+	/* INTx delivered once (so masked), a resample fd watched. */
+	f->intx_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	f->resample_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	assert_true(f->intx_fd >= 0 && f->resample_fd >= 0);
+	assert_int_equal(vfu_client_set_irqs(f->c, VFU_PCI_INTX_IRQ_INDEX, 0,
+					     1, &f->intx_fd), 0);
+	send_unmask_fd(f, f->resample_fd);
+	assert_int_equal(vfu_server_irq_trigger(f->a, VFU_PCI_INTX_IRQ_INDEX,
+						0), 1);
 	assert_int_equal(vfu_client_dma_log_start(f->c, &pgsize, NULL, 0), 0);
 	/* A device write before the update: its log bit must survive. */
 	assert_int_equal(vfu_server_dma_write(f->a, IOVA_A + 100, &x, 1), 0);
@@ -213,8 +251,9 @@ static int setup(void **state)
 	assert_int_equal(cpr_fds_new(&f->saved), 0);
 	assert_int_equal(vfu_server_save(f->a, f->saved, (void **)&f->blob,
 					 &f->len), 0);
-	/* listen, client, two files (not three maps), three eventfds */
-	assert_int_equal(cpr_fds_count(f->saved), 7);
+	/* listen, client, two files (not three maps), three MSI-X
+	 * eventfds, INTx's and its resample fd */
+	assert_int_equal(cpr_fds_count(f->saved), 9);
 	*state = f;
 	return 0;
 }
@@ -238,6 +277,8 @@ static int teardown(void **state)
 	close_safely(&f->other_fd);
 	for (int i = 0; i < 3; i++)
 		close_safely(&f->efd[i]);
+	close_safely(&f->intx_fd);
+	close_safely(&f->resample_fd);
 	unlink(f->path);
 	rmdir(f->dir);
 	assert_int_equal(count_open_fds(), f->fds0);
@@ -280,6 +321,11 @@ static void put32(uint8_t *p, uint32_t v)
 	memcpy(p, &v, 4);
 }
 
+static void put16(uint8_t *p, uint16_t v)
+{
+	memcpy(p, &v, 2);
+}
+
 static void put64(uint8_t *p, uint64_t v)
 {
 	memcpy(p, &v, 8);
@@ -297,7 +343,8 @@ static void test_fields(void **state)
 	memcpy(&nr, f->blob + OFF_NR_REGIONS, 4);
 	assert_int_equal(nr, 4);
 	log_off = OFF_REGIONS + nr * REGION_SIZE;
-	irq_off = f->len - (4 + VFU_PCI_NUM_IRQS * 4 + NR_MSIX);
+	/* nr, a count per index, INTx's vector, MSI-X's, the INTx word */
+	irq_off = f->len - (4 + VFU_PCI_NUM_IRQS * 4 + 1 + NR_MSIX + 4);
 
 #define MUTATE(what, stmt) do {						\
 		memcpy(bad, f->blob, f->len);				\
@@ -334,9 +381,16 @@ static void test_fields(void **state)
 	MUTATE("log words", put64(bad + log_off + 12, 2));
 	MUTATE("irq indexes", put32(bad + irq_off, VFU_PCI_NUM_IRQS + 1));
 	MUTATE("irq count", put32(bad + irq_off + 4 +
-				  VFU_PCI_MSIX_IRQ_INDEX * 4, NR_MSIX + 1));
-	/* nr, counts of indexes 0..2, then MSI-X's flags: vector 3's. */
-	MUTATE("irq flag 2", bad[irq_off + 4 + 3 * 4 + 3] = 2);
+				  VFU_PCI_MSIX_IRQ_INDEX * 4 + 1, NR_MSIX + 1));
+	/* nr, counts of indexes 0..2 and INTx's flag, then MSI-X's flags:
+	 * vector 3's. */
+	MUTATE("irq flag 2", bad[irq_off + 4 + 3 * 4 + 1 + 3] = 2);
+	MUTATE("intx flag", put32(bad + f->len - 4, 4 | 3));
+	/* Version 1 has no INTx word: a version 2 blob without it is short,
+	 * a version 1 blob with it is long. */
+	MUTATE("version 1 with the INTx word", put16(bad + OFF_VERSION, 1));
+	memcpy(bad, f->blob, f->len);
+	expect_refused(f, bad, f->len - 4, NULL, "version 2 without INTx");
 	memcpy(bad, f->blob, f->len);
 	bad[f->len] = 0;
 	expect_refused(f, bad, f->len + 1, NULL, "trailing byte");
@@ -348,6 +402,7 @@ static void test_missing_fd(void **state)
 {
 	static const char *const names[] = {
 		"listen", "client", "dma.0", "dma.1", "irq.2.0", "irq.2.2",
+		"irq.0.0", "intx.resample",
 	};
 	struct fx *f = *state;
 
@@ -359,6 +414,35 @@ static void test_missing_fd(void **state)
 		close(fd);
 		expect_refused(f, f->blob, f->len, r, names[i]);
 	}
+}
+
+/* A version 1 session (before the INTx word) still loads: INTx comes
+ * unmasked and without a resample fd, as a version 1 server kept it. */
+static void test_version1(void **state)
+{
+	struct fx *f = *state;
+	struct vfu_server *b = server_new();
+	struct cpr_fds *r = received(f);
+	uint8_t *v1 = malloc(f->len);
+	char err[256];
+	int fd;
+
+	assert_non_null(b);
+	assert_non_null(v1);
+	memcpy(v1, f->blob, f->len - 4);
+	put16(v1 + OFF_VERSION, 1);
+	assert_int_equal(vfu_server_restore(b, r, v1, f->len - 4, NULL, err,
+					    sizeof(err)), 0);
+	/* Not masked: B delivers (to the same eventfd). */
+	assert_int_equal(vfu_server_irq_trigger(b, VFU_PCI_INTX_IRQ_INDEX, 0),
+			 1);
+	assert_int_equal(cpr_fds_untaken(r), 1);
+	fd = cpr_fds_take(r, "intx.resample");
+	assert_true(fd >= 0);
+	close(fd);
+	cpr_fds_free(r);
+	vfu_server_destroy(b);
+	free(v1);
 }
 
 /* The intact session: B serves the same client on, A leaves quietly. */
@@ -402,6 +486,16 @@ static void test_takeover(void **state)
 			 0);
 	assert_int_equal(read(f->efd[1], &ev, sizeof(ev)), sizeof(ev));
 	assert_int_equal(ev, 1);
+	/* INTx came masked; B watches the resample fd and unmasks. */
+	assert_int_equal(vfu_server_irq_trigger(b, VFU_PCI_INTX_IRQ_INDEX, 0),
+			 0);
+	ev = 1;
+	assert_int_equal(write(f->resample_fd, &ev, sizeof(ev)), sizeof(ev));
+	for (int i = 0; i < 2000 && vfu_server_irq_trigger(
+			b, VFU_PCI_INTX_IRQ_INDEX, 0) != 1; i++)
+		usleep(1000);
+	assert_int_equal(read(f->intx_fd, &ev, sizeof(ev)), sizeof(ev));
+	assert_int_equal(ev, 2);	/* A's delivery, then B's */
 	/* The log, with A's bit and B's. */
 	assert_int_equal(vfu_client_dma_log_report(f->c, IOVA_A, 4096, 4096,
 						   &bitmap), 0);
@@ -424,6 +518,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fields, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing_fd, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_version1, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_takeover, setup,
 						teardown),
