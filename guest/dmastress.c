@@ -24,9 +24,19 @@
  * selftest_corrupt=1 (negative control: damage one result behind the
  * checker's back, a COPY destination with a device, a page without;
  * the run must FAIL), cpus=N (start APs 1..N-1: device d is driven by AP
- * 1 + d % (N-1), which also takes its MSI-X -- the table names that AP's
- * APIC id -- and every one of its interrupts must arrive on that AP; the
- * BSP keeps the RAM part and the heartbeat).
+ * 1 + d % (N-1), which also takes its interrupts -- the MSI-X entry, MSI
+ * address or IOAPIC entry names that AP's APIC id -- and every one of
+ * them must arrive on that AP; the BSP keeps the RAM part and the
+ * heartbeat), irq=auto|msix|msi|intx (how devices interrupt; auto: MSI-X
+ * if the device has it, else MSI, else INTx).
+ *
+ * INTx is a level-triggered line through the IOAPIC, possibly shared by
+ * several devices: its handler (ring 0, between the count and the EOI)
+ * reads every device's IRQ_STATUS on the line, counts what it finds on
+ * that device's completion/error counters as an MSI would have, and
+ * clears it, so the line is down before the EOI lets the IOAPIC sample
+ * it again. An invocation that finds no status bit is spurious: not an
+ * interrupt of any device, counted apart (spurious=).
  */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -39,6 +49,7 @@
 #include "ferry/ferry_dma_hw.h"
 #include "fmt.h"
 #include "guest.h"
+#include "ioapic.h"
 #include "lapic.h"
 #include "lib.h"
 #include "mem.h"
@@ -66,6 +77,9 @@
 #define RESET_SPIN_MAX		100000u
 #define HEARTBEAT_US		1000000ull
 #define VEC_BASE		0x40		/* device d: VEC_BASE + 2d, +1 */
+#define VEC_INTX_BASE		0x60		/* INTx line L: VEC_INTX_BASE + L */
+#define INTX_LINES_MAX		32		/* GSIs usable for INTx */
+#define IRQ_WORD_MAX		128		/* room for any irq= value */
 #define PAGE_BYTES		4096ull
 #define RESERVE_BYTES		(1ull << 20)
 #define FILL_CHUNK		256u		/* multiple of the 8-byte pattern */
@@ -81,6 +95,17 @@ static uint64_t opt_timeout = DEFAULT_TIMEOUT_S;
 static uint64_t opt_seed = 1;
 static uint64_t opt_selftest_corrupt;
 static uint64_t opt_cpus = 1;
+static char opt_irq[IRQ_WORD_MAX] = "auto";
+
+enum irq_mode { IRQ_AUTO, IRQ_MSIX, IRQ_MSI, IRQ_INTX, IRQ_MODES };
+
+static const char *const irq_mode_names[IRQ_MODES] = {
+	[IRQ_AUTO] = "auto",
+	[IRQ_MSIX] = "msix",
+	[IRQ_MSI] = "msi",
+	[IRQ_INTX] = "intx",
+};
+static enum irq_mode irq_mode;
 
 static const struct param params[] = {
 	{ "seconds", &opt_seconds },
@@ -92,6 +117,10 @@ static const struct param params[] = {
 	{ "seed", &opt_seed },
 	{ "selftest_corrupt", &opt_selftest_corrupt },
 	{ "cpus", &opt_cpus },
+};
+
+static const struct param_word param_words[] = {
+	{ "irq", opt_irq, sizeof(opt_irq) },
 };
 
 struct job {
@@ -127,7 +156,12 @@ struct fdev {
 	uint64_t seq;		/* COMPLETED after the last completion */
 	uint32_t run;		/* RUNNING_CRC state shadow */
 	uint64_t cookie_next;
+	/* Its interrupts are counted on vec (completions) and vec + 1
+	 * (errors), whatever the mode: MSI-X and MSI deliver those vectors,
+	 * the INTx handler counts there what it finds in IRQ_STATUS. */
 	unsigned int vec;
+	enum irq_mode irq;	/* resolved: never IRQ_AUTO */
+	unsigned int line;	/* INTx: the GSI from Interrupt Line */
 	uint64_t irq_base;	/* irq_counts[vec] at enable */
 	uint64_t raised_base;	/* IRQS_RAISED at enable */
 	uint64_t irq_flagged;	/* completions with the IRQ flag */
@@ -136,8 +170,9 @@ struct fdev {
 	struct written *written;	/* per slot: last bytes DMA'd to RAM */
 	uint32_t resets_base;	/* RESETS after our own reset */
 	bool resets_known;
-	/* The CPU that drives it and takes its MSI-X (cpus=N: APs 1..N-1
-	 * in turn; else the BSP), and what only that CPU touches. */
+	/* The CPU that drives it and takes its interrupts (cpus=N: APs
+	 * 1..N-1 in turn, but devices sharing an INTx line all go to the
+	 * first one's; else the BSP), and what only that CPU touches. */
 	unsigned int cpu;
 	struct rng rng;
 	uint64_t rounds;
@@ -163,6 +198,19 @@ struct written {
 
 static struct fdev devs[MAX_DEVICES];
 static unsigned int nr_devs;
+
+/* An INTx line (IOAPIC pin) in use: its devices, all served by cpu (the
+ * IOAPIC entry's destination), and the handler invocations that found
+ * no status bit on any of them. Written by the BSP at set-up (nr last),
+ * read by the handler on cpu. */
+struct intx_line {
+	unsigned int nr;
+	unsigned int cpu;
+	uint8_t devs[MAX_DEVICES];
+	volatile uint64_t spurious;
+};
+
+static struct intx_line intx_lines[INTX_LINES_MAX];
 static struct pageset pages;
 static int selftest_done;
 static volatile int ap_stop;
@@ -221,6 +269,25 @@ static uint64_t irqs_total(void)
 	for (unsigned int i = 0; i < nr_devs; i++)
 		n += irq_count(devs[i].vec) - devs[i].irq_base;
 	return n;
+}
+
+/* Spurious INTx invocations on the lines CPU cpu serves (all: ~0u). */
+static uint64_t spurious_total(unsigned int cpu)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < INTX_LINES_MAX; i++)
+		if (intx_lines[i].nr && (cpu == ~0u || intx_lines[i].cpu == cpu))
+			n += intx_lines[i].spurious;
+	return n;
+}
+
+static bool intx_used(unsigned int cpu)
+{
+	for (unsigned int i = 0; i < nr_devs; i++)
+		if (devs[i].irq == IRQ_INTX && (cpu == ~0u || devs[i].cpu == cpu))
+			return true;
+	return false;
 }
 
 /* A register read of all ones: the device is gone (its server died and
@@ -350,15 +417,13 @@ static void fill_random(struct rng *rng, uint8_t *p, uint64_t len)
 
 /* --- discovery and set-up ------------------------------------------- */
 
-static int dev_msix_setup(struct fdev *d, const struct pci_bar *bars)
+static int dev_msix_setup(struct fdev *d, unsigned int cap,
+			   const struct pci_bar *bars)
 {
-	unsigned int cap = pci_find_cap(d->pci, PCI_CAP_ID_MSIX);
 	uint32_t table, ctrl, nvec;
 	volatile uint32_t *entry;
 	uint32_t apic = d->cpu;		/* APIC ids are CPU numbers */
 
-	if (!cap)
-		return fail("no_msix dev=%u", d->idx);
 	ctrl = pci_cfg_read(d->pci, cap + PCI_MSIX_FLAGS, 2);
 	table = pci_cfg_read(d->pci, cap + PCI_MSIX_TABLE, 4);
 	nvec = (ctrl & PCI_MSIX_FLAGS_QSIZE) + 1;
@@ -382,6 +447,169 @@ static int dev_msix_setup(struct fdev *d, const struct pci_bar *bars)
 	ctrl = (ctrl | PCI_MSIX_FLAGS_ENABLE) & ~PCI_MSIX_FLAGS_MASKALL;
 	pci_cfg_write(d->pci, cap + PCI_MSIX_FLAGS, 2, ctrl);
 	return 0;
+}
+
+/*
+ * Plain MSI: FERRY_DMA_DEFAULT_VECTORS (2) messages, so Multiple Message
+ * Enable 1 and a base vector aligned to 2 (the device sends data | i
+ * for vector i); address 0xfee00000 | apic << 12 (high half 0), data the
+ * base vector. Disabled while it is programmed; read back once enabled.
+ */
+static int dev_msi_setup(struct fdev *d, unsigned int cap)
+{
+	uint32_t ctrl = pci_cfg_read(d->pci, cap + PCI_MSI_FLAGS, 2);
+	unsigned int mmc = (ctrl & PCI_MSI_FLAGS_QMASK) >> 1;
+	unsigned int mme = 0;
+	bool is64 = ctrl & PCI_MSI_FLAGS_64BIT;
+	uint32_t apic = d->cpu;		/* APIC ids are CPU numbers */
+
+	while ((1u << mme) < FERRY_DMA_DEFAULT_VECTORS)
+		mme++;
+	if (mmc < mme || (d->vec & ((1u << mme) - 1)))
+		return fail("bad_msi dev=%u ctrl=0x%x vector=0x%x", d->idx,
+			    ctrl, d->vec);
+	ctrl &= ~(PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE);
+	pci_cfg_write(d->pci, cap + PCI_MSI_FLAGS, 2, ctrl);
+	pci_cfg_write(d->pci, cap + PCI_MSI_ADDRESS_LO, 4,
+		      MSI_ADDR_BASE | apic << MSI_ADDR_DEST_SHIFT);
+	if (is64)
+		pci_cfg_write(d->pci, cap + PCI_MSI_ADDRESS_HI, 4, 0);
+	pci_cfg_write(d->pci, cap + (is64 ? PCI_MSI_DATA_64 : PCI_MSI_DATA_32),
+		      2, d->vec);
+	if (ctrl & PCI_MSI_FLAGS_MASKBIT)
+		pci_cfg_write(d->pci, cap + (is64 ? PCI_MSI_MASK_64 :
+					     PCI_MSI_MASK_32), 4, 0);
+	ctrl |= mme << PCI_MSI_FLAGS_QSIZE_SHIFT | PCI_MSI_FLAGS_ENABLE;
+	pci_cfg_write(d->pci, cap + PCI_MSI_FLAGS, 2, ctrl);
+	ctrl = pci_cfg_read(d->pci, cap + PCI_MSI_FLAGS, 2);
+	if (!(ctrl & PCI_MSI_FLAGS_ENABLE) ||
+	    (ctrl & PCI_MSI_FLAGS_QSIZE) >> PCI_MSI_FLAGS_QSIZE_SHIFT != mme)
+		return fail("msi_enable dev=%u ctrl=0x%x", d->idx, ctrl);
+	return 0;
+}
+
+static void irq_account(unsigned int vector, unsigned int cpu)
+{
+	__atomic_fetch_add(&irq_counts[vector], 1, __ATOMIC_RELAXED);
+	irq_counts_cpu[cpu][vector]++;	/* only this CPU writes its row */
+}
+
+/*
+ * The INTx line's handler: ring 0, interrupts off, before the EOI.
+ * Every device on the line: read IRQ_STATUS once; if set, count it as
+ * its MSI would have been (completion on vec, anything else on the error
+ * vector vec + 1) and write the bits back to clear them (w1c), so the
+ * line is down when the EOI reaches the IOAPIC. One read per device and
+ * invocation: a cause set after it is the device's next assertion (the
+ * server signals it again when the EOI unmasks the line), counted by the
+ * next invocation. No status anywhere: spurious, not counted.
+ */
+static void intx_irq(unsigned int vector, unsigned int cpu)
+{
+	struct intx_line *l = &intx_lines[(vector - VEC_INTX_BASE) %
+					  INTX_LINES_MAX];
+	unsigned int n = __atomic_load_n(&l->nr, __ATOMIC_ACQUIRE);
+	bool any = false;
+
+	cpu %= GUEST_MAX_CPUS;
+	for (unsigned int i = 0; i < n; i++) {
+		struct fdev *d = &devs[l->devs[i]];
+		uint32_t st = reg_read(d, FERRY_DMA_REG_IRQ_STATUS);
+
+		if (!st || st == REG_GONE)
+			continue;
+		reg_write(d, FERRY_DMA_REG_IRQ_STATUS, st);
+		if (st & FERRY_DMA_IRQ_COMPLETION)
+			irq_account(d->vec, cpu);
+		if (st & ~FERRY_DMA_IRQ_COMPLETION)
+			irq_account(d->vec + 1, cpu);
+		any = true;
+	}
+	if (!any)
+		l->spurious++;
+}
+
+/*
+ * INTx: pin INTA#..INTD# (0 = none), the GSI the VMM (as firmware would)
+ * wrote into Interrupt Line, that IOAPIC pin routed level-triggered,
+ * active-high, to VEC_INTX_BASE + line on the serving CPU. A device that
+ * shares a line already routed takes that line's CPU. INTx disable off.
+ */
+static int dev_intx_setup(struct fdev *d)
+{
+	uint32_t pin = pci_cfg_read(d->pci, PCI_INTERRUPT_PIN, 1);
+	uint32_t line = pci_cfg_read(d->pci, PCI_INTERRUPT_LINE, 1);
+	unsigned int pins, vec = VEC_INTX_BASE + line;
+	struct intx_line *l;
+	uint32_t rte, want, cmd;
+
+	if (pin == 0 || pin > 4)
+		return fail("no_intx dev=%u pin=%u", d->idx, pin);
+	pins = ioapic_pins();
+	if (!pins)
+		return fail("no_ioapic dev=%u", d->idx);
+	if (line >= pins || line >= INTX_LINES_MAX)
+		return fail("bad_intx_line dev=%u line=%u ioapic_pins=%u",
+			    d->idx, line, pins);
+	d->line = line;
+	l = &intx_lines[line];
+	if (l->nr)
+		d->cpu = l->cpu;
+	else
+		l->cpu = d->cpu;
+	l->devs[l->nr] = d->idx;
+	__atomic_store_n(&l->nr, l->nr + 1, __ATOMIC_RELEASE);
+	if (l->nr == 1) {
+		irq_set_hook(vec, intx_irq);
+		rte = ioapic_route(line, vec, l->cpu, true);
+		want = vec | IOAPIC_RTE_LEVEL;
+		if ((rte & (IOAPIC_RTE_VECTOR | IOAPIC_RTE_DELMODE |
+			    IOAPIC_RTE_LOGICAL | IOAPIC_RTE_ACTIVE_LOW |
+			    IOAPIC_RTE_LEVEL | IOAPIC_RTE_MASKED)) != want)
+			return fail("ioapic_route dev=%u line=%u rte=0x%x "
+				    "expected=0x%x", d->idx, line, rte, want);
+	}
+	cmd = pci_cfg_read(d->pci, PCI_COMMAND, 2);
+	pci_cfg_write(d->pci, PCI_COMMAND, 2, cmd & ~PCI_COMMAND_INTX_OFF);
+	return 0;
+}
+
+/*
+ * Pick the interrupt mode (irq=, auto: MSI-X, else MSI, else INTx), turn
+ * off the message capabilities not used (a driver before us may have
+ * left one on) and set the chosen one up.
+ */
+static int dev_irq_setup(struct fdev *d, const struct pci_bar *bars)
+{
+	unsigned int msix = pci_find_cap(d->pci, PCI_CAP_ID_MSIX);
+	unsigned int msi = pci_find_cap(d->pci, PCI_CAP_ID_MSI);
+	uint32_t ctrl;
+
+	d->irq = irq_mode;
+	if (d->irq == IRQ_AUTO)
+		d->irq = msix ? IRQ_MSIX : msi ? IRQ_MSI : IRQ_INTX;
+	if (d->irq == IRQ_MSIX && !msix)
+		return fail("no_msix dev=%u", d->idx);
+	if (d->irq == IRQ_MSI && !msi)
+		return fail("no_msi dev=%u", d->idx);
+	if (msix && d->irq != IRQ_MSIX) {
+		ctrl = pci_cfg_read(d->pci, msix + PCI_MSIX_FLAGS, 2);
+		pci_cfg_write(d->pci, msix + PCI_MSIX_FLAGS, 2,
+			      ctrl & ~PCI_MSIX_FLAGS_ENABLE);
+	}
+	if (msi && d->irq != IRQ_MSI) {
+		ctrl = pci_cfg_read(d->pci, msi + PCI_MSI_FLAGS, 2);
+		pci_cfg_write(d->pci, msi + PCI_MSI_FLAGS, 2,
+			      ctrl & ~PCI_MSI_FLAGS_ENABLE);
+	}
+	switch (d->irq) {
+	case IRQ_MSIX:
+		return dev_msix_setup(d, msix, bars);
+	case IRQ_MSI:
+		return dev_msi_setup(d, msi);
+	default:
+		return dev_intx_setup(d);
+	}
 }
 
 static int dev_alloc(struct fdev *d)
@@ -451,6 +679,7 @@ static int dev_reset(struct fdev *d)
 static int dev_setup(struct fdev *d, uint64_t *next_free)
 {
 	struct pci_bar bars[PCI_NUM_BARS];
+	char irq[48];
 	uint32_t cmd;
 
 	memset(bars, 0, sizeof(bars));
@@ -491,12 +720,18 @@ static int dev_setup(struct fdev *d, uint64_t *next_free)
 						DEVMEM_WINDOW_MAX), 0))
 		return fail("bar_unmappable dev=%u", d->idx);
 
-	if (dev_alloc(d) || dev_msix_setup(d, bars) || dev_reset(d))
+	if (dev_alloc(d) || dev_irq_setup(d, bars) || dev_reset(d))
 		return -1;
+	if (d->irq == IRQ_INTX)
+		fmt_snprintf(irq, sizeof(irq), "line=%u vector=0x%x", d->line,
+			     VEC_INTX_BASE + d->line);
+	else
+		fmt_snprintf(irq, sizeof(irq), "vectors=0x%x,0x%x", d->vec,
+			     d->vec + 1);
 	say("device %u: %02x:%02x.%x bar0=0x%lx bar2=0x%lx devmem=%lu "
-	    "window=%lu vectors=0x%x,0x%x", d->idx, d->pci.bus, d->pci.dev,
+	    "window=%lu irq=%s %s cpu=%u", d->idx, d->pci.bus, d->pci.dev,
 	    d->pci.fn, bars[0].addr, bars[2].addr, d->devmem_size, d->window,
-	    d->vec, d->vec + 1);
+	    irq_mode_names[d->irq], irq, d->cpu);
 	return 0;
 }
 
@@ -947,11 +1182,16 @@ static int dev_final_check(struct fdev *d)
 		for (unsigned int c = 0; c < smp_cpus(); c++)
 			say("dev %u vector 0x%x: %lu on cpu %u", d->idx, d->vec,
 			    irq_count_cpu(c, d->vec), c);
+		if (d->irq == IRQ_INTX)
+			say("dev %u intx line %u: %lu invocations, %lu spurious",
+			    d->idx, d->line, irq_count(VEC_INTX_BASE + d->line),
+			    intx_lines[d->line].spurious);
 		return fail("irq_count dev=%u irqs=%lu flagged=%lu raised=%lu "
 			    "error_irqs=%lu", d->idx, got, d->irq_flagged,
 			    raised, irq_count(d->vec + 1));
 	}
-	/* Every one of them on the CPU its MSI-X entry names. */
+	/* Every one of them on the CPU its MSI-X entry, MSI address or
+	 * IOAPIC entry names. */
 	mine = irq_count_cpu(d->cpu, d->vec) - d->irq_base_cpu;
 	if (mine != got)
 		return fail("irq_cpu dev=%u cpu=%u irqs_on_cpu=%lu irqs=%lu",
@@ -1082,8 +1322,13 @@ static void cpu_report(unsigned int cpu)
 		jobs += d->jobs_done;
 		irqs += irq_count_cpu(cpu, d->vec) - d->irq_base_cpu;
 	}
-	say("cpu %u: jobs=%lu irqs=%lu max_stall_us=%lu", cpu, jobs, irqs,
-	    tsc_to_us(ap_max_tsc[cpu]));
+	if (intx_used(cpu))
+		say("cpu %u: jobs=%lu irqs=%lu max_stall_us=%lu spurious=%lu",
+		    cpu, jobs, irqs, tsc_to_us(ap_max_tsc[cpu]),
+		    spurious_total(cpu));
+	else
+		say("cpu %u: jobs=%lu irqs=%lu max_stall_us=%lu", cpu, jobs,
+		    irqs, tsc_to_us(ap_max_tsc[cpu]));
 }
 
 /* Stop the APs and wait for their final checks (bounded like any wait:
@@ -1140,11 +1385,17 @@ static int setup(void)
 	}
 	if (opt_timeout == 0)
 		opt_timeout = DEFAULT_TIMEOUT_S;
+	for (irq_mode = 0; irq_mode < IRQ_MODES; irq_mode++)
+		if (!strncmp(opt_irq, irq_mode_names[irq_mode],
+			     sizeof(opt_irq)))
+			break;
 	mem_init();
 	lapic_enable();
 	if (opt_cpus < 1 || opt_cpus > GUEST_MAX_CPUS)
 		return fail("cpus=%lu: must be 1..%u", opt_cpus,
 			    GUEST_MAX_CPUS);
+	if (irq_mode == IRQ_MODES)
+		return fail("irq=%s: must be auto, msix, msi or intx", opt_irq);
 	/* APs first: the devices' MSI-X go to them from the start. */
 	if (smp_start(opt_cpus))
 		return -1;
@@ -1179,14 +1430,15 @@ int guest_main(void)
 	uint64_t start, now, next_beat, deadline;
 	struct page_mismatch bad;
 
-	params_parse(params, ARRAY_SIZE(params));
+	params_parse_words(params, ARRAY_SIZE(params), param_words,
+			   ARRAY_SIZE(param_words));
 	if (setup())
 		return 1;
 	say("start devices=%u pages=%lu batch=%lu maxlen=%lu seconds=%lu "
-	    "seed=%lu tsc_khz=%lu tsc_src=%s crc=%s cpus=%u", nr_devs,
+	    "seed=%lu tsc_khz=%lu tsc_src=%s crc=%s cpus=%u irq=%s", nr_devs,
 	    opt_pages, opt_batch, opt_maxlen, opt_seconds, opt_seed,
 	    tsc_hz / 1000, tsc_source, crc32c_is_hw() ? "sse4.2" : "table",
-	    smp_cpus());
+	    smp_cpus(), irq_mode_names[irq_mode]);
 
 	smp_go();
 	stall_reset();
@@ -1216,9 +1468,16 @@ int guest_main(void)
 		fail("page_mismatch page=%lu word=%u", bad.page, bad.word);
 		return 1;
 	}
-	say("PASS jobs=%lu bytes=%lu irqs=%lu devices=%u max_stall_us=%lu "
-	    "rewrites=%lu resets=%lu cpus=%lu", total_jobs(), total_bytes(),
-	    irqs_total(), nr_devs, stall_max_us(), pages.rewrites,
-	    resets_seen(), opt_cpus);
+	if (intx_used(~0u))
+		say("PASS jobs=%lu bytes=%lu irqs=%lu devices=%u "
+		    "max_stall_us=%lu rewrites=%lu resets=%lu cpus=%lu "
+		    "spurious=%lu", total_jobs(), total_bytes(), irqs_total(),
+		    nr_devs, stall_max_us(), pages.rewrites, resets_seen(),
+		    opt_cpus, spurious_total(~0u));
+	else
+		say("PASS jobs=%lu bytes=%lu irqs=%lu devices=%u "
+		    "max_stall_us=%lu rewrites=%lu resets=%lu cpus=%lu",
+		    total_jobs(), total_bytes(), irqs_total(), nr_devs,
+		    stall_max_us(), pages.rewrites, resets_seen(), opt_cpus);
 	return 0;
 }

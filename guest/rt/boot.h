@@ -79,6 +79,9 @@ void enter_user(uint64_t rip, uint64_t rsp, uint64_t arg)
 	__attribute__((noreturn));
 extern volatile uint64_t irq_counts[256];
 extern volatile uint64_t irq_counts_cpu[GUEST_MAX_CPUS][256];
+/* Called in ring 0, interrupts off, between the count and the EOI. */
+typedef void (*irq_hook_fn)(unsigned int vector, unsigned int cpu);
+extern irq_hook_fn irq_hooks[256];
 extern char kstacks[], ustacks[], dfstacks[];
 extern const char ap_trampoline[], ap_trampoline_end[];
 extern uint64_t lapic_eoi_reg;

@@ -54,7 +54,14 @@ static bool parse_u64(const char *s, uint64_t *out)
 	return true;
 }
 
-static void param_apply(const struct param *params, size_t n, char *tok)
+static bool key_is(const char *key, const char *tok, size_t len)
+{
+	return strlen(key) == len && !strncmp(key, tok, len);
+}
+
+static void param_apply(const struct param *params, size_t n,
+			const struct param_word *words, size_t nwords,
+			char *tok)
 {
 	char *eq = tok;
 	uint64_t v;
@@ -66,9 +73,20 @@ static void param_apply(const struct param *params, size_t n, char *tok)
 		return;
 	}
 	*eq = 0;
+	for (size_t i = 0; i < nwords; i++) {
+		size_t len = strlen(eq + 1);
+
+		if (!key_is(words[i].key, tok, eq - tok))
+			continue;
+		if (len < words[i].size)
+			memcpy(words[i].buf, eq + 1, len + 1);
+		else
+			say("bad value '%s' for %s ignored (keeping %s)",
+			    eq + 1, tok, words[i].buf);
+		return;
+	}
 	for (size_t i = 0; i < n; i++) {
-		if (strlen(params[i].key) != (size_t)(eq - tok) ||
-		    strncmp(params[i].key, tok, eq - tok))
+		if (!key_is(params[i].key, tok, eq - tok))
 			continue;
 		if (parse_u64(eq + 1, &v))
 			*params[i].value = v;
@@ -81,6 +99,12 @@ static void param_apply(const struct param *params, size_t n, char *tok)
 }
 
 void params_parse(const struct param *params, size_t n)
+{
+	params_parse_words(params, n, 0, 0);
+}
+
+void params_parse_words(const struct param *params, size_t n,
+			const struct param_word *words, size_t nwords)
 {
 	const char *p = boot_info.cmdline;
 	bool first = true;
@@ -107,6 +131,6 @@ void params_parse(const struct param *params, size_t n)
 			continue;	/* the image name */
 		}
 		first = false;
-		param_apply(params, n, tok);
+		param_apply(params, n, words, nwords, tok);
 	}
 }

@@ -5,6 +5,11 @@
  * optional k/m/g suffix (powers of 1024). A first word without '=' is the
  * image name some loaders (QEMU) put there and is skipped; any other
  * unknown key or malformed value is reported and ignored.
+ *
+ * Word parameters (struct param_word) take their value as text, copied
+ * into the caller's buffer (NUL-terminated); the caller checks it, since
+ * only it knows the words it accepts. A value that does not fit is
+ * reported and ignored like a malformed number.
  */
 #ifndef GUEST_CMDLINE_H
 #define GUEST_CMDLINE_H
@@ -17,6 +22,14 @@ struct param {
 	uint64_t *value;
 };
 
+struct param_word {
+	const char *key;
+	char *buf;		/* holds the default, gets the value */
+	size_t size;
+};
+
 void params_parse(const struct param *params, size_t n);
+void params_parse_words(const struct param *params, size_t n,
+			const struct param_word *words, size_t nwords);
 
 #endif /* GUEST_CMDLINE_H */

@@ -4,18 +4,23 @@
  *
  * Every vector has a 16-byte entry point at vec_entries + 16 * vector. Exceptions
  * 0..31 are fatal except the #UD raised by svc_call's UD2. Vectors 32..255
- * only count and EOI: ring-0 time is emulated on kvm_pvm, so an interrupt
- * must cost a handful of instructions.
+ * count and EOI: ring-0 time is emulated on kvm_pvm, so an interrupt
+ * must cost a handful of instructions. A vector with a hook in
+ * irq_hooks[] (a level-triggered line: the device's status must be
+ * cleared before the EOI) also calls hook(vector, cpu) in C, between the
+ * count and the EOI.
  */
 #include "boot_asm.h"
 
 	.section .bss
 	.align 64
-	.globl irq_counts, irq_counts_cpu
+	.globl irq_counts, irq_counts_cpu, irq_hooks
 irq_counts:
 	.skip 256 * 8
 irq_counts_cpu:				/* [cpu][vector] */
 	.skip GUEST_MAX_CPUS * 256 * 8
+irq_hooks:				/* [vector]: 0 or hook(vector, cpu) */
+	.skip 256 * 8
 
 	.section .data
 	.align 8
@@ -114,9 +119,10 @@ exc_common:
 	hlt
 	jmp	2b
 
-/* Count (in all and for this CPU), EOI (not for the spurious vector),
- * return. Interrupts arrive only in ring 3, so RSP is on this CPU's
- * kernel stack and says which CPU this is. */
+/* Count (in all and for this CPU), call the vector's hook if it has
+ * one, EOI (not for the spurious vector), return. Interrupts arrive only
+ * in ring 3 (or in the ring-0 idle HLT), so RSP is on this CPU's kernel
+ * stack and says which CPU this is. */
 irq_common:
 	pushq	%rax
 	pushq	%rdx
@@ -128,7 +134,9 @@ irq_common:
 	shlq	$8, %rdx
 	addq	%rax, %rdx
 	incq	irq_counts_cpu(,%rdx,8)
-	cmpl	$SPURIOUS_VECTOR_ASM, %eax
+	cmpq	$0, irq_hooks(,%rax,8)
+	jne	4f
+5:	cmpl	$SPURIOUS_VECTOR_ASM, %eax
 	je	3f
 	movq	lapic_eoi_reg(%rip), %rdx
 	movl	$0, (%rdx)
@@ -136,6 +144,31 @@ irq_common:
 	popq	%rax
 	addq	$8, %rsp
 	iretq
+/* hook(vector, cpu) with the other caller-saved registers kept; RDX is
+ * cpu * 256 + vector. Seven pushes after the frame, vector, RAX and RDX
+ * leave RSP 8 off a 16-byte boundary: one more slot aligns the call. */
+4:	pushq	%rcx
+	pushq	%rsi
+	pushq	%rdi
+	pushq	%r8
+	pushq	%r9
+	pushq	%r10
+	pushq	%r11
+	subq	$8, %rsp
+	movq	%rax, %rdi
+	movq	%rdx, %rsi
+	shrq	$8, %rsi
+	call	*irq_hooks(,%rax,8)
+	addq	$8, %rsp
+	popq	%r11
+	popq	%r10
+	popq	%r9
+	popq	%r8
+	popq	%rdi
+	popq	%rsi
+	popq	%rcx
+	movq	16(%rsp), %rax		/* the vector again */
+	jmp	5b
 
 	.globl svc_call, svc_ud2
 svc_call:

@@ -23,6 +23,12 @@ uint64_t irq_count(unsigned int vector)
 	return __atomic_load_n(&irq_counts[vector & 0xff], __ATOMIC_RELAXED);
 }
 
+void irq_set_hook(unsigned int vector, void (*hook)(unsigned int vector,
+						    unsigned int cpu))
+{
+	__atomic_store_n(&irq_hooks[vector & 0xff], hook, __ATOMIC_RELEASE);
+}
+
 #define ICR_SPIN_MAX	1000000u
 
 int lapic_icr_send(uint32_t dest, uint32_t icr_lo)

@@ -3,7 +3,8 @@
  * Local APIC in xAPIC mode at its default base, driven by MMIO from
  * ring 3 (the page is mapped user-accessible). The interrupt entry points in
  * entry.S count every vector in irq_counts[] and EOI; this file only
- * software-enables the APIC so MSIs are accepted, and sends IPIs.
+ * software-enables the APIC so MSIs are accepted, sends IPIs, and sets
+ * the per-vector hooks of level-triggered lines.
  */
 #ifndef GUEST_LAPIC_H
 #define GUEST_LAPIC_H
@@ -26,6 +27,15 @@
 void lapic_enable(void);
 uint32_t lapic_id(void);
 uint64_t irq_count(unsigned int vector);
+/*
+ * Run hook(vector, cpu) in ring 0 (interrupts off, emulated on kvm_pvm:
+ * keep it to a few register accesses) for every interrupt of vector,
+ * after it is counted and before the EOI: what a level-triggered line
+ * needs, since the LAPIC's EOI of a level vector reaches the IOAPIC and
+ * the line is sampled again. hook may be 0 (count and EOI only).
+ */
+void irq_set_hook(unsigned int vector, void (*hook)(unsigned int vector,
+						    unsigned int cpu));
 /* Send an IPI to APIC id dest (ICR high, then low); 0 once the LAPIC
  * reports it sent, -1 if it stays pending. */
 int lapic_icr_send(uint32_t dest, uint32_t icr_lo);

@@ -16,6 +16,8 @@
 #define PCI_HEADER_TYPE		0x0e
 #define PCI_BAR0		0x10
 #define PCI_CAP_PTR		0x34
+#define PCI_INTERRUPT_LINE	0x3c	/* the GSI firmware/the VMM routed */
+#define PCI_INTERRUPT_PIN	0x3d	/* 0 none, 1..4 INTA#..INTD# */
 
 #define PCI_COMMAND_MEMORY	0x0002
 #define PCI_COMMAND_MASTER	0x0004
@@ -27,6 +29,21 @@
 #define PCI_BAR_MEM_TYPE_MASK	0x6
 #define PCI_BAR_MEM_TYPE_64	0x4
 #define PCI_BAR_MEM_MASK	(~0xfull)
+
+#define PCI_CAP_ID_MSI		0x05
+#define PCI_MSI_FLAGS		2	/* u16 message control */
+#define PCI_MSI_FLAGS_ENABLE	0x0001
+#define PCI_MSI_FLAGS_QMASK	0x000e	/* multiple message capable */
+#define PCI_MSI_FLAGS_QSIZE	0x0070	/* multiple message enable */
+#define PCI_MSI_FLAGS_QSIZE_SHIFT 4
+#define PCI_MSI_FLAGS_64BIT	0x0080
+#define PCI_MSI_FLAGS_MASKBIT	0x0100	/* per-vector masking */
+#define PCI_MSI_ADDRESS_LO	4
+#define PCI_MSI_ADDRESS_HI	8	/* 64-bit capable only */
+#define PCI_MSI_DATA_32		8	/* u16 */
+#define PCI_MSI_DATA_64		0xc	/* u16 */
+#define PCI_MSI_MASK_32		0xc	/* u32, with MASKBIT */
+#define PCI_MSI_MASK_64		0x10
 
 #define PCI_CAP_ID_MSIX		0x11
 #define PCI_MSIX_FLAGS		2	/* u16 message control */
