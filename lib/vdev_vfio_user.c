@@ -175,6 +175,11 @@ static int vu_set_irqs(struct vdev *d, uint32_t index, uint32_t start,
 	return vfu_client_set_irqs(to_client(d), index, start, count, fds);
 }
 
+static int vu_irq_unmask(struct vdev *d, uint32_t index, int resample_fd)
+{
+	return vfu_client_irq_unmask(to_client(d), index, resample_fd);
+}
+
 static int vu_dma_map(struct vdev *d, uint64_t iova, uint64_t size, int fd,
 		      uint64_t offset, uint32_t prot, void *vaddr)
 {
@@ -324,6 +329,7 @@ static const struct vdev_ops vdev_vfio_user_ops = {
 	.region_write = vu_region_write,
 	.irq_info = vu_irq_info,
 	.set_irqs = vu_set_irqs,
+	.irq_unmask = vu_irq_unmask,
 	.dma_map = vu_dma_map,
 	.dma_unmap = vu_dma_unmap,
 	.reset = vu_reset,

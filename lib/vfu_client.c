@@ -1300,6 +1300,29 @@ int vfu_client_set_irqs(struct vfu_client *c, uint32_t index, uint32_t start,
 	return 0;
 }
 
+int vfu_client_irq_unmask(struct vfu_client *c, uint32_t index,
+			  int resample_fd)
+{
+	struct vfu_irq_set req = {
+		.argsz = sizeof(req),
+		.flags = VFU_IRQ_SET_ACTION_UNMASK | (resample_fd >= 0 ?
+			 VFU_IRQ_SET_DATA_EVENTFD : VFU_IRQ_SET_DATA_NONE),
+		.index = index,
+		.start = 0,
+		.count = 1,
+	};
+	struct iovec iov = { .iov_base = &req, .iov_len = sizeof(req) };
+	struct vfu_msg reply;
+	int ret;
+
+	ret = client_request(c, VFU_CMD_DEVICE_SET_IRQS, &iov, 1,
+			     resample_fd >= 0 ? &resample_fd : NULL,
+			     resample_fd >= 0 ? 1 : 0, 0, &reply);
+	if (!ret)
+		vfu_msg_release(&reply);
+	return ret;
+}
+
 int vfu_client_reset(struct vfu_client *c)
 {
 	struct vfu_msg reply;

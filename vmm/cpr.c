@@ -4,7 +4,8 @@
  *
  * Registry names: "ram" (guest RAM's memfd); per device i, "dev<i>."
  * followed by "sock" (the vfio-user connection), "bar<n>" (an mmap'able
- * region's fd) and "irq<v>" (MSI-X vector v's eventfd). The blob:
+ * region's fd), "irq<v>" (MSI-X vector v's eventfd), "msi<v>" (MSI
+ * vector v's) and "intx0"/"intx1" (INTx trigger, resample). The blob:
  *
  *   {"version": 1, "id": "<32 hex>", "mode": "cpr-transfer"|"cpr-exec",
  *    "memory": bytes, "cpus": n, "devices": [<vfio_pci_cpr_save()>...]}

@@ -420,6 +420,24 @@ int vm_irqfd_assign(struct vm *vm, int eventfd, int gsi)
 	return 0;
 }
 
+int vm_irqfd_assign_resample(struct vm *vm, int eventfd, int resample_fd,
+			     int gsi)
+{
+	struct kvm_irqfd irqfd = {
+		.fd = (uint32_t)eventfd,
+		.gsi = (uint32_t)gsi,
+		.flags = KVM_IRQFD_FLAG_RESAMPLE,
+		.resamplefd = (uint32_t)resample_fd,
+	};
+
+	if (eventfd < 0 || resample_fd < 0 || gsi < 0 ||
+	    gsi >= VM_IOAPIC_PINS)
+		return -EINVAL;
+	if (ioctl(vm->vm_fd, KVM_IRQFD, &irqfd) < 0)
+		return -errno;
+	return 0;
+}
+
 int vm_irqfd_deassign(struct vm *vm, int eventfd, int gsi)
 {
 	struct kvm_irqfd irqfd = {

@@ -7,9 +7,10 @@
  * for everything except what a VMM must own: the BAR registers (the VMM
  * places BARs), the expansion ROM BAR (the device's ROM region, read-only,
  * decoded when its enable bit and memory decode are on), the command register
- * (tracked to know when memory decode is on, and forwarded), and the
- * MSI-X Message Control (its enable/mask bits drive our routing, and are
- * forwarded too so the device knows).
+ * (tracked to know when memory decode is on, and forwarded), the
+ * MSI-X Message Control and the MSI capability (they drive our routing,
+ * and are forwarded too so the device knows), and Interrupt Line/Pin
+ * (INTx is wired by us: vmm/intx.c).
  *
  * BARs: one MMIO (or, for an I/O BAR, port) handler covers a whole BAR
  * for as long as it is mapped and its decode is on;
@@ -34,6 +35,7 @@
 #include "ferry/util.h"
 #include "ferry/vdev.h"
 
+#include "intx.h"
 #include "msix.h"
 #include "pci.h"
 #include "vfio_pci.h"
@@ -80,6 +82,25 @@
 #define PCI_MSIX_CTRL_MASKALL	0x4000
 #define PCI_MSIX_CTRL_ENABLE	0x8000
 #define PCI_MSIX_BIR_MASK	0x7u
+#define PCI_COMMAND_INTX_DISABLE 0x400
+#define PCI_INTERRUPT_LINE	0x3c
+#define PCI_INTERRUPT_PIN	0x3d
+#define PCI_CAP_ID_MSI		0x05
+#define PCI_MSI_CTRL		2	/* offsets in the capability */
+#define PCI_MSI_ADDR_LO		4
+#define PCI_MSI_ADDR_HI		8	/* 64-bit capabilities only */
+#define PCI_MSI_MAX_LEN		24	/* 64-bit with per-vector masking */
+#define PCI_MSI_CTRL_ENABLE	0x0001
+#define PCI_MSI_CTRL_MMC_SHIFT	1	/* log2 of the vectors asked for */
+#define PCI_MSI_CTRL_MME_SHIFT	4	/* log2 of the vectors granted */
+#define PCI_MSI_CTRL_MME	0x0070
+#define PCI_MSI_CTRL_64BIT	0x0080
+#define PCI_MSI_CTRL_PVM	0x0100
+#define PCI_MSI_MAX_LOG2	5	/* 32 vectors */
+/* INTx pin p of the device in slot s raises IOAPIC pin 16 + (s + p - 1)
+ * % 8: the PCI pins, swizzled so that neighbours do not share. */
+#define VUP_INTX_FIRST_GSI	16
+#define VUP_INTX_NR_GSI		8
 
 struct vup_seg {
 	uint64_t off;
@@ -137,6 +158,26 @@ struct vfio_pci {
 	uint64_t msix_table_off, msix_pba_off;
 	uint32_t msix_irq_count;	/* vectors the device accepts fds for */
 	struct msix *msix;
+
+	/* MSI: the capability from its Message Control on is the VMM's
+	 * (msi_regs, by offset in the capability; writes are forwarded so
+	 * the device knows what it may signal). The vectors are routed by
+	 * an msix of 1 << MMC entries programmed from it. */
+	unsigned msi_cap;		/* 0: none */
+	unsigned msi_len;		/* the capability's length */
+	unsigned msi_data_off;		/* Message Data's offset in it */
+	unsigned msi_log2;		/* MMC: the device asks for 2^this */
+	uint32_t msi_irq_count;		/* vectors the device accepts fds for */
+	uint8_t msi_regs[PCI_MSI_MAX_LEN];
+	uint8_t msi_wmask[PCI_MSI_MAX_LEN];	/* guest-writable bits */
+	struct msix *msi;
+
+	/* INTx: pin 0 if the device has none (or no eventfd to signal it
+	 * with); line is the guest's Interrupt Line register. */
+	uint8_t intx_pin;
+	uint8_t intx_line;
+	bool intx_level;		/* automasked, resampled */
+	struct intx *intx;
 
 	unsigned nr_dma;		/* RAM ranges mapped, in order */
 
@@ -533,6 +574,165 @@ static void bar_mmio(void *opaque, uint64_t offset, void *data,
 			(unsigned long long)offset, size, strerror(-ret));
 }
 
+/* ---- MSI and INTx ------------------------------------------------- */
+
+static uint16_t msi_ctrl(const struct vfio_pci *dev)
+{
+	return (uint16_t)(dev->msi_regs[PCI_MSI_CTRL] |
+			  dev->msi_regs[PCI_MSI_CTRL + 1] << 8);
+}
+
+static uint32_t msi_u32(const struct vfio_pci *dev, unsigned off)
+{
+	uint32_t v;
+
+	memcpy(&v, dev->msi_regs + off, 4);
+	return v;
+}
+
+/* Byte o of the capability as the guest reads it. Caller holds lock. */
+static uint8_t msi_byte(struct vfio_pci *dev, unsigned o)
+{
+	unsigned pending = dev->msi_data_off + 8, v;
+	uint8_t val = 0;
+
+	if (!(msi_ctrl(dev) & PCI_MSI_CTRL_PVM) || o < pending)
+		return dev->msi_regs[o];
+	/* Pending Bits: what the routing holds for a masked vector. */
+	for (unsigned b = 0; b < 8; b++) {
+		v = 8 * (o - pending) + b;
+		if (v < (1u << dev->msi_log2) &&
+		    msix_vector_pending(dev->msi, v))
+			val |= 1u << b;
+	}
+	return val;
+}
+
+/*
+ * Route the MSI vectors as the capability says: vector i of the 2^MME
+ * granted goes to (address, data with its low MME bits = i); the rest,
+ * and any the guest masked (Per-Vector Masking), are masked, so what the
+ * device signals there waits as a pending bit.
+ */
+static void msi_apply(struct vfio_pci *dev)
+{
+	uint32_t e[(1u << PCI_MSI_MAX_LOG2) * 4];
+	unsigned n = 1u << dev->msi_log2, granted;
+	uint32_t addr_lo, addr_hi = 0, data, mask = 0;
+	uint16_t ctrl;
+
+	pthread_mutex_lock(&dev->lock);
+	ctrl = msi_ctrl(dev);
+	granted = 1u << MIN((unsigned)(ctrl & PCI_MSI_CTRL_MME) >>
+			    PCI_MSI_CTRL_MME_SHIFT, dev->msi_log2);
+	addr_lo = msi_u32(dev, PCI_MSI_ADDR_LO);
+	if (ctrl & PCI_MSI_CTRL_64BIT)
+		addr_hi = msi_u32(dev, PCI_MSI_ADDR_HI);
+	data = dev->msi_regs[dev->msi_data_off] |
+	       dev->msi_regs[dev->msi_data_off + 1] << 8;
+	if (ctrl & PCI_MSI_CTRL_PVM)
+		mask = msi_u32(dev, dev->msi_data_off + 4);
+	pthread_mutex_unlock(&dev->lock);
+
+	for (unsigned i = 0; i < n; i++) {
+		e[4 * i] = addr_lo;
+		e[4 * i + 1] = addr_hi;
+		e[4 * i + 2] = (data & ~(granted - 1)) | (i & (granted - 1));
+		e[4 * i + 3] = i >= granted || (mask >> i & 1);
+	}
+	msix_table_access(dev->msi, 0, e, n * 16, true);
+	(void)msix_set_control(dev->msi, ctrl & PCI_MSI_CTRL_ENABLE, false);
+}
+
+/* A guest write to the capability (from Message Control on): the
+ * registers only, msi_apply() routes. */
+static void msi_regs_write(struct vfio_pci *dev, uint32_t offset,
+			   uint32_t val, unsigned size)
+{
+	unsigned cap = dev->msi_cap, mme;
+	uint16_t ctrl;
+
+	pthread_mutex_lock(&dev->lock);
+	for (unsigned i = 0; i < size; i++) {
+		uint32_t o = offset + i - cap;
+		uint8_t b = val >> (8 * i), w;
+
+		if (offset + i < cap + PCI_MSI_CTRL || o >= dev->msi_len)
+			continue;
+		w = dev->msi_wmask[o];
+		dev->msi_regs[o] = (uint8_t)((dev->msi_regs[o] & ~w) | (b & w));
+	}
+	/* Granting more vectors than asked for is undefined: grant all. */
+	ctrl = msi_ctrl(dev);
+	mme = (ctrl & PCI_MSI_CTRL_MME) >> PCI_MSI_CTRL_MME_SHIFT;
+	if (mme > dev->msi_log2)
+		dev->msi_regs[PCI_MSI_CTRL] = (uint8_t)((ctrl &
+			~PCI_MSI_CTRL_MME) | dev->msi_log2 <<
+			PCI_MSI_CTRL_MME_SHIFT);
+	pthread_mutex_unlock(&dev->lock);
+}
+
+/* Whether INTx is the guest's interrupt now: not switched to MSI or
+ * MSI-X, not disabled in the command register. Caller holds lock. */
+static bool intx_wanted(const struct vfio_pci *dev)
+{
+	return !(dev->command & PCI_COMMAND_INTX_DISABLE) &&
+	       !(dev->msix_ctrl & PCI_MSIX_CTRL_ENABLE) &&
+	       !(dev->msi && (msi_ctrl(dev) & PCI_MSI_CTRL_ENABLE));
+}
+
+/*
+ * Bring the INTx line in line with the registers. Kernel vfio-pci
+ * refuses MSI or MSI-X while INTx is on, so around a change that may
+ * switch between them: sync(false) before (only turns INTx off) and
+ * sync(true) after (turns it on if wanted).
+ */
+static void intx_sync(struct vfio_pci *dev, bool may_enable)
+{
+	bool want;
+
+	if (!dev->intx)
+		return;
+	pthread_mutex_lock(&dev->lock);
+	want = intx_wanted(dev);
+	pthread_mutex_unlock(&dev->lock);
+	if (!want || may_enable)
+		(void)intx_set(dev->intx, want);
+}
+
+static int vup_intx_enable(void *opaque, int trigger_fd, int resample_fd)
+{
+	struct vfio_pci *dev = opaque;
+	int ret;
+
+	if (!atomic_load(&dev->connected))
+		return -ENOTCONN;
+	ret = vdev_set_irqs(dev->vdev, VFU_PCI_INTX_IRQ_INDEX, 0, 1,
+			    &trigger_fd);
+	/* The resample fd, then unmask now: the device may have masked
+	 * the line on a trigger nobody was listening to. */
+	if (!ret && resample_fd >= 0)
+		ret = vdev_irq_unmask(dev->vdev, VFU_PCI_INTX_IRQ_INDEX,
+				      resample_fd);
+	if (!ret && resample_fd >= 0)
+		ret = vdev_irq_unmask(dev->vdev, VFU_PCI_INTX_IRQ_INDEX, -1);
+	return ret;
+}
+
+static int vup_intx_disable(void *opaque)
+{
+	struct vfio_pci *dev = opaque;
+
+	if (!atomic_load(&dev->connected))
+		return -ENOTCONN;
+	return vdev_set_irqs(dev->vdev, VFU_PCI_INTX_IRQ_INDEX, 0, 0, NULL);
+}
+
+static const struct intx_ops vup_intx_ops = {
+	.enable = vup_intx_enable,
+	.disable = vup_intx_disable,
+};
+
 /* ---- config space ------------------------------------------------- */
 
 /* The value of config byte off if the VMM owns it. */
@@ -557,6 +757,19 @@ static bool cfg_virt_byte(struct vfio_pci *dev, uint32_t off,
 	    off < dev->msix_cap + PCI_MSIX_CTRL + 2) {
 		*val = dev->msix_ctrl >> (8 * (off - dev->msix_cap -
 					       PCI_MSIX_CTRL));
+		return true;
+	}
+	if (dev->msi_cap && off >= dev->msi_cap + PCI_MSI_CTRL &&
+	    off < dev->msi_cap + dev->msi_len) {
+		*val = msi_byte(dev, off - dev->msi_cap);
+		return true;
+	}
+	if (off == PCI_INTERRUPT_LINE) {
+		*val = dev->intx_line;
+		return true;
+	}
+	if (off == PCI_INTERRUPT_PIN) {
+		*val = dev->intx_pin;	/* 0 if we cannot deliver it */
 		return true;
 	}
 	return false;
@@ -667,6 +880,13 @@ static void vup_write_config(struct pci_dev *d, uint32_t offset,
 		return;
 	}
 
+	if (offset <= PCI_INTERRUPT_LINE && offset + size > PCI_INTERRUPT_LINE) {
+		/* Software's note of the line; the routing stays ours. */
+		pthread_mutex_lock(&dev->lock);
+		dev->intx_line = val >> (8 * (PCI_INTERRUPT_LINE - offset));
+		pthread_mutex_unlock(&dev->lock);
+	}
+
 	cfg_forward(dev, offset, &val, size);
 
 	if (offset < PCI_COMMAND + 2 && offset + size > PCI_COMMAND) {
@@ -675,6 +895,14 @@ static void vup_write_config(struct pci_dev *d, uint32_t offset,
 					   val, size, 2);
 		bars_update(dev);
 		pthread_mutex_unlock(&dev->lock);
+		intx_sync(dev, true);
+	}
+	if (dev->msi_cap && offset < dev->msi_cap + dev->msi_len &&
+	    offset + size > dev->msi_cap + PCI_MSI_CTRL) {
+		msi_regs_write(dev, offset, val, size);
+		intx_sync(dev, false);
+		msi_apply(dev);
+		intx_sync(dev, true);
 	}
 	if (cap && offset < cap + PCI_MSIX_CTRL + 2 &&
 	    offset + size > cap + PCI_MSIX_CTRL) {
@@ -688,9 +916,11 @@ static void vup_write_config(struct pci_dev *d, uint32_t offset,
 		       (wr & (PCI_MSIX_CTRL_ENABLE | PCI_MSIX_CTRL_MASKALL));
 		dev->msix_ctrl = ctrl;
 		pthread_mutex_unlock(&dev->lock);
+		intx_sync(dev, false);
 		(void)msix_set_control(dev->msix,
 				       ctrl & PCI_MSIX_CTRL_ENABLE,
 				       ctrl & PCI_MSIX_CTRL_MASKALL);
+		intx_sync(dev, true);
 	}
 }
 
@@ -737,6 +967,16 @@ static int vup_set_irqs(void *opaque, const int *fds, unsigned n)
 		return -ENOTCONN;
 	return vdev_set_irqs(dev->vdev, VFU_PCI_MSIX_IRQ_INDEX, 0,
 			     MIN(n, dev->msix_irq_count), fds);
+}
+
+static int vup_set_irqs_msi(void *opaque, const int *fds, unsigned n)
+{
+	struct vfio_pci *dev = opaque;
+
+	if (!atomic_load(&dev->connected))
+		return -ENOTCONN;
+	return vdev_set_irqs(dev->vdev, VFU_PCI_MSI_IRQ_INDEX, 0,
+			     MIN(n, dev->msi_irq_count), fds);
 }
 
 /* ---- creation ----------------------------------------------------- */
@@ -1048,30 +1288,103 @@ static int setup_rom(struct vfio_pci *dev, const struct vup_cpr *cpr,
 }
 
 /* Walk the capability list (untrusted: bounded, inside the header's
- * 256 bytes) for MSI-X. */
-static int find_msix(struct vfio_pci *dev, const struct vup_cpr *cpr,
-		     char *err, size_t errlen)
+ * 256 bytes) for capability id; 0 if absent. */
+static unsigned cap_find(const struct vfio_pci *dev, uint8_t id)
 {
-	unsigned pos, n, cap = 0;
-	uint32_t tbl, pba;
-	uint64_t tsize, psize, count;
-	struct vfu_irq_info irq;
-	int fds[MSIX_MAX_VECTORS];
-	unsigned nvec;
-	int ret;
+	unsigned pos, n;
 
 	if (!(cfg_u16(dev, PCI_STATUS) & PCI_STATUS_CAP_LIST))
 		return 0;
 	pos = dev->cfg[PCI_CAP_PTR] & ~3u;
 	for (n = 0; pos && n < VUP_MAX_CAPS; n++) {
 		if (pos < PCI_CFG_HDR_SIZE || pos + 2 > PCI_CFG_STD_SIZE)
-			break;
-		if (dev->cfg[pos] == PCI_CAP_ID_MSIX) {
-			cap = pos;
-			break;
-		}
+			return 0;
+		if (dev->cfg[pos] == id)
+			return pos;
 		pos = dev->cfg[pos + 1] & ~3u;
 	}
+	return 0;
+}
+
+/* A kind of message-signalled vectors, and its names in a live update's
+ * description (fd "<fd_name><v>", count under count_key). */
+struct vup_vectors {
+	uint32_t index;
+	const char *name;
+	const char *fd_name;
+	const char *count_key;
+};
+
+static const struct vup_vectors vup_msix_vectors = {
+	VFU_PCI_MSIX_IRQ_INDEX, "MSI-X", "irq", "msix_irq_count",
+};
+static const struct vup_vectors vup_msi_vectors = {
+	VFU_PCI_MSI_IRQ_INDEX, "MSI", "msi", "msi_irq_count",
+};
+
+/*
+ * How many vectors of kind k the device signals through eventfds, and,
+ * when adopting (live update), the nvec eventfds the old process handed
+ * over. On success fds (adopting) are the caller's.
+ */
+static int vectors_setup(struct vfio_pci *dev, const struct vup_cpr *cpr,
+			 const struct vup_vectors *k, unsigned nvec, int *fds,
+			 uint32_t *count, char *err, size_t errlen)
+{
+	const char *name = k->name;
+	struct vfu_irq_info irq;
+	uint64_t n;
+	int ret;
+
+	if (cpr) {
+		if (desc_u64(cpr->desc, k->count_key, MSIX_MAX_VECTORS, &n)) {
+			snprintf(err, errlen, "no %s vector count", name);
+			return -EBADMSG;
+		}
+		if (!n) {
+			snprintf(err, errlen, "no %s vectors", name);
+			return -EBADMSG;
+		}
+		for (unsigned v = 0; v < nvec; v++) {
+			fds[v] = cpr_take_fd(cpr, k->fd_name, v);
+			if (fds[v] < 0) {
+				snprintf(err, errlen, "%s vector %u's eventfd "
+					 "was not handed over", name, v);
+				while (v--)
+					close(fds[v]);
+				return -ENOENT;
+			}
+		}
+		*count = (uint32_t)n;
+		return 0;
+	}
+	ret = vdev_irq_info(dev->vdev, k->index, &irq);
+	if (ret < 0) {
+		snprintf(err, errlen, "%s irq info: %s", name, strerror(-ret));
+		return ret;
+	}
+	if (!(irq.flags & VFU_IRQ_INFO_EVENTFD) || irq.count == 0) {
+		snprintf(err, errlen, "device has an %s capability but no %s "
+			 "eventfd interrupts", name, name);
+		return -EINVAL;
+	}
+	if (irq.count < nvec)
+		pr_warn("device %s: %s has %u vectors, device signals %u",
+			dev->id, name, nvec, irq.count);
+	*count = irq.count;
+	return 0;
+}
+
+static int find_msix(struct vfio_pci *dev, const struct vup_cpr *cpr,
+		     char *err, size_t errlen)
+{
+	unsigned cap = cap_find(dev, PCI_CAP_ID_MSIX);
+	uint32_t tbl, pba;
+	uint64_t tsize, psize;
+	int fds[MSIX_MAX_VECTORS];
+	unsigned nvec;
+	int ret;
+
 	if (!cap)
 		return 0;
 	if (cap + PCI_MSIX_CAP_SIZE > PCI_CFG_STD_SIZE) {
@@ -1108,44 +1421,11 @@ static int find_msix(struct vfio_pci *dev, const struct vup_cpr *cpr,
 		return -EINVAL;
 	}
 
-	if (cpr) {
-		/* Its eventfds are the device's already: take them. */
-		if (desc_u64(cpr->desc, "msix_irq_count", MSIX_MAX_VECTORS,
-			     &count)) {
-			snprintf(err, errlen, "no MSI-X vector count");
-			return -EBADMSG;
-		}
-		irq = (struct vfu_irq_info){ .flags = VFU_IRQ_INFO_EVENTFD,
-					     .count = (uint32_t)count };
-		for (unsigned v = 0; v < nvec; v++) {
-			fds[v] = cpr_take_fd(cpr, "irq", v);
-			if (fds[v] < 0) {
-				snprintf(err, errlen, "MSI-X vector %u's "
-					 "eventfd was not handed over", v);
-				while (v--)
-					close(fds[v]);
-				return -ENOENT;
-			}
-		}
-		ret = 0;
-	} else {
-		ret = vdev_irq_info(dev->vdev, VFU_PCI_MSIX_IRQ_INDEX, &irq);
-	}
-	if (ret < 0) {
-		snprintf(err, errlen, "MSI-X irq info: %s", strerror(-ret));
+	/* Adopting, its eventfds are the device's already: taken. */
+	ret = vectors_setup(dev, cpr, &vup_msix_vectors, nvec, fds,
+			    &dev->msix_irq_count, err, errlen);
+	if (ret < 0)
 		return ret;
-	}
-	if (!(irq.flags & VFU_IRQ_INFO_EVENTFD) || irq.count == 0) {
-		snprintf(err, errlen, "device has an MSI-X capability but no MSI-X eventfd interrupts");
-		for (unsigned v = 0; cpr && v < nvec; v++)
-			close(fds[v]);
-		return -EINVAL;
-	}
-	dev->msix_irq_count = irq.count;
-	if (irq.count < nvec)
-		pr_warn("device %s: MSI-X table has %u vectors, device signals %u",
-			dev->id, nvec, irq.count);
-
 	ret = msix_create(dev->vm, dev->id, nvec, vup_set_irqs, dev,
 			  cpr ? fds : NULL, &dev->msix);
 	if (ret < 0) {
@@ -1155,6 +1435,128 @@ static int find_msix(struct vfio_pci *dev, const struct vup_cpr *cpr,
 	dev->msix_cap = cap;
 	/* Disabled and unmasked at reset, whatever the device's image says. */
 	dev->msix_ctrl = nvec - 1;
+	return 0;
+}
+
+static int find_msi(struct vfio_pci *dev, const struct vup_cpr *cpr,
+		    char *err, size_t errlen)
+{
+	unsigned cap = cap_find(dev, PCI_CAP_ID_MSI), nvec, off;
+	int fds[1u << PCI_MSI_MAX_LOG2];
+	uint32_t vmask;
+	uint16_t ctrl;
+	int ret;
+
+	if (!cap)
+		return 0;
+	ctrl = cfg_u16(dev, cap + PCI_MSI_CTRL);
+	/* MMC 6 and 7 are reserved: at most 32 vectors. */
+	dev->msi_log2 = MIN((ctrl >> PCI_MSI_CTRL_MMC_SHIFT) & 7u,
+			    (unsigned)PCI_MSI_MAX_LOG2);
+	dev->msi_data_off = ctrl & PCI_MSI_CTRL_64BIT ? 0xc : 0x8;
+	/* Data (2 bytes), or with per-vector masking up to Pending Bits. */
+	dev->msi_len = dev->msi_data_off + (ctrl & PCI_MSI_CTRL_PVM ? 12 : 2);
+	if (cap + dev->msi_len > PCI_CFG_STD_SIZE) {
+		snprintf(err, errlen, "MSI capability at %#x overruns config "
+			 "space", cap);
+		return -EINVAL;
+	}
+	nvec = 1u << dev->msi_log2;
+	ret = vectors_setup(dev, cpr, &vup_msi_vectors, nvec, fds,
+			    &dev->msi_irq_count, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = msix_create(dev->vm, dev->id, nvec, vup_set_irqs_msi, dev,
+			  cpr ? fds : NULL, &dev->msi);
+	if (ret < 0) {
+		snprintf(err, errlen, "MSI setup: %s", strerror(-ret));
+		return ret;
+	}
+	/* At reset: disabled, one vector granted, nothing masked; the
+	 * device's word on MMC, 64-bit and per-vector masking. */
+	dev->msi_regs[PCI_MSI_CTRL] = (uint8_t)(dev->msi_log2 <<
+		PCI_MSI_CTRL_MMC_SHIFT | (ctrl & PCI_MSI_CTRL_64BIT));
+	dev->msi_regs[PCI_MSI_CTRL + 1] = (ctrl & PCI_MSI_CTRL_PVM) >> 8;
+	dev->msi_wmask[PCI_MSI_CTRL] = PCI_MSI_CTRL_ENABLE | PCI_MSI_CTRL_MME;
+	memset(dev->msi_wmask + PCI_MSI_ADDR_LO, 0xff, 4);
+	dev->msi_wmask[PCI_MSI_ADDR_LO] = 0xfc;		/* dword aligned */
+	if (ctrl & PCI_MSI_CTRL_64BIT)
+		memset(dev->msi_wmask + PCI_MSI_ADDR_HI, 0xff, 4);
+	memset(dev->msi_wmask + dev->msi_data_off, 0xff, 2);
+	if (ctrl & PCI_MSI_CTRL_PVM) {
+		off = dev->msi_data_off + 4;
+		vmask = nvec == 32 ? UINT32_MAX : (1u << nvec) - 1;
+		memcpy(dev->msi_wmask + off, &vmask, 4);
+	}
+	dev->msi_cap = cap;
+	return 0;
+}
+
+/*
+ * After the device has its slot: INTx pin p raises a fixed IOAPIC pin
+ * (VUP_INTX_FIRST_GSI, swizzled), which Interrupt Line says at reset. A
+ * pin the device cannot signal (no eventfd) is hidden, with a warning:
+ * a guest waiting on it would wait forever.
+ */
+static int find_intx(struct vfio_pci *dev, const struct vup_cpr *cpr,
+		     char *err, size_t errlen)
+{
+	uint8_t pin = dev->cfg[PCI_INTERRUPT_PIN];
+	struct vfu_irq_info irq = { 0 };
+	uint64_t gsi_was, level;
+	unsigned gsi;
+	int fds[2], ret;
+
+	if (!pin)
+		return 0;
+	if (pin > 4) {
+		pr_warn("device %s: Interrupt Pin %u is not INTA..INTD: the "
+			"guest sees no pin", dev->id, pin);
+		return 0;
+	}
+	gsi = VUP_INTX_FIRST_GSI + (dev->pdev.slot + pin - 1u) %
+	      VUP_INTX_NR_GSI;
+	if (cpr) {
+		/* As the old process had it: routed, or hidden. */
+		if (!json_object_object_get_ex(cpr->desc, "intx_gsi", NULL))
+			return 0;
+		if (desc_u64(cpr->desc, "intx_gsi", UINT8_MAX, &gsi_was) ||
+		    gsi_was != gsi ||
+		    desc_u64(cpr->desc, "intx_level", 1, &level)) {
+			snprintf(err, errlen, "INTx: the description does not "
+				 "match GSI %u", gsi);
+			return -EBADMSG;
+		}
+		fds[0] = cpr_take_fd(cpr, "intx", 0);
+		fds[1] = cpr_take_fd(cpr, "intx", 1);
+		if (fds[0] < 0 || fds[1] < 0) {
+			snprintf(err, errlen, "INTx eventfds were not handed "
+				 "over");
+			close_safely(&fds[0]);
+			close_safely(&fds[1]);
+			return -ENOENT;
+		}
+	} else {
+		ret = vdev_irq_info(dev->vdev, VFU_PCI_INTX_IRQ_INDEX, &irq);
+		if (ret < 0 || !(irq.flags & VFU_IRQ_INFO_EVENTFD) ||
+		    !irq.count) {
+			pr_warn("device %s: Interrupt Pin INT%c without an INTx "
+				"eventfd: the guest sees no pin", dev->id,
+				'A' + pin - 1);
+			return 0;
+		}
+		level = (irq.flags & VFU_IRQ_INFO_AUTOMASKED) &&
+			dev->vdev->ops->irq_unmask;
+	}
+	ret = intx_create(dev->vm, dev->id, gsi, level, &vup_intx_ops, dev,
+			  cpr ? fds : NULL, &dev->intx);
+	if (ret < 0) {
+		snprintf(err, errlen, "INTx setup: %s", strerror(-ret));
+		return ret;
+	}
+	dev->intx_pin = pin;
+	dev->intx_line = (uint8_t)gsi;
+	dev->intx_level = level;
 	return 0;
 }
 
@@ -1413,6 +1815,9 @@ static int vup_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 	ret = find_msix(dev, cpr, why, sizeof(why));
 	if (ret < 0)
 		goto err_destroy;
+	ret = find_msi(dev, cpr, why, sizeof(why));
+	if (ret < 0)
+		goto err_destroy;
 	ret = map_guest_ram(dev, cpr, why, sizeof(why));
 	if (ret < 0)
 		goto err_destroy;
@@ -1438,6 +1843,12 @@ static int vup_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 		ret = -EINVAL;
 		goto err_destroy;
 	}
+	ret = find_intx(dev, cpr, why, sizeof(why));
+	if (ret < 0)
+		goto err_destroy;
+	/* At reset the guest's interrupt is INTx (adopted: as loaded). */
+	if (!cpr)
+		intx_sync(dev, true);
 	pr_info("device %s: %04x:%04x from %s %s in slot %u%s", dev->id,
 		cfg_u16(dev, PCI_VENDOR_ID), cfg_u16(dev, PCI_DEVICE_ID),
 		vdev->ops->name, vdev->location, dev->pdev.slot,
@@ -1482,11 +1893,16 @@ void vfio_pci_destroy(struct vfio_pci *dev)
 	if (dev->on_bus)
 		pci_bus_remove(dev->bus, &dev->pdev);
 
-	if (quiet)
+	intx_destroy(dev->intx, quiet);
+	dev->intx = NULL;
+	if (quiet) {
 		msix_abandon(dev->msix);
-	else
+		msix_abandon(dev->msi);
+	} else {
 		msix_destroy(dev->msix);	/* SET_IRQS de-assign, irqfds */
-	dev->msix = NULL;
+		msix_destroy(dev->msi);
+	}
+	dev->msix = dev->msi = NULL;
 	pthread_mutex_lock(&dev->lock);
 	for (i = 0; i < VUP_NR_BARS; i++) {
 		struct vup_bar *bar = &dev->bars[i];
@@ -1606,6 +2022,26 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev)
 	json_object_object_add(o, "msix-enabled",
 			       json_object_new_boolean(dev->msix &&
 						       msix_enabled(dev->msix)));
+	json_object_object_add(o, "msi-vectors",
+			       json_object_new_int(dev->msi ?
+						   msix_nr_vectors(dev->msi) : 0));
+	json_object_object_add(o, "msi-enabled",
+			       json_object_new_boolean(dev->msi &&
+						       msix_enabled(dev->msi)));
+	if (dev->intx) {
+		struct json_object *x = json_object_new_object();
+		char pin[2] = { (char)('A' + dev->intx_pin - 1), 0 };
+
+		json_object_object_add(x, "pin", json_object_new_string(pin));
+		json_object_object_add(x, "gsi", json_object_new_int(
+					       (int)intx_gsi(dev->intx)));
+		json_object_object_add(x, "trigger", json_object_new_string(
+					       dev->intx_level ? "level" :
+					       "edge"));
+		json_object_object_add(x, "on", json_object_new_boolean(
+					       intx_is_on(dev->intx)));
+		json_object_object_add(o, "intx", x);
+	}
 	json_object_object_add(o, "connected",
 			       json_object_new_boolean(atomic_load(&dev->connected)));
 	return o;
@@ -1644,11 +2080,19 @@ struct json_object *vfio_pci_identity(struct vfio_pci *dev)
 	json_object_object_add(o, "msix-vectors",
 			       json_object_new_int(dev->msix ?
 						   msix_nr_vectors(dev->msix) : 0));
+	/* Only where there is one, so a peer from before MSI and INTx
+	 * routing still matches a device without them. */
+	if (dev->msi)
+		json_object_object_add(o, "msi-vectors", json_object_new_int(
+					       msix_nr_vectors(dev->msi)));
+	if (dev->intx_pin)
+		json_object_object_add(o, "intx-pin",
+				       json_object_new_int(dev->intx_pin));
 	return o;
 }
 
 #define VUP_STATE_MAGIC		0x49435046u	/* "FPCI" */
-#define VUP_STATE_VERSION	2u	/* 2: rom_reg */
+#define VUP_STATE_VERSION	3u	/* 2: rom_reg; 3: INTx line, MSI */
 
 struct vup_state {
 	uint32_t magic;
@@ -1658,14 +2102,19 @@ struct vup_state {
 	uint32_t bar_reg[VUP_NR_BARS];
 	uint32_t msix_len;
 	uint32_t rom_reg;
-	/* uint8_t msix[msix_len]; */
+	uint8_t intx_line;
+	uint8_t msi_regs[PCI_MSI_MAX_LEN];	/* by offset in the cap */
+	uint32_t msi_len;
+	/* uint8_t msix[msix_len], msi[msi_len]; */
 } __attribute__((packed));
 #define VUP_STATE_V1_SIZE	offsetof(struct vup_state, rom_reg)
+#define VUP_STATE_V2_SIZE	offsetof(struct vup_state, intx_line)
 
 int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len)
 {
 	size_t mlen = dev->msix ? msix_state_size(dev->msix) : 0;
-	struct vup_state *s = calloc(1, sizeof(*s) + mlen);
+	size_t ilen = dev->msi ? msix_state_size(dev->msi) : 0;
+	struct vup_state *s = calloc(1, sizeof(*s) + mlen + ilen);
 
 	if (!s)
 		return -ENOMEM;
@@ -1676,12 +2125,17 @@ int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len)
 	s->msix_ctrl = dev->msix_ctrl;
 	memcpy(s->bar_reg, dev->bar_reg, sizeof(s->bar_reg));
 	s->rom_reg = dev->rom_reg;
+	s->intx_line = dev->intx_line;
+	memcpy(s->msi_regs, dev->msi_regs, sizeof(s->msi_regs));
 	pthread_mutex_unlock(&dev->lock);
 	s->msix_len = (uint32_t)mlen;
+	s->msi_len = (uint32_t)ilen;
 	if (dev->msix)
 		msix_state_get(dev->msix, s + 1);
+	if (dev->msi)
+		msix_state_get(dev->msi, (uint8_t *)(s + 1) + mlen);
 	*blob = s;
-	*len = sizeof(*s) + mlen;
+	*len = sizeof(*s) + mlen + ilen;
 	return 0;
 }
 
@@ -1689,8 +2143,12 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 			char *err, size_t errlen)
 {
 	size_t mlen = dev->msix ? msix_state_size(dev->msix) : 0;
-	size_t hdr = sizeof(struct vup_state);
+	size_t ilen = dev->msi ? msix_state_size(dev->msi) : 0;
+	static const size_t hdr_of[] = { 0, VUP_STATE_V1_SIZE,
+		VUP_STATE_V2_SIZE, sizeof(struct vup_state) };
+	const uint8_t *p = blob;
 	struct vup_state s;
+	size_t hdr;
 	int ret;
 
 	memset(&s, 0, sizeof(s));
@@ -1699,20 +2157,29 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 		return -EBADMSG;
 	}
 	memcpy(&s, blob, VUP_STATE_V1_SIZE);
-	if (s.magic != VUP_STATE_MAGIC ||
-	    (s.version != 1 && s.version != VUP_STATE_VERSION)) {
+	if (s.magic != VUP_STATE_MAGIC || s.version < 1 ||
+	    s.version > VUP_STATE_VERSION) {
 		snprintf(err, errlen, "PCI state: bad magic/version %#x/%u",
 			 s.magic, s.version);
 		return -EBADMSG;
 	}
-	/* Version 1 (no ROM) from an older source: the ROM stays off. */
-	if (s.version == 1)
-		hdr = VUP_STATE_V1_SIZE;
-	else if (len >= hdr)
-		memcpy(&s, blob, hdr);
-	if (s.msix_len != mlen || len < hdr || len - hdr != mlen) {
-		snprintf(err, errlen, "PCI state: MSI-X state is %u bytes, "
-			 "this device needs %zu", s.msix_len, mlen);
+	/* From an older source: version 1 has no ROM (it stays off),
+	 * versions 1 and 2 no MSI (it stays disabled) and no Interrupt
+	 * Line (it keeps its reset value). */
+	hdr = hdr_of[s.version];
+	if (len < hdr) {
+		snprintf(err, errlen, "PCI state v%u is %zu bytes", s.version,
+			 len);
+		return -EBADMSG;
+	}
+	memcpy(&s, blob, hdr);
+	if (s.version < 3)
+		s.msi_len = 0;
+	if (s.msix_len != mlen || (s.msi_len && s.msi_len != ilen) ||
+	    len - hdr != (size_t)s.msix_len + s.msi_len) {
+		snprintf(err, errlen, "PCI state: MSI-X/MSI state is %u/%u "
+			 "bytes of %zu, this device needs %zu/%zu", s.msix_len,
+			 s.msi_len, len - hdr, mlen, ilen);
 		return -EBADMSG;
 	}
 	pthread_mutex_lock(&dev->lock);
@@ -1724,17 +2191,35 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 		dev->bar_reg[i] = (s.bar_reg[i] & dev->bar_mask[i]) |
 				  (dev->bar_reg[i] & ~dev->bar_mask[i]);
 	dev->rom_reg = s.rom_reg & rom_writable(dev);
+	if (s.version >= 3)
+		dev->intx_line = s.intx_line;
+	for (unsigned i = 0; s.msi_len && i < PCI_MSI_MAX_LEN; i++)
+		dev->msi_regs[i] = (uint8_t)((dev->msi_regs[i] &
+					      ~dev->msi_wmask[i]) |
+					     (s.msi_regs[i] & dev->msi_wmask[i]));
 	bars_update(dev);
 	pthread_mutex_unlock(&dev->lock);
+	/* INTx off before MSI or MSI-X may come on, and back on last. */
+	intx_sync(dev, false);
 	if (dev->msix) {
-		ret = msix_state_set(dev->msix, (const uint8_t *)blob + hdr,
-				     mlen, dev->cpr_adopted);
+		ret = msix_state_set(dev->msix, p + hdr, mlen,
+				     dev->cpr_adopted);
 		if (ret) {
 			snprintf(err, errlen, "PCI state: MSI-X: %s",
 				 strerror(-ret));
 			return ret;
 		}
 	}
+	if (s.msi_len) {
+		ret = msix_state_set(dev->msi, p + hdr + mlen, ilen,
+				     dev->cpr_adopted);
+		if (ret) {
+			snprintf(err, errlen, "PCI state: MSI: %s",
+				 strerror(-ret));
+			return ret;
+		}
+	}
+	intx_sync(dev, true);
 	return 0;
 }
 
@@ -1827,12 +2312,25 @@ int vfio_pci_cpr_save(struct vfio_pci *dev, struct cpr_fds *reg,
 	}
 	json_object_object_add(d, "bars", bars);
 	json_add_u64(d, "rom_size", dev->rom_region_size);
-	json_add_u64(d, "msix_irq_count", dev->msix_irq_count);
+	json_add_u64(d, vup_msix_vectors.count_key, dev->msix_irq_count);
 	json_add_u64(d, "nr_dma", dev->nr_dma);
 	for (unsigned v = 0; dev->msix && !ret &&
 	     v < msix_nr_vectors(dev->msix); v++)
-		ret = cpr_add_fd(reg, prefix, "irq", v,
+		ret = cpr_add_fd(reg, prefix, vup_msix_vectors.fd_name, v,
 				 msix_vector_fd(dev->msix, v));
+	if (dev->msi)
+		json_add_u64(d, vup_msi_vectors.count_key, dev->msi_irq_count);
+	for (unsigned v = 0; dev->msi && !ret &&
+	     v < msix_nr_vectors(dev->msi); v++)
+		ret = cpr_add_fd(reg, prefix, vup_msi_vectors.fd_name, v,
+				 msix_vector_fd(dev->msi, v));
+	if (dev->intx) {
+		json_add_u64(d, "intx_gsi", intx_gsi(dev->intx));
+		json_add_u64(d, "intx_level", dev->intx_level);
+	}
+	for (unsigned i = 0; dev->intx && !ret && i < 2; i++)
+		ret = cpr_add_fd(reg, prefix, "intx", i,
+				 intx_fd(dev->intx, i));
 	if (ret) {
 		json_object_put(d);
 		return ret;
@@ -1841,15 +2339,29 @@ int vfio_pci_cpr_save(struct vfio_pci *dev, struct cpr_fds *reg,
 	return 0;
 }
 
+static void irqs_thaw(struct vfio_pci *dev)
+{
+	if (dev->msix)
+		msix_thaw(dev->msix);
+	if (dev->msi)
+		msix_thaw(dev->msi);
+	if (dev->intx)
+		intx_thaw(dev->intx);
+}
+
 int vfio_pci_cpr_freeze(struct vfio_pci *dev, bool detach_irqfds)
 {
 	int ret;
 
 	if (dev->msix)
 		msix_freeze(dev->msix, detach_irqfds);
+	if (dev->msi)
+		msix_freeze(dev->msi, detach_irqfds);
+	if (dev->intx)
+		intx_freeze(dev->intx, detach_irqfds);
 	ret = dev->vdev->ops->cpr_suspend(dev->vdev, VUP_CPR_SUSPEND_MS);
-	if (ret && dev->msix)
-		msix_thaw(dev->msix);
+	if (ret)
+		irqs_thaw(dev);
 	return ret;
 }
 
@@ -1865,8 +2377,7 @@ int vfio_pci_cpr_thaw(struct vfio_pci *dev)
 	/* Ours now (again): what the device signalled meanwhile is in
 	 * the eventfds, delivered as the irqfds attach. */
 	dev->cpr_adopted = false;
-	if (dev->msix)
-		msix_thaw(dev->msix);
+	irqs_thaw(dev);
 	return ret;
 }
 

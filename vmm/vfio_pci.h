@@ -3,11 +3,13 @@
  * vfio-pci-like proxy: turns a passthrough device (struct vdev, any
  * backend: vfio-user today) into a PCI function on the VM's bus. Config
  * space is read from the device and virtualised where a VMM must (BARs,
- * command register, MSI-X capability), trapped BAR accesses are
- * forwarded as region reads/writes, mmap'able areas are mapped into the
- * guest as memory slots, the MSI-X table and PBA are emulated and the
- * vectors routed to KVM through irqfds on the eventfds handed to the
- * device, and guest RAM (memfd) is DMA-mapped to the device. The proxy
+ * command register, MSI-X and MSI capabilities, Interrupt Line/Pin),
+ * trapped BAR accesses are forwarded as region reads/writes, mmap'able
+ * areas are mapped into the guest as memory slots, the MSI-X table and
+ * PBA and the MSI capability are emulated and the vectors routed to KVM
+ * through irqfds on the eventfds handed to the device, INTx raises an
+ * IOAPIC pin through a resampling irqfd, and guest RAM (memfd) is
+ * DMA-mapped to the device. The proxy
  * calls the device only through its ops table (ferry/vdev.h).
  */
 #ifndef FERRY_VMM_VFIO_PCI_H
@@ -51,16 +53,19 @@ const char *vfio_pci_id(struct vfio_pci *dev);
  * sizes, MSI-X vectors (the stream's CONFIG check compares it). */
 struct json_object *vfio_pci_identity(struct vfio_pci *dev);
 /* The guest-visible PCI state the VMM owns: command register, BAR
- * registers, MSI-X control, table and PBA (signals still sitting in an
- * unrouted vector's eventfd are folded into the PBA first). Load remaps
- * the BARs and hands the vector eventfds to the (resumed) device. */
+ * registers, ROM BAR, Interrupt Line, MSI-X control, table and PBA, the
+ * MSI capability and its vectors' state (signals still sitting in an
+ * unrouted vector's eventfd are folded into the pending bits first).
+ * Load remaps the BARs, hands the vector eventfds to the (resumed)
+ * device and turns INTx on or off to match. */
 int vfio_pci_save_state(struct vfio_pci *dev, void **blob, size_t *len);
 int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 			char *err, size_t errlen);
 
 /*
  * Live update (CPR). cpr_save() registers the device's fds (connection,
- * mmap'able regions, MSI-X eventfds) under prefix and describes the rest
+ * mmap'able regions, MSI-X and MSI eventfds, INTx trigger and resample)
+ * under prefix and describes the rest
  * (what the device said at creation, its slot); vfio_pci_adopt() builds
  * the same proxy in the new process from them, without asking the
  * device anything or telling it anything: it keeps its DMA mappings,

@@ -79,6 +79,12 @@ uint64_t vm_dirty_bitmap_words(struct vm *vm);
 int vm_msi_route_set(struct vm *vm, int *gsi, uint64_t addr, uint32_t data);
 int vm_msi_route_free(struct vm *vm, int gsi);
 int vm_irqfd_assign(struct vm *vm, int eventfd, int gsi);
+/* A level-triggered line (INTx): eventfd asserts IOAPIC pin gsi, the
+ * guest's EOI de-asserts it and signals resample_fd (KVM's resampler),
+ * so the device can re-assert if its level is still up. Deassign with
+ * vm_irqfd_deassign(), which also lowers the line. */
+int vm_irqfd_assign_resample(struct vm *vm, int eventfd, int resample_fd,
+			     int gsi);
 int vm_irqfd_deassign(struct vm *vm, int eventfd, int gsi);
 int vm_signal_msi(struct vm *vm, uint64_t addr, uint32_t data);
 

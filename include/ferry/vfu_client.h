@@ -153,6 +153,12 @@ int vfu_client_dma_unmap_all(struct vfu_client *c);
  * de-assigns them. Split into messages of at most caps.max_msg_fds. */
 int vfu_client_set_irqs(struct vfu_client *c, uint32_t index, uint32_t start,
 			uint32_t count, const int *fds);
+/* Unmask vector 0 of an automasked IRQ index (INTx): now when
+ * resample_fd < 0 (DATA_NONE), else each time resample_fd is signalled
+ * (DATA_EVENTFD: the server watches it, as KVM's irqfd resampler
+ * expects). */
+int vfu_client_irq_unmask(struct vfu_client *c, uint32_t index,
+			  int resample_fd);
 int vfu_client_reset(struct vfu_client *c);
 
 /* DEVICE_FEATURE, raw: op is VFU_FEATURE_GET/SET/PROBE (bits may

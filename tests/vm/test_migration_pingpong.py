@@ -3,7 +3,7 @@
 """Live migration ping-pong under load (real KVM, ferry-dev, guests).
 
 usage: test_migration_pingpong.py CASE
-CASE: dma1 | mem | dma2 | dirtylog-negative
+CASE: dma1 | mem | dma2 | dma-msi | dma-intx | dirtylog-negative
 
 A running guest is migrated HOPS times between two sets of device servers
 (A -> B -> A ...), each hop into a new ferry-vmm started with --incoming,
@@ -11,6 +11,11 @@ with switchover-ack on. Every hop must complete (source status completed,
 postmigrate until quit and exit 0 -- in the mem case exit 0 by itself
 with --exit-after-migrate --, destination running), the guest's work counter must keep
 rising across hops, and the guest must end PASS on the last destination.
+
+dma-msi and dma-intx run two ferry-dev servers with --irq-mode msi / intx
+(the proxy's MSI routing, and level INTx through the IOAPIC with the
+resample eventfd), so those interrupts, too, must arrive exactly across
+every hop (dmastress's own count against the device's).
 
 dirtylog-negative is the negative control: the same dmastress run with the
 debug capability x-ignore-device-dirty-log, so pages the device writes
@@ -41,10 +46,12 @@ PASS_WAIT_S = GUEST_SECONDS + 60
 EXIT_AFTER = {"mem": ["--exit-after-migrate"]}
 
 CASES = {
-    # name: (guest, devices per side, counter, extra caps)
+    # name: (guest, devices per side, counter, extra caps[, ferry-dev args])
     "dma1": ("dma", 1, "jobs", {}),
     "mem": ("mem", 0, "rewrites", {}),
     "dma2": ("dma", 2, "jobs", {}),
+    "dma-msi": ("dma", 2, "jobs", {}, ["--irq-mode", "msi"]),
+    "dma-intx": ("dma", 2, "jobs", {}, ["--irq-mode", "intx"]),
     "dirtylog-negative": ("dma", 1, "jobs",
                           {"x-ignore-device-dirty-log": True}),
 }
@@ -57,8 +64,8 @@ def guest_args(kind, ndev):
         GUEST_SECONDS, ndev, GUEST_TIMEOUT)
 
 
-def start(c, kind, ndev):
-    sides = [[("dma%d" % i, c.device("%s%d" % (side, i)))
+def start(c, kind, ndev, dev_args=()):
+    sides = [[("dma%d" % i, c.device("%s%d" % (side, i), dev_args))
               for i in range(ndev)] for side in ("A", "B")]
     kernel, append = guest_args(kind, ndev)
     src = c.source(kernel, append, sides[0],
@@ -67,8 +74,8 @@ def start(c, kind, ndev):
     return src, sides
 
 
-def pingpong(c, kind, ndev, key, caps):
-    src, sides = start(c, kind, ndev)
+def pingpong(c, kind, ndev, key, caps, dev_args=()):
+    src, sides = start(c, kind, ndev, dev_args)
     caps = dict({"switchover-ack": True}, **caps)
     chain = [src]
     cur = src
@@ -106,14 +113,20 @@ def check_chain(chain, key):
               "heartbeats go back from %s %r to %s %r" % (n0, b0, n1, b1))
 
 
-def case_pass(c, kind, ndev, key, caps):
-    chain = pingpong(c, kind, ndev, key, caps)
+def case_pass(c, kind, ndev, key, caps, dev_args=()):
+    chain = pingpong(c, kind, ndev, key, caps, dev_args)
     v = miglib.expect_pass(chain[-1], PASS_WAIT_S)
     check_chain(chain, key)
     check(v[1].get(key, 0) >= chain[-1].heartbeats()[-1][key],
           "verdict %s below the last heartbeat: %r" % (key, v[2]))
     if kind == "dma":
         check(v[1].get("devices") == ndev, "verdict: %r" % v[2])
+    if dev_args:
+        # The guest took the interrupt kind the devices offer.
+        mode = dev_args[-1]
+        n = chain[0].serial_text().count(" irq=%s " % mode)
+        check(n == ndev, "%d of %d device lines say irq=%s: %s" %
+              (n, ndev, mode, chain[0].serial_text()[:2000]))
     print("ok: %s" % v[2])
 
 
@@ -143,12 +156,16 @@ def main():
     if len(sys.argv) != 2 or sys.argv[1] not in CASES:
         print(__doc__, file=sys.stderr)
         return 2
-    kind, ndev, key, caps = CASES[sys.argv[1]]
+    kind, ndev, key, caps, *dev_args = CASES[sys.argv[1]]
     miglib.require(miglib.DMASTRESS if kind == "dma" else
                    miglib.MEMSTRESS)
-    body = case_negative if caps else case_pass
-    miglib.run("pingpong-" + sys.argv[1],
-               lambda c: body(c, kind, ndev, key, caps))
+    if caps:
+        miglib.run("pingpong-" + sys.argv[1],
+                   lambda c: case_negative(c, kind, ndev, key, caps))
+    else:
+        miglib.run("pingpong-" + sys.argv[1],
+                   lambda c: case_pass(c, kind, ndev, key, caps,
+                                       dev_args[0] if dev_args else ()))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ void fake_vm_init(uint64_t ram_size)
 		.gpa = 0, .size = ram_size, .fd_offset = 0, .hva = fake_vm.ram,
 	};
 	fake_vm.next_gsi = 24;
+	for (int g = 0; g < FAKE_MAX_GSI; g++)
+		fake_vm.irqfd_of_gsi[g] = fake_vm.resample_of_gsi[g] = -1;
 }
 
 void fake_vm_fini(void)
@@ -254,12 +256,27 @@ int vm_irqfd_assign(struct vm *vm, int eventfd, int gsi)
 	return 0;
 }
 
+int vm_irqfd_assign_resample(struct vm *vm, int eventfd, int resample_fd,
+			     int gsi)
+{
+	if (gsi < 0 || gsi >= 24)
+		return -EINVAL;
+	pthread_mutex_lock(&fake_vm.lock);
+	fake_vm.nr_irqfds++;
+	fake_vm.irqfd_of_gsi[gsi] = eventfd;
+	fake_vm.resample_of_gsi[gsi] = resample_fd;
+	pthread_mutex_unlock(&fake_vm.lock);
+	return 0;
+}
+
 int vm_irqfd_deassign(struct vm *vm, int eventfd, int gsi)
 {
 	pthread_mutex_lock(&fake_vm.lock);
 	fake_vm.nr_irqfds--;
-	if (gsi >= 0 && gsi < FAKE_MAX_GSI)
+	if (gsi >= 0 && gsi < FAKE_MAX_GSI) {
 		fake_vm.irqfd_of_gsi[gsi] = -1;
+		fake_vm.resample_of_gsi[gsi] = -1;
+	}
 	pthread_mutex_unlock(&fake_vm.lock);
 	return 0;
 }

@@ -43,6 +43,7 @@ struct fake_vm {
 	uint64_t route_addr[FAKE_MAX_GSI];
 	uint32_t route_data[FAKE_MAX_GSI];
 	int irqfd_of_gsi[FAKE_MAX_GSI];
+	int resample_of_gsi[FAKE_MAX_GSI];	/* level (INTx) irqfds */
 	int nr_irqfds;
 	unsigned nr_signalled;
 	uint64_t last_msi_addr;

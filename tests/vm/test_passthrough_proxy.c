@@ -48,6 +48,8 @@
 #define REG_DMA_GO	0x108u	/* write: DMA a 256-byte pattern */
 #define REG_IRQ		0x10cu	/* write n: trigger MSI-X vector n */
 #define REG_RESULT	0x110u	/* result of the last GO / IRQ */
+#define REG_IRQ_MSI	0x114u	/* write n: trigger MSI vector n */
+#define REG_IRQ_INTX	0x118u	/* write: trigger INTx */
 #define DMA_LEN		256u
 #define DMA_BYTE	0xab
 
@@ -58,11 +60,18 @@
 #define IO_BAR_SIZE	16u
 #define ROM_SIZE	3000u
 #define ROM_BAR_SIZE	4096u
+/* PCI state version 3 added 1 + 24 + 4 bytes after version 2's 44. */
+#define V3_EXTRA	29u
 /* DEV_SHORT_FD hands out a BAR2 fd of one page for its 64 KiB (a guest
  * access past the end would wedge the vCPU); DEV_UNSEALED one the server
  * could still shrink. */
 enum variant { DEV_GOOD, DEV_NOT_PCI, DEV_BAD_MSIX, DEV_SHORT_FD,
-	       DEV_UNSEALED };
+	       DEV_UNSEALED, DEV_MSI, DEV_INTX };
+/* DEV_MSI: an MSI capability (64-bit, per-vector masking, 4 vectors)
+ * instead of MSI-X, and INTA#; DEV_INTX: no capability, INTA# only. */
+#define MSI_CAP		0x50u
+#define MSI_VECTORS	4u
+#define MSI_CTRL_RESET	0x0184u		/* PVM | 64-bit | MMC 2 */
 
 /* ---- the fake device (child process) ---------------------------- */
 
@@ -130,6 +139,13 @@ static ssize_t fdev_access(void *dev, uint32_t index, uint64_t offset,
 		reg_set(REG_RESULT, vfu_server_irq_trigger(fd_dev.srv,
 					VFU_PCI_MSIX_IRQ_INDEX,
 					reg_get(REG_IRQ)));
+	} else if (index == 0 && offset == REG_IRQ_MSI) {
+		reg_set(REG_RESULT, vfu_server_irq_trigger(fd_dev.srv,
+					VFU_PCI_MSI_IRQ_INDEX,
+					reg_get(REG_IRQ_MSI)));
+	} else if (index == 0 && offset == REG_IRQ_INTX) {
+		reg_set(REG_RESULT, vfu_server_irq_trigger(fd_dev.srv,
+					VFU_PCI_INTX_IRQ_INDEX, 0));
 	}
 	return count;
 }
@@ -224,6 +240,22 @@ static void __attribute__((noreturn)) run_device(const char *path,
 		if (i != 0 && i != 2 && i != 7 && i != IO_BAR && i != 6)
 			d.regions[i].fd = -1;
 	d.irq_count[VFU_PCI_MSIX_IRQ_INDEX] = NR_VECTORS;
+	if (var == DEV_MSI || var == DEV_INTX) {
+		memset(fd_dev.cfg + MSIX_CAP, 0, 12);
+		fd_dev.cfg[0x3d] = 1;			/* INTA# */
+		d.irq_count[VFU_PCI_MSIX_IRQ_INDEX] = 0;
+		d.irq_count[VFU_PCI_INTX_IRQ_INDEX] = 1;
+	}
+	if (var == DEV_MSI) {
+		fd_dev.cfg[0x34] = MSI_CAP;
+		fd_dev.cfg[MSI_CAP] = 0x05;
+		cfg_put16(MSI_CAP + 2, MSI_CTRL_RESET);
+		d.irq_count[VFU_PCI_MSI_IRQ_INDEX] = MSI_VECTORS;
+	}
+	if (var == DEV_INTX) {
+		fd_dev.cfg[0x34] = 0;
+		cfg_put16(0x06, 0);			/* no capability list */
+	}
 
 	if (var == DEV_SHORT_FD) {
 		/* Its own mapping stays valid: a second, short file. */
@@ -719,19 +751,27 @@ static void test_state_rom_and_io(void **state)
 	assert_int_equal(pio_read(0xd000, 4), 0x11223344);
 	assert_int_equal(pio_read(port, 4), 0xffffffff);
 
-	/* version 1: the same without the 4 bytes of rom_reg at 40 */
-	v1 = malloc(len - 4);
+	/* version 1: the same without rom_reg at 40 and version 3's INTx
+	 * line, MSI registers and length (V3_EXTRA bytes at 44) */
+	v1 = malloc(len);
 	assert_non_null(v1);
 	memcpy(v1, blob, 40);
-	memcpy(v1 + 40, (uint8_t *)blob + 44, len - 44);
+	memcpy(v1 + 40, (uint8_t *)blob + 44 + V3_EXTRA, len - 44 - V3_EXTRA);
 	v1[4] = 1;
-	assert_int_equal(vfio_pci_load_state(t.dev, v1, len - 4, err,
-					     sizeof(err)), 0);
+	assert_int_equal(vfio_pci_load_state(t.dev, v1, len - 4 - V3_EXTRA,
+					     err, sizeof(err)), 0);
 	assert_int_equal(cfg_read(1, 0x30, 4), 0);
 	assert_int_equal(pio_read(0xd000, 4), 0x11223344);
+	/* version 2: rom_reg back, no MSI: the ROM is on again */
+	memcpy(v1, blob, 44);
+	memcpy(v1 + 44, (uint8_t *)blob + 44 + V3_EXTRA, len - 44 - V3_EXTRA);
+	v1[4] = 2;
+	assert_int_equal(vfio_pci_load_state(t.dev, v1, len - V3_EXTRA, err,
+					     sizeof(err)), 0);
+	assert_int_equal(cfg_read(1, 0x30, 4), rom | 1);
 	/* an unknown version, a short blob: refused with a reason */
-	v1[4] = 3;
-	assert_int_equal(vfio_pci_load_state(t.dev, v1, len - 4, err,
+	v1[4] = 4;
+	assert_int_equal(vfio_pci_load_state(t.dev, v1, len - V3_EXTRA, err,
 					     sizeof(err)), -EBADMSG);
 	assert_non_null(strstr(err, "version"));
 	assert_int_equal(vfio_pci_load_state(t.dev, blob, len - 1, err,
@@ -919,6 +959,270 @@ static int failures_teardown(void **state)
 	return 0;
 }
 
+/* ---- MSI and INTx (a device of their own per test) --------------- */
+
+static struct {
+	char dir[64];
+	char sock[128];
+	pid_t child;
+	struct pci_bus *bus;
+	struct vfio_pci *dev;
+	int fds_before;
+} r = { .child = -1 };
+
+static int rig_up(enum variant var)
+{
+	char err[256] = "";
+
+	r.fds_before = count_open_fds();
+	strcpy(r.dir, "/tmp/ferry-pt-XXXXXX");
+	if (!mkdtemp(r.dir))
+		return -1;
+	snprintf(r.sock, sizeof(r.sock), "%s/irq.sock", r.dir);
+	fake_vm_init(RAM_SIZE);
+	if (spawn_device(r.sock, var, &r.child) < 0)
+		return -1;
+	r.bus = pci_bus_create(fake_vm_ptr());
+	if (!r.bus || proxy_create(r.bus, "irq0", r.sock, &r.dev, err,
+				   sizeof(err)) < 0) {
+		fprintf(stderr, "create: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+static int rig_msi_up(void **state)
+{
+	return rig_up(DEV_MSI);
+}
+
+static int rig_intx_up(void **state)
+{
+	return rig_up(DEV_INTX);
+}
+
+static int rig_down(void **state)
+{
+	vfio_pci_destroy(r.dev);
+	r.dev = NULL;
+	pci_bus_destroy(r.bus);
+	r.bus = NULL;
+	reap(&r.child);
+	fake_vm_fini();
+	unlink(r.sock);
+	rmdir(r.dir);
+	/* Every eventfd, irqfd and connection of the device is gone. */
+	return count_open_fds() == r.fds_before ? 0 : -1;
+}
+
+/* Write a device register and read back what the trigger returned. */
+static uint32_t dev_trigger(unsigned reg, uint32_t v)
+{
+	mmio_write32(bar0() + reg, v);
+	return mmio_read32(bar0() + REG_RESULT);
+}
+
+static int gsi_of_msi(uint64_t addr, uint32_t data)
+{
+	for (int g = 24; g < FAKE_MAX_GSI; g++)
+		if (fake_vm.route_data[g] == data &&
+		    fake_vm.route_addr[g] == addr && fake_vm.irqfd_of_gsi[g] >= 0)
+			return g;
+	return -1;
+}
+
+static uint64_t drain(int fd)
+{
+	uint64_t cnt = 0;
+
+	if (fd < 0 || read(fd, &cnt, 8) != 8)
+		return 0;
+	return cnt;
+}
+
+/* The slot-1 device's INTA# goes to IOAPIC pin 16 + (1 + 0) % 8. */
+#define INTX_GSI	17
+
+static void test_msi(void **state)
+{
+	const uint64_t addr = 0xfee01000;
+	struct json_object *o, *v;
+	unsigned i;
+	int g;
+
+	/* reset: disabled, MME 0, the device's MMC/64-bit/PVM; INTx on */
+	assert_int_equal(cfg_read(1, MSI_CAP + 2, 2), MSI_CTRL_RESET);
+	assert_int_equal(cfg_read(1, 0x3d, 1), 1);
+	assert_true(fake_vm.irqfd_of_gsi[INTX_GSI] >= 0);
+	assert_true(fake_vm.resample_of_gsi[INTX_GSI] >= 0);
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 0), 0);  /* no fd yet */
+
+	cfg_write(1, MSI_CAP + 4, addr | 3, 4);		/* low bits RO */
+	cfg_write(1, MSI_CAP + 8, 0, 4);
+	cfg_write(1, MSI_CAP + 0xc, 0x4050, 2);
+	cfg_write(1, MSI_CAP + 0x10, 0x2, 4);		/* mask vector 1 */
+	assert_int_equal(cfg_read(1, MSI_CAP + 4, 4), addr);
+	/* enable with 4 vectors: INTx goes off first */
+	cfg_write(1, MSI_CAP + 2, 0x0021, 2);
+	assert_int_equal(cfg_read(1, MSI_CAP + 2, 2), MSI_CTRL_RESET | 0x21);
+	assert_int_equal(fake_vm.irqfd_of_gsi[INTX_GSI], -1);
+	assert_int_equal(fake_vm.nr_irqfds, 3);		/* 0, 2, 3 */
+	for (i = 0; i < MSI_VECTORS; i++)
+		assert_true((gsi_of_msi(addr, 0x4050 | i) >= 0) == (i != 1));
+
+	/* vector 2 reaches its irqfd with data | 2 */
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 2), 1);
+	assert_int_equal(drain(fake_vm.irqfd_of_gsi[gsi_of_msi(addr,
+						   0x4052)]), 1);
+	/* masked vector 1: a pending bit, then delivered once on unmask */
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 1), 1);
+	for (i = 0; i < WAIT_MS && !(cfg_read(1, MSI_CAP + 0x14, 4) & 2); i++)
+		usleep(1000);
+	assert_int_equal(cfg_read(1, MSI_CAP + 0x14, 4), 2);
+	assert_int_equal(fake_vm.nr_signalled, 0);
+	cfg_write(1, MSI_CAP + 0x10, 0, 4);
+	assert_int_equal(fake_vm.nr_signalled, 1);
+	assert_int_equal(fake_vm.last_msi_data, 0x4051);
+	assert_int_equal(cfg_read(1, MSI_CAP + 0x14, 4), 0);
+
+	/* one vector granted: all four share data 0x4050, 1..3 masked;
+	 * more than asked for is clamped to MMC */
+	cfg_write(1, MSI_CAP + 2, 0x0001, 2);
+	assert_int_equal(fake_vm.nr_irqfds, 1);
+	assert_true(gsi_of_msi(addr, 0x4050) >= 0);
+	cfg_write(1, MSI_CAP + 2, 0x0071, 2);
+	assert_int_equal(cfg_read(1, MSI_CAP + 2, 2) & 0x70, 0x20);
+
+	o = vfio_pci_describe(r.dev);
+	assert_true(json_object_object_get_ex(o, "msi-vectors", &v));
+	assert_int_equal(json_object_get_int(v), MSI_VECTORS);
+	assert_true(json_object_object_get_ex(o, "msi-enabled", &v));
+	assert_true(json_object_get_boolean(v));
+	json_object_put(o);
+
+	/* disabled: every MSI irqfd gone, INTx back */
+	cfg_write(1, MSI_CAP + 2, 0x0000, 2);
+	assert_int_equal(fake_vm.nr_irqfds, 1);
+	assert_true(fake_vm.irqfd_of_gsi[INTX_GSI] >= 0);
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 0), 0);
+	g = gsi_of_msi(addr, 0x4050);
+	assert_int_equal(g, -1);
+}
+
+static void test_msi_state(void **state)
+{
+	const uint64_t addr = 0xfee02000;
+	char err[128];
+	size_t len;
+	void *blob;
+
+	cfg_write(1, MSI_CAP + 4, addr, 4);
+	cfg_write(1, MSI_CAP + 0xc, 0x4060, 2);
+	cfg_write(1, MSI_CAP + 2, 0x0011, 2);		/* 2 vectors */
+	assert_int_equal(fake_vm.nr_irqfds, 2);
+	assert_int_equal(vfio_pci_save_state(r.dev, &blob, &len), 0);
+
+	/* reset-like: off, another address; the load brings all back */
+	cfg_write(1, MSI_CAP + 2, 0, 2);
+	cfg_write(1, MSI_CAP + 4, 0xfee0f000, 4);
+	assert_true(fake_vm.irqfd_of_gsi[INTX_GSI] >= 0);
+	assert_int_equal(vfio_pci_load_state(r.dev, blob, len, err,
+					     sizeof(err)), 0);
+	assert_int_equal(cfg_read(1, MSI_CAP + 2, 2), MSI_CTRL_RESET | 0x11);
+	assert_int_equal(cfg_read(1, MSI_CAP + 4, 4), addr);
+	assert_int_equal(fake_vm.irqfd_of_gsi[INTX_GSI], -1);
+	assert_int_equal(fake_vm.nr_irqfds, 2);
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 1), 1);
+	assert_int_equal(drain(fake_vm.irqfd_of_gsi[gsi_of_msi(addr,
+						   0x4061)]), 1);
+	/* a blob for a device without MSI is refused with a reason */
+	assert_int_equal(vfio_pci_load_state(r.dev, blob, len - 1, err,
+					     sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "MSI"));
+	free(blob);
+}
+
+static void test_intx(void **state)
+{
+	uint64_t one = 1;
+	struct json_object *o, *x, *v;
+	int trig, res, i;
+	uint32_t cmd;
+
+	/* Interrupt Line names the IOAPIC pin; the line is on at reset */
+	assert_int_equal(cfg_read(1, 0x3d, 1), 1);
+	assert_int_equal(cfg_read(1, 0x3c, 1), INTX_GSI);
+	assert_int_equal(fake_vm.nr_irqfds, 1);
+	trig = fake_vm.irqfd_of_gsi[INTX_GSI];
+	res = fake_vm.resample_of_gsi[INTX_GSI];
+	assert_true(trig >= 0 && res >= 0);
+
+	/* level, automasked: one trigger until the EOI's resample */
+	for (i = 0; i < WAIT_MS && dev_trigger(REG_IRQ_INTX, 0) != 1; i++)
+		usleep(1000);	/* the attach kick's unmask may lag */
+	assert_int_equal(drain(trig), 1);
+	assert_int_equal(dev_trigger(REG_IRQ_INTX, 0), 0);
+	assert_int_equal(drain(trig), 0);
+	assert_int_equal(write(res, &one, 8), 8);	/* KVM on EOI */
+	for (i = 0; i < WAIT_MS && dev_trigger(REG_IRQ_INTX, 0) != 1; i++)
+		usleep(1000);
+	assert_true(i < WAIT_MS);
+	assert_int_equal(drain(trig), 1);
+
+	/* INTx Disable: irqfd and device fds gone; cleared: back */
+	cmd = cfg_read(1, 0x04, 2);
+	cfg_write(1, 0x04, cmd | 0x400, 2);
+	assert_int_equal(fake_vm.nr_irqfds, 0);
+	assert_int_equal(fake_vm.irqfd_of_gsi[INTX_GSI], -1);
+	assert_int_equal(dev_trigger(REG_IRQ_INTX, 0), 0);
+	cfg_write(1, 0x04, cmd, 2);
+	assert_int_equal(fake_vm.nr_irqfds, 1);
+	for (i = 0; i < WAIT_MS && dev_trigger(REG_IRQ_INTX, 0) != 1; i++)
+		usleep(1000);
+	assert_int_equal(drain(fake_vm.irqfd_of_gsi[INTX_GSI]), 1);
+
+	/* the guest's own note in Interrupt Line: kept, routing unchanged */
+	cfg_write(1, 0x3c, 5, 1);
+	assert_int_equal(cfg_read(1, 0x3c, 1), 5);
+	assert_true(fake_vm.irqfd_of_gsi[INTX_GSI] >= 0);
+
+	o = vfio_pci_describe(r.dev);
+	assert_true(json_object_object_get_ex(o, "intx", &x));
+	assert_true(json_object_object_get_ex(x, "pin", &v));
+	assert_string_equal(json_object_get_string(v), "A");
+	assert_true(json_object_object_get_ex(x, "gsi", &v));
+	assert_int_equal(json_object_get_int(v), INTX_GSI);
+	assert_true(json_object_object_get_ex(x, "trigger", &v));
+	assert_string_equal(json_object_get_string(v), "level");
+	assert_true(json_object_object_get_ex(x, "on", &v));
+	assert_true(json_object_get_boolean(v));
+	assert_false(json_object_object_get_ex(o, "msi-enabled", &v) &&
+		     json_object_get_boolean(v));
+	json_object_put(o);
+}
+
+static void test_intx_state(void **state)
+{
+	char err[128];
+	size_t len;
+	void *blob;
+
+	/* saved with INTx disabled and line 9: loaded back so */
+	uint32_t cmd = cfg_read(1, 0x04, 2);
+
+	cfg_write(1, 0x3c, 9, 1);
+	cfg_write(1, 0x04, cmd | 0x400, 2);
+	assert_int_equal(vfio_pci_save_state(r.dev, &blob, &len), 0);
+	cfg_write(1, 0x04, cmd, 2);
+	cfg_write(1, 0x3c, INTX_GSI, 1);
+	assert_int_equal(fake_vm.nr_irqfds, 1);
+	assert_int_equal(vfio_pci_load_state(r.dev, blob, len, err,
+					     sizeof(err)), 0);
+	assert_int_equal(cfg_read(1, 0x3c, 1), 9);
+	assert_int_equal(fake_vm.nr_irqfds, 0);
+	free(blob);
+}
+
 int main(void)
 {
 	const struct CMUnitTest live[] = {
@@ -937,6 +1241,16 @@ int main(void)
 		cmocka_unit_test(test_server_death),
 		cmocka_unit_test(test_no_fd_leak),
 	};
+	const struct CMUnitTest irqs[] = {
+		cmocka_unit_test_setup_teardown(test_msi, rig_msi_up,
+						rig_down),
+		cmocka_unit_test_setup_teardown(test_msi_state, rig_msi_up,
+						rig_down),
+		cmocka_unit_test_setup_teardown(test_intx, rig_intx_up,
+						rig_down),
+		cmocka_unit_test_setup_teardown(test_intx_state, rig_intx_up,
+						rig_down),
+	};
 	const struct CMUnitTest failures[] = {
 		cmocka_unit_test(test_create_failures),
 	};
@@ -944,6 +1258,7 @@ int main(void)
 
 	signal(SIGPIPE, SIG_IGN);
 	ret = cmocka_run_group_tests(live, group_setup, group_teardown);
+	ret |= cmocka_run_group_tests(irqs, NULL, NULL);
 	ret |= cmocka_run_group_tests(failures, NULL, failures_teardown);
 	return ret ? 1 : 0;
 }
