@@ -49,6 +49,8 @@ static void usage(FILE *f)
 "  status        show whether the VM runs\n"
 "  stop          pause the vCPUs\n"
 "  cont          resume the vCPUs\n"
+"  reset         reset the VM: devices reset, guest RAM cleared, the\n"
+"                kernel booted again (a stopped VM stays stopped)\n"
 "  quit          shut the VMM down\n"
 "  devices       list the PCI devices\n"
 "  raw JSON      send one QMP command object, print the reply\n"
@@ -864,6 +866,7 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{ "status", "query-status", print_status, NULL },
 	{ "stop", "stop", NULL, "VM stopped" },
 	{ "cont", "cont", NULL, "VM resumed" },
+	{ "reset", "system_reset", NULL, "VM reset: the guest boots again" },
 	{ "quit", "quit", NULL, "VMM shutting down" },
 	{ "devices", "query-pci", print_devices, NULL },
 };

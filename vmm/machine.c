@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "reset.h"
 #include "vmm.h"
 
 int vm_create(struct vm *vm, uint64_t ram_size, unsigned nr_cpus,
@@ -41,6 +42,7 @@ void vm_destroy(struct vm *vm)
 	if (!vm->initialised)
 		return;
 	vm->initialised = false;
+	vm_reset_fini(vm);
 	vm_dirty_fini(vm);
 	/* The VM fd first: it drops every slot that maps guest RAM. */
 	kvm_vm_destroy(vm);

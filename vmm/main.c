@@ -27,6 +27,7 @@
 #include "ferry/mig_channel.h"
 #include "ferry/util.h"
 #include "multiboot.h"
+#include "reset.h"
 #include "pci.h"
 #include "qmp.h"
 #include "serial.h"
@@ -617,6 +618,12 @@ static int vmm_setup(struct main_ctx *m, const struct opts *o,
 		if (ret) {
 			fprintf(stderr, "ferry-vmm: cannot set the boot vCPU "
 				"state: %s\n", strerror(-ret));
+			return ret;
+		}
+		/* What system_reset goes back to. */
+		ret = vm_reset_snapshot(vm, err, sizeof(err));
+		if (ret) {
+			fprintf(stderr, "ferry-vmm: %s\n", err);
 			return ret;
 		}
 	}

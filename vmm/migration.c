@@ -300,6 +300,28 @@ const char *migration_run_state(struct vm *vm)
 	return NULL;
 }
 
+const char *migration_reset_refusal(struct vm *vm)
+{
+	const char *why = migration_cont_refusal(vm);
+	struct mig_stats st;
+
+	if (why)
+		return why;
+	if (incoming_pending(vm))
+		return "The guest has not arrived yet (incoming migration)";
+	mig_engine_stats(vm->mig->engine, &st);
+	switch (st.status) {
+	case MIG_STATUS_SETUP:
+	case MIG_STATUS_ACTIVE:
+	case MIG_STATUS_DEVICE:
+	case MIG_STATUS_CANCELLING:
+		return "A migration is in progress: cancel it first "
+		       "(migrate_cancel)";
+	default:
+		return NULL;
+	}
+}
+
 const char *migration_cont_refusal(struct vm *vm)
 {
 	struct mig_stats st;

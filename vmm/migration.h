@@ -63,5 +63,8 @@ int migration_resolve(struct vm *vm, const char *where, char *err,
  * why cont must not run the guest now (NULL: it may). */
 const char *migration_run_state(struct vm *vm);
 const char *migration_cont_refusal(struct vm *vm);
+/* Why system_reset must not run now (migrating, migrated, not arrived),
+ * or NULL. */
+const char *migration_reset_refusal(struct vm *vm);
 
 #endif /* FERRY_VMM_MIGRATION_H */

@@ -224,6 +224,18 @@ out_free:
 	return NULL;
 }
 
+/* Reset state (PCI spec): every entry zero and masked, nothing pending. */
+static void table_reset(struct msix *m)
+{
+	uint32_t masked = PCI_MSIX_ENTRY_CTRL_MASKBIT;
+
+	memset(m->table, 0, (size_t)m->nr * PCI_MSIX_ENTRY_SIZE);
+	memset(m->pba, 0, DIV_ROUND_UP(m->nr, 64) * sizeof(uint64_t));
+	for (unsigned v = 0; v < m->nr; v++)
+		memcpy(m->table + (size_t)v * PCI_MSIX_ENTRY_SIZE +
+		       PCI_MSIX_ENTRY_VECTOR_CTRL, &masked, 4);
+}
+
 int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
 		msix_set_irqs_fn set_irqs, void *opaque, const int *adopt_fds,
 		struct msix **out)
@@ -254,12 +266,8 @@ int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
 		ret = -ENOMEM;
 		goto err_free;
 	}
+	table_reset(m);
 	for (v = 0; v < nr_vectors; v++) {
-		uint32_t masked = PCI_MSIX_ENTRY_CTRL_MASKBIT;
-
-		/* Reset state: every vector masked (PCI spec). */
-		memcpy(m->table + (size_t)v * PCI_MSIX_ENTRY_SIZE +
-		       PCI_MSIX_ENTRY_VECTOR_CTRL, &masked, 4);
 		m->vec[v].gsi = -1;
 		m->vec[v].fd = -1;
 	}
@@ -437,6 +445,33 @@ void msix_pba_access(struct msix *m, uint64_t offset, void *data,
 	}
 	pthread_mutex_lock(&m->lock);
 	memcpy(data, (uint8_t *)m->pba + offset, size);
+	pthread_mutex_unlock(&m->lock);
+}
+
+void msix_reset(struct msix *m)
+{
+	int ret;
+
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	if (m->enabled) {
+		ret = m->set_irqs(m->opaque, NULL, m->nr);
+		if (ret < 0)
+			pr_warn("device %s: cannot take the vectors back from "
+				"the device: %s", m->id, strerror(-ret));
+	}
+	m->enabled = false;
+	m->func_mask = false;
+	table_reset(m);
+	update_all(m);		/* every irqfd detached */
+	/* What the device signalled before is not the new guest's. */
+	for (unsigned v = 0; v < m->nr; v++) {
+		uint64_t cnt;
+
+		while (read(m->vec[v].fd, &cnt, sizeof(cnt)) > 0)
+			;
+	}
 	pthread_mutex_unlock(&m->lock);
 }
 

@@ -67,6 +67,10 @@ void msix_table_access(struct msix *m, uint64_t offset, void *data,
 void msix_pba_access(struct msix *m, uint64_t offset, void *data,
 		     unsigned size, bool is_write);
 
+/* system_reset: disabled (the device's fds taken back), every entry as
+ * at reset, nothing pending, the eventfds drained. NULL: no-op. */
+void msix_reset(struct msix *m);
+
 /* The capability's Message Control bits changed (enable, function mask). */
 int msix_set_control(struct msix *m, bool enable, bool func_mask);
 

@@ -29,6 +29,7 @@
 #include "incoming.h"
 #include "migration.h"
 #include "qmp.h"
+#include "reset.h"
 #include "vfio_pci.h"
 #include "vmm.h"
 
@@ -301,6 +302,36 @@ static struct json_object *cmd_cont(struct qmp_client *c,
 	}
 	if (vm_user_cont(vm))
 		qmp_emit(c->q, "RESUME", NULL);
+	return json_object_new_object();
+}
+
+static struct json_object *cmd_system_reset(struct qmp_client *c,
+					    struct json_object *args,
+					    struct qmp_error *e)
+{
+	struct vm *vm = c->q->vm;
+	struct json_object *ev;
+	char err[320];
+	int ret;
+
+	if (vm_run_state(vm) == VM_STATE_SHUTDOWN) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "The VM is shutting down");
+		return NULL;
+	}
+	ret = vm_system_reset(vm, err, sizeof(err));
+	if (ret >= 0) {
+		ev = json_object_new_object();
+		json_object_object_add(ev, "guest",
+				       json_object_new_boolean(false));
+		json_object_object_add(ev, "reason", json_object_new_string(
+					       "host-qmp-system-reset"));
+		qmp_emit(c->q, "RESET", ev);
+		json_object_put(ev);
+	}
+	if (ret) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
+		return NULL;
+	}
 	return json_object_new_object();
 }
 
@@ -666,6 +697,7 @@ static const struct qmp_cmd qmp_cmds[] = {
 	{ "stop", cmd_stop, { { 0 } } },
 	{ "cont", cmd_cont, { { 0 } } },
 	{ "quit", cmd_quit, { { 0 } } },
+	{ "system_reset", cmd_system_reset, { { 0 } } },
 	{ "query-version", cmd_query_version, { { 0 } } },
 	{ "query-commands", cmd_query_commands, { { 0 } } },
 	{ "query-pci", cmd_query_pci, { { 0 } } },
@@ -802,7 +834,7 @@ static const struct { const char *cmd, *type; } schema_returns[] = {
 	{ "query-uuid", "UuidInfo" }, { "query-kvm", "KvmInfo" },
 	{ "qmp_capabilities", "q_empty" }, { "stop", "q_empty" },
 	{ "cont", "q_empty" }, { "quit", "q_empty" },
-	{ "migrate", "q_empty" }, { "migrate_cancel", "q_empty" },
+	{ "system_reset", "q_empty" }, { "migrate", "q_empty" }, { "migrate_cancel", "q_empty" },
 	{ "migrate-set-parameters", "q_empty" },
 	{ "migrate-set-capabilities", "q_empty" },
 	{ "migrate-incoming", "q_empty" }, { "x-migrate-outcome", "q_empty" },
@@ -835,7 +867,8 @@ static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
 		"completed", "failed", "device",
 	};
 	static const char *const shutdown_cause[] = {
-		"none", "host-error", "host-qmp-quit", "host-signal",
+		"none", "host-error", "host-qmp-quit", "host-qmp-system-reset",
+		"host-signal",
 		"guest-shutdown", "guest-panic",
 	};
 	static const char *const vfio_state[] = {
@@ -875,6 +908,7 @@ static struct json_object *cmd_query_qmp_schema(struct qmp_client *c,
 	static const struct { const char *name, *type; } events[] = {
 		{ "STOP", "q_empty" }, { "RESUME", "q_empty" },
 		{ "SHUTDOWN", "q_obj_SHUTDOWN-arg" },
+		{ "RESET", "q_obj_SHUTDOWN-arg" },
 		{ "MIGRATION", "q_obj_MIGRATION-arg" },
 		{ "MIGRATION_PASS", "q_obj_MIGRATION_PASS-arg" },
 		{ "VFIO_MIGRATION", "q_obj_VFIO_MIGRATION-arg" },

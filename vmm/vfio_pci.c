@@ -179,6 +179,11 @@ struct vfio_pci {
 	bool intx_level;		/* automasked, resampled */
 	struct intx *intx;
 
+	/* The PCI state as this process placed it (system_reset goes
+	 * back to it); NULL for an adopted device. */
+	void *boot_state;
+	size_t boot_state_len;
+
 	unsigned nr_dma;		/* RAM ranges mapped, in order */
 
 	atomic_bool connected;
@@ -1847,8 +1852,16 @@ static int vup_create(struct vm *vm, struct pci_bus *bus, struct vdev *vdev,
 	if (ret < 0)
 		goto err_destroy;
 	/* At reset the guest's interrupt is INTx (adopted: as loaded). */
-	if (!cpr)
+	if (!cpr) {
 		intx_sync(dev, true);
+		ret = vfio_pci_save_state(dev, &dev->boot_state,
+					  &dev->boot_state_len);
+		if (ret < 0) {
+			snprintf(why, sizeof(why), "boot state: %s",
+				 strerror(-ret));
+			goto err_destroy;
+		}
+	}
 	pr_info("device %s: %04x:%04x from %s %s in slot %u%s", dev->id,
 		cfg_u16(dev, PCI_VENDOR_ID), cfg_u16(dev, PCI_DEVICE_ID),
 		vdev->ops->name, vdev->location, dev->pdev.slot,
@@ -1922,7 +1935,47 @@ void vfio_pci_destroy(struct vfio_pci *dev)
 		vdev_close(dev->vdev);
 	}
 	pthread_mutex_destroy(&dev->lock);
+	free(dev->boot_state);
 	free(dev);
+}
+
+int vfio_pci_reset(struct vfio_pci *dev, char *err, size_t errlen)
+{
+	char why[160];
+	uint16_t cmd;
+	int ret, r;
+
+	if (!dev->boot_state) {
+		snprintf(err, errlen, "adopted by a live update: this "
+			 "process never placed it");
+		return -EOPNOTSUPP;
+	}
+	if (!atomic_load(&dev->connected)) {
+		snprintf(err, errlen, "its server is gone");
+		return -ENOTCONN;
+	}
+	/* Interrupts off first, as the guest's driver would leave them. */
+	if (dev->intx)
+		(void)intx_set(dev->intx, false);
+	msix_reset(dev->msix);
+	msix_reset(dev->msi);
+	ret = vdev_reset(dev->vdev);
+	if (ret)
+		snprintf(err, errlen, "device reset: %s", strerror(-ret));
+	/* Our registers as at boot, whatever the device said; INTx on. */
+	r = vfio_pci_load_state(dev, dev->boot_state, dev->boot_state_len,
+				why, sizeof(why));
+	if (r && !ret) {
+		snprintf(err, errlen, "%s", why);
+		ret = r;
+	}
+	/* The device's command register is reset too: decode and bus
+	 * mastering as at boot. */
+	pthread_mutex_lock(&dev->lock);
+	cmd = dev->command;
+	pthread_mutex_unlock(&dev->lock);
+	cfg_forward(dev, PCI_COMMAND, &cmd, sizeof(cmd));
+	return ret;
 }
 
 int vfio_pci_set_saving_traps(struct vfio_pci *dev, bool trap)

@@ -46,6 +46,12 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev);
  */
 int vfio_pci_set_saving_traps(struct vfio_pci *dev, bool trap);
 
+/* system_reset: interrupts off, the device's own reset, then the
+ * proxy's registers (BARs, command, ROM, Interrupt Line, MSI/MSI-X) as
+ * this process placed them at creation, INTx on. 0, or -errno with a
+ * reason in err (an adopted device has no boot state: -EOPNOTSUPP). */
+int vfio_pci_reset(struct vfio_pci *dev, char *err, size_t errlen);
+
 /* Migration (vmm/mig_host.c). */
 struct vdev *vfio_pci_vdev(struct vfio_pci *dev);
 const char *vfio_pci_id(struct vfio_pci *dev);

@@ -81,6 +81,7 @@ struct qmp;
 struct vfio_pci;
 struct pci_bus;
 struct vm_mig;
+struct vm_boot;
 struct json_object;
 
 typedef void (*vm_event_fn)(void *opaque, const char *name,
@@ -149,6 +150,7 @@ struct vm {
 	struct vfio_pci *devs[VM_MAX_DEVICES];
 	unsigned nr_devs;
 	struct vm_mig *mig;		/* migration.c */
+	struct vm_boot *boot;		/* reset.c: NULL if not booted here */
 	struct sock_access sock_access;	/* who may use our sockets */
 	/* --name and --uuid, for query-name and query-uuid ("": none). */
 	char name[VM_NAME_MAX + 1];

@@ -229,6 +229,17 @@ int vdev_mig_set_state(struct vdev *d, enum vfu_mig_state state);
  */
 int vdev_mig_abort_resume(struct vdev *d);
 
+/* The device's own reset (a VM reset): back to RUNNING, as the kernel's
+ * VFIO_DEVICE_RESET does. 0 or -errno. */
+static inline int vdev_reset(struct vdev *d)
+{
+	int ret = d->ops->reset(d);
+
+	if (!ret)
+		d->mig_state = VFU_MIG_STATE_RUNNING;
+	return ret;
+}
+
 static inline int vdev_device_info(struct vdev *d,
 				   struct vfu_device_info *out)
 {

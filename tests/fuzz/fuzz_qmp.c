@@ -37,6 +37,7 @@
 #include "qmp.h"
 #include "vfio_pci.h"
 #include "vm_mig.h"
+#include "reset.h"
 #include "vmm.h"
 
 #define FZQ_WAIT_MS		2000	/* only a hang waits this long */
@@ -81,6 +82,18 @@ void vm_request_exit(struct vm *v, int status, const char *reason)
 {
 	/* The main loop would tear down now; the state says so. */
 	v->state = VM_STATE_SHUTDOWN;
+}
+
+int vm_system_reset(struct vm *v, char *err, size_t errlen)
+{
+	/* The real refusals (migration.c); a reset itself is the VM's. */
+	const char *why = migration_reset_refusal(v);
+
+	if (why) {
+		snprintf(err, errlen, "%s", why);
+		return -EBUSY;
+	}
+	return 0;
 }
 
 uint64_t vm_ram_size(struct vm *v)

@@ -50,6 +50,7 @@
 #define REG_RESULT	0x110u	/* result of the last GO / IRQ */
 #define REG_IRQ_MSI	0x114u	/* write n: trigger MSI vector n */
 #define REG_IRQ_INTX	0x118u	/* write: trigger INTx */
+#define REG_RESETS	0x11cu	/* DEVICE_RESETs so far (kept by reset) */
 #define DMA_LEN		256u
 #define DMA_BYTE	0xab
 
@@ -152,6 +153,7 @@ static ssize_t fdev_access(void *dev, uint32_t index, uint64_t offset,
 
 static int fdev_reset(void *dev)
 {
+	reg_set(REG_RESETS, reg_get(REG_RESETS) + 1);
 	return 0;
 }
 
@@ -1201,6 +1203,34 @@ static void test_intx(void **state)
 	json_object_put(o);
 }
 
+/* system_reset's part: interrupts off and taken back, the device's own
+ * reset, the registers as placed at creation, INTx on again. */
+static void test_msi_reset(void **state)
+{
+	uint32_t bar = cfg_read(1, 0x10, 4), cmd = cfg_read(1, 0x04, 2);
+	char err[160] = "";
+
+	cfg_write(1, MSI_CAP + 4, 0xfee01000, 4);
+	cfg_write(1, MSI_CAP + 0xc, 0x4070, 2);
+	cfg_write(1, MSI_CAP + 2, 0x0011, 2);
+	cfg_write(1, 0x3c, 3, 1);
+	assert_int_equal(fake_vm.nr_irqfds, 2);
+	assert_int_equal(fake_vm.irqfd_of_gsi[INTX_GSI], -1);
+	cfg_write(1, 0x10, 0xd0000000, 4);		/* the guest moved BAR0 */
+
+	assert_int_equal(vfio_pci_reset(r.dev, err, sizeof(err)), 0);
+	assert_int_equal(cfg_read(1, 0x10, 4), bar);
+	assert_int_equal(cfg_read(1, 0x04, 2), cmd);
+	assert_int_equal(cfg_read(1, MSI_CAP + 2, 2), MSI_CTRL_RESET);
+	assert_int_equal(cfg_read(1, MSI_CAP + 4, 4), 0);
+	assert_int_equal(cfg_read(1, 0x3c, 1), INTX_GSI);
+	assert_int_equal(mmio_read32(bar0() + REG_RESETS), 1);
+	/* only INTx's irqfd, and the device holds no MSI fd any more */
+	assert_int_equal(fake_vm.nr_irqfds, 1);
+	assert_true(fake_vm.irqfd_of_gsi[INTX_GSI] >= 0);
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 0), 0);
+}
+
 static void test_intx_state(void **state)
 {
 	char err[128];
@@ -1245,6 +1275,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_msi, rig_msi_up,
 						rig_down),
 		cmocka_unit_test_setup_teardown(test_msi_state, rig_msi_up,
+						rig_down),
+		cmocka_unit_test_setup_teardown(test_msi_reset, rig_msi_up,
 						rig_down),
 		cmocka_unit_test_setup_teardown(test_intx, rig_intx_up,
 						rig_down),
