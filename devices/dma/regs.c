@@ -236,12 +236,25 @@ static bool intx_asserted(const struct ferry_dma *d)
  * delivered (STOP, no eventfd, masked by the server): the level is the
  * state, and every event that may let it through (RUNNING again, an
  * eventfd assigned, the server's unmask) comes back here. Lock held.
+ *
+ * IRQS_RAISED counts the level's rising edges (intx_rose), not these
+ * signals: a level still up is signalled again whenever the line is
+ * unmasked (a VMM's resample kick after a live update, say) while the
+ * guest sees it as the one interrupt it is, or was, handling.
  */
 static void intx_signal(struct ferry_dma *d)
 {
 	if (!fdma_is_running(d) || !intx_asserted(d))
 		return;
-	if (d->host_ops->irq_trigger(d->host, VFU_PCI_INTX_IRQ_INDEX, 0) == 1)
+	(void)d->host_ops->irq_trigger(d->host, VFU_PCI_INTX_IRQ_INDEX, 0);
+}
+
+/* The level went from down to up: one more interrupt the guest will
+ * take (now or when the line is next unmasked). Lock held. */
+static void intx_rose(struct ferry_dma *d, bool was_up)
+{
+	if (d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_INTX && !was_up &&
+	    intx_asserted(d))
 		d->regs.irqs_raised++;
 }
 
@@ -252,9 +265,11 @@ static uint32_t cause_vector(uint32_t cause)
 
 void fdma_irq_raise(struct ferry_dma *d, uint32_t causes)
 {
+	bool was_up = intx_asserted(d);
 	uint32_t bit;
 
 	d->regs.irq_status |= causes;
+	intx_rose(d, was_up);
 	for (bit = 1; bit && bit <= causes; bit <<= 1) {
 		if (!(causes & bit))
 			continue;
@@ -398,10 +413,14 @@ static void reg_write(struct ferry_dma *d, uint32_t off, uint32_t v)
 		r->irq_status &= ~v;
 		r->irq_pending &= ~v;
 		break;
-	case FERRY_DMA_REG_IRQ_MASK:
+	case FERRY_DMA_REG_IRQ_MASK: {
+		bool was_up = intx_asserted(d);
+
 		r->irq_mask = v;
+		intx_rose(d, was_up);	/* a cause unmasked: INTx rises */
 		fdma_irq_flush(d);
 		break;
+	}
 	case FERRY_DMA_REG_SCRATCH:
 		r->scratch = v;
 		break;

@@ -1259,7 +1259,11 @@ static void test_irq_modes(uint8_t *mem)
 	      "run");
 	CHECK(host_intx(&h) == 4, "intx: not signalled on RUNNING %u",
 	      host_intx(&h));
-	CHECK(rd64(d, FERRY_DMA_REG_IRQS_RAISED_LO) == 4, "intx raised %llu",
+	/* 4 signals, 3 rising edges of the level (the first job; IRQ_MASK
+	 * cleared twice over a pending cause): IRQS_RAISED counts the
+	 * edges. A signal of a level that stayed up (the unmask with the
+	 * status still set) is not a new edge. */
+	CHECK(rd64(d, FERRY_DMA_REG_IRQS_RAISED_LO) == 3, "intx raised %llu",
 	      (unsigned long long)rd64(d, FERRY_DMA_REG_IRQS_RAISED_LO));
 	/* A state from another mode is refused (capability differs). */
 	{
