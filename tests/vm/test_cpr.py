@@ -3,8 +3,8 @@
 """Live update (CPR) of ferry-vmm with vfio-user devices (real KVM).
 
 usage: test_cpr.py CASE
-CASE: chain | gap-delivered | negative-irqfd | new-killed | new-refuses |
-      bad-registry | exec-missing | memstress-4g
+CASE: chain | smp-chain | gap-delivered | negative-irqfd | new-killed |
+      new-refuses | bad-registry | exec-missing | memstress-4g
 
 chain: dmastress with 2 ferry-dma devices raising interrupts all the time
 goes through 100 consecutive cpr-transfers (every 25th by `ferryctl
@@ -18,6 +18,13 @@ new image; for a device server, the old server exits 0), the new one
 runs the guest, the guest's counters keep rising, and every VMM has as
 many fds open as the first one had. The guest checks every DMA result and counts every
 completion's interrupt: it must end PASS (0 lost, 0 spurious).
+
+smp-chain: the same guest on 4 vCPUs (every vCPU submits descriptors,
+the devices' MSI-X vectors go to different vCPUs, each vCPU counts its
+own interrupts) through 20 cpr-transfers and 2 cpr-execs: every vCPU's
+state, pending interrupts included, moves with the VMM; PASS with
+cpus=4 and every per-vCPU count exact. FERRY_TEST_DEV_ARGS (e.g.
+"--irq-mode intx") passes extra ferry-dev arguments, for runs by hand.
 
 gap-delivered: 5 transfers with x-cpr-gap-ms 200 -- the devices keep
 completing jobs and raising interrupts while the guest is paused -- and
@@ -97,9 +104,10 @@ class Guest:
     """The one running guest and the VMM that runs it now."""
 
     def __init__(self, c, kind="dma", seconds=60, memory="128M",
-                 timeout=20, append="", ndev=NDEV):
+                 timeout=20, append="", ndev=NDEV, cpus=1, dev_args=()):
         self.c = c
         self.memory = memory
+        self.cpus = cpus
         self.seq = 0
         self.ndev = ndev if kind == "dma" else 0
         if kind == "dma":
@@ -107,7 +115,8 @@ class Guest:
             self.ctls = [c.join("D%d.ctl" % i) for i in range(ndev)]
             self.devs = [("dma%d" % i, c.device("D%d" % i, [
                 "--control", self.ctls[i], "--takeover-timeout",
-                devupdate.TAKEOVER_TIMEOUT_MS])) for i in range(ndev)]
+                devupdate.TAKEOVER_TIMEOUT_MS] + list(dev_args)))
+                for i in range(ndev)]
             kernel = miglib.DMASTRESS
             args = "seconds=%d devices=%d timeout=%d" % (seconds, ndev,
                                                         timeout)
@@ -117,7 +126,10 @@ class Guest:
             kernel = miglib.MEMSTRESS
             args = "seconds=%d %s" % (seconds, append)
             self.key = "rewrites"
-        self.vmm = c.source(kernel, args, self.devs, memory=memory)
+        if cpus > 1:
+            args += " cpus=%d" % cpus
+        self.vmm = c.source(kernel, args, self.devs, memory=memory,
+                            cpus=cpus)
         self.boot_serial = self.vmm.serial
         self.vmm.wait_heartbeats(1)
         # Counted with our QMP connection open, as for every later VMM.
@@ -135,7 +147,7 @@ class Guest:
         cpr = self.c.join(name + ".cpr")
         main = self.c.join(name + ".main")
         nv = miglib.Vmm(self.c, name, self.devs, memory=memory or
-                        self.memory,
+                        self.memory, cpus=self.cpus,
                         incoming="defer" if defer else "unix:" + main,
                         extra=["--incoming", cpr_channel(cpr)],
                         wait_ready=False, may_exit=True)
@@ -186,7 +198,7 @@ class Guest:
         state = self.c.join(name + ".state")
         pid = self.vmm.pid
         argv = [argv0 or miglib.VMM, "--memory", self.memory,
-                "--cpus", "1", "--serial",
+                "--cpus", str(self.cpus), "--serial",
                 "file:" + self.c.join(name + ".serial"),
                 "--qmp", "unix:" + self.c.join(name + ".qmp"),
                 "--incoming", "file:" + state]
@@ -243,6 +255,7 @@ class Guest:
 
     def expect_pass(self, timeout):
         v = miglib.expect_pass(self.vmm, timeout)
+        check(v[1].get("cpus", 1) == self.cpus, "verdict: %r" % v[2])
         if self.key == "jobs":
             check(v[1].get("devices") == self.ndev, "verdict: %r" % v[2])
             check(v[1].get("resets", 0) == 0, "a device was reset: %r" %
@@ -294,6 +307,27 @@ def case_chain(c):
     v = g.expect_pass(240)
     check("disconnected" not in g.vmm.log(),
           "the VMM saw a device server go:\n%s" % g.vmm.log()[-3000:])
+    print("ok: %s" % v[2])
+
+
+SMP_TRANSFERS = 20
+SMP_EXECS = 2
+
+
+def case_smp_chain(c):
+    g = Guest(c, seconds=60, cpus=4, dev_args=os.environ.get(
+        "FERRY_TEST_DEV_ARGS", "").split())
+    for i in range(SMP_TRANSFERS):
+        g.transfer(via_ferryctl=(i == SMP_TRANSFERS - 1))
+        if i % 5 == 4:
+            b = g.progressed("transfer %d" % (i + 1))
+            g.fds_stable("transfer %d" % (i + 1))
+            print("transfer %d: %s jobs=%d t=%d" % (i + 1, g.vmm.name,
+                                                    b["jobs"], b["t"]))
+    for i in range(SMP_EXECS):
+        g.exec()
+        g.progressed("exec %d" % (i + 1))
+    v = g.expect_pass(240)
     print("ok: %s" % v[2])
 
 
@@ -483,6 +517,7 @@ def case_memstress_4g(c):
 
 CASES = {
     "chain": case_chain,
+    "smp-chain": case_smp_chain,
     "gap-delivered": lambda c: case_gap(c, False),
     "negative-irqfd": lambda c: case_gap(c, True),
     "new-killed": case_new_killed,
