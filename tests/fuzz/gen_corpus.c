@@ -1039,6 +1039,7 @@ static void gen_qmp(void)
 		  "{\"execute\": \"query-kvm\"}\n"
 		  "{\"execute\": \"query-pci\"}\n"
 		  "{\"execute\": \"query-commands\"}\n"
+		  "{\"execute\": \"system_reset\"}\n"
 		  "{\"execute\": \"cont\", \"arguments\": {}}\n"
 		  "{\"execute\": \"quit\"}\n"
 		  "{\"execute\": \"cont\"}\n" },
@@ -1065,6 +1066,7 @@ static void gen_qmp(void)
 		  "{\"uri\":\"tcp:[::1]:4444\"}}"
 		  "{\"execute\":\"migrate\",\"arguments\":"
 		  "{\"uri\":\"file:/nonexistent/dir/x\"}}"
+		  "{\"execute\":\"system_reset\"}"
 		  "{\"execute\":\"migrate_cancel\"}"
 		  "{\"execute\":\"x-migrate-outcome\",\"arguments\":"
 		  "{\"guest-runs\":\"here\"}}"
