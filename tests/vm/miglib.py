@@ -258,6 +258,15 @@ class Vmm(Proc):
     def mig_statuses(self):
         return [e["data"]["status"] for e in self.events("MIGRATION")]
 
+    def wait_mig_event(self, status):
+        """Until the MIGRATION event for status has been read: as in
+        QEMU, query-migrate may show a new status a moment before its
+        event is sent."""
+        wait_until(lambda: self.cmd("query-status") is not None and
+                   status in self.mig_statuses(),
+                   "%s: MIGRATION event %r" % (self.name, status))
+        return self.mig_statuses()
+
     def status(self):
         return self.cmd("query-status")["status"]
 

@@ -3,7 +3,8 @@
 """Guests busy on every vCPU, migrated and saved (real KVM).
 
 usage: test_smp.py CASE
-CASE: mem-pingpong | dma-pingpong | dma-stopcont | file | lapic-negative
+CASE: mem-pingpong | dma-pingpong | dma-stopcont | dma-cancel | file |
+      lapic-negative
 
 memstress (or dmastress) with cpus=4 on a 4-vCPU ferry-vmm: the guest
 starts its APs with INIT-SIPI-SIPI, each vCPU rewrites and verifies its
@@ -21,6 +22,14 @@ interrupt counts must be exact per vCPU.
   dma-stopcont    dmastress cpus=4 with two devices, paused and resumed
                   STOPS times through QMP: PASS with every device's
                   interrupts on its AP, x-vcpus-pause-us reported
+  dma-cancel      dmastress cpus=4 with two devices (128 MiB of device
+                  memory each): a migration cancelled in setup, one in
+                  pre-copy and one in stop-copy, each rolled back (the
+                  source's devices RUNNING, every vCPU running on, the
+                  destination never runs the guest), then one that
+                  completes: PASS with every device's interrupts exact on
+                  its AP. FERRY_TEST_DEV_ARGS adds ferry-dev arguments
+                  (runs by hand, e.g. --irq-mode intx on a nested KVM)
   file            migrate to file:PATH, restore it in a new ferry-vmm:
                   the guest resumes (no second boot) and PASSes
   lapic-negative  the negative control: the destination skips loading
@@ -33,6 +42,7 @@ Every vCPU's registers, LAPIC, MP state and events travel in the stream
 Exit 0 pass, 1 fail, 77 skip. Paths from the environment as for the
 other vm tests (tests/vm/meson.build).
 """
+import os
 import re
 import sys
 import time
@@ -144,6 +154,43 @@ def case_stopcont(c):
     print("ok: %s; pauses of %d vCPUs: %s us" % (v[2], CPUS, pauses))
 
 
+def case_cancel(c):
+    import test_migration_cancel as mc
+    dev_args = ["--device-memory", "128M"] + os.environ.get(
+        "FERRY_TEST_DEV_ARGS", "").split()
+    sides = [[("dma%d" % i, c.device("%s%d" % (side, i), dev_args))
+              for i in range(DEVICES)] for side in ("A", "B")]
+    src = c.source(miglib.DMASTRESS, DMA_APPEND, sides[0], memory=MEMORY,
+                   cpus=CPUS)
+    src.wait_heartbeats(1)
+    for phase in ("setup", "active", "device"):
+        if phase == "setup":
+            dst, info = mc.cancel_in_setup(c, src, sides[1], MEMORY, CPUS)
+        elif phase == "active":
+            dst, info = mc.cancel_when(
+                c, src, sides[1], MEMORY, "active",
+                {"switchover-ack": True},
+                {"downtime-limit": 0, "max-bandwidth": mc.SLOW_BANDWIDTH},
+                mc.MID_ITERATION_BYTES, cpus=CPUS)
+        else:
+            dst, info = mc.cancel_when(
+                c, src, sides[1], MEMORY, "device",
+                {"switchover-ack": False},
+                {"downtime-limit": mc.HUGE_DOWNTIME_MS,
+                 "max-bandwidth": 0}, cpus=CPUS)
+        miglib.expect_source_keeps_guest(src, src.query_migrate(), "jobs")
+        mc.expect_dest_not_run(dst)
+        print("cancelled in %s: the source runs on" % phase)
+        # The next phase's MIGRATION events on their own.
+        del src.qmp().events[:]
+    dst, info = miglib.hop(c, src, sides[1], caps={"switchover-ack": True},
+                           params=dict(PARAMS, **{"max-bandwidth": 0}),
+                           memory=MEMORY, cpus=CPUS)
+    miglib.expect_pass(dst, PASS_WAIT_S)
+    v = check_all_cpus(dst, "dmastress", "jobs")
+    print("ok: after three cancels, migrated: %s" % v[2])
+
+
 def case_file(c):
     src, _ = start(c, "mem")
     path = c.join("vm.mig")
@@ -180,6 +227,7 @@ CASES = {
     "mem-pingpong": lambda c: case_pingpong(c, "mem"),
     "dma-pingpong": lambda c: case_pingpong(c, "dma"),
     "dma-stopcont": case_stopcont,
+    "dma-cancel": case_cancel,
     "file": case_file,
     "lapic-negative": case_lapic_negative,
 }
