@@ -198,14 +198,16 @@ int vm_system_reset(struct vm *vm, char *err, size_t errlen)
 		snprintf(err, errlen, "clearing guest RAM: %s", strerror(-ret));
 	else
 		ret = reset_kvm(vm, vm->boot, err, errlen);
-	vm_resume(vm);
 	if (ret) {
 		/* KVM or the memfd refused what worked at boot: the guest
-		 * cannot be trusted to run on. */
+		 * cannot be trusted to run on (not for an instruction: the
+		 * exit is asked for before the vCPUs are let go). */
 		pr_err("system_reset: %s", err);
 		vm_request_exit(vm, VM_EXIT_ERROR, "host-error");
-		return ret;
 	}
+	vm_resume(vm);
+	if (ret)
+		return ret;
 	pr_info("system_reset: the guest boots again%s%s",
 		dev_ret ? "; " : "", dev_err);
 	if (dev_ret) {
