@@ -181,6 +181,11 @@ unsigned intx_gsi(const struct intx *x)
 	return x->gsi;
 }
 
+bool intx_is_level(const struct intx *x)
+{
+	return x->level;
+}
+
 int intx_fd(const struct intx *x, unsigned which)
 {
 	return which < 2 ? x->fd[which] : -1;

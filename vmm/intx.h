@@ -56,6 +56,7 @@ void intx_destroy(struct intx *x, bool quiet);
 int intx_set(struct intx *x, bool on);
 bool intx_is_on(struct intx *x);
 unsigned intx_gsi(const struct intx *x);
+bool intx_is_level(const struct intx *x);
 /* The eventfds (live update hands them over): 0 trigger, 1 resample. */
 int intx_fd(const struct intx *x, unsigned which);
 

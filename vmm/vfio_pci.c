@@ -176,7 +176,6 @@ struct vfio_pci {
 	 * with); line is the guest's Interrupt Line register. */
 	uint8_t intx_pin;
 	uint8_t intx_line;
-	bool intx_level;		/* automasked, resampled */
 	struct intx *intx;
 
 	/* The PCI state as this process placed it (system_reset goes
@@ -1561,7 +1560,6 @@ static int find_intx(struct vfio_pci *dev, const struct vup_cpr *cpr,
 	}
 	dev->intx_pin = pin;
 	dev->intx_line = (uint8_t)gsi;
-	dev->intx_level = level;
 	return 0;
 }
 
@@ -2089,7 +2087,7 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev)
 		json_object_object_add(x, "gsi", json_object_new_int(
 					       (int)intx_gsi(dev->intx)));
 		json_object_object_add(x, "trigger", json_object_new_string(
-					       dev->intx_level ? "level" :
+					       intx_is_level(dev->intx) ? "level" :
 					       "edge"));
 		json_object_object_add(x, "on", json_object_new_boolean(
 					       intx_is_on(dev->intx)));
@@ -2379,7 +2377,7 @@ int vfio_pci_cpr_save(struct vfio_pci *dev, struct cpr_fds *reg,
 				 msix_vector_fd(dev->msi, v));
 	if (dev->intx) {
 		json_add_u64(d, "intx_gsi", intx_gsi(dev->intx));
-		json_add_u64(d, "intx_level", dev->intx_level);
+		json_add_u64(d, "intx_level", intx_is_level(dev->intx));
 	}
 	for (unsigned i = 0; dev->intx && !ret && i < 2; i++)
 		ret = cpr_add_fd(reg, prefix, "intx", i,

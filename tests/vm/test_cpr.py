@@ -248,6 +248,16 @@ class Guest:
         self.last = beat
         return beat
 
+    def checkpoint(self, what):
+        """After a run of updates: the guest moved on, the VMM holds as
+        many fds as the first one."""
+        b = self.progressed(what)
+        self.fds_stable(what)
+        print("%s: %s pid %d jobs=%d t=%d fds=%d" %
+              (what, self.vmm.name, self.vmm.pid, b["jobs"], b["t"],
+               fd_count(self.vmm.pid)))
+        return b
+
     def fds_stable(self, what):
         n = fd_count(self.vmm.pid)
         check(n == self.fds0, "%s: %s has %d fds open, the first VMM %d" %
@@ -272,11 +282,7 @@ def case_chain(c):
                           defer=(i % DEFER_EVERY == DEFER_EVERY - 2))
         pauses.append(info.get("downtime-us", 0) / 1000.0)
         if i % 10 == 9:
-            b = g.progressed("transfer %d" % (i + 1))
-            g.fds_stable("transfer %d" % (i + 1))
-            print("transfer %d: %s jobs=%d t=%d fds=%d" %
-                  (i + 1, g.vmm.name, b["jobs"], b["t"],
-                   fd_count(g.vmm.pid)))
+            g.checkpoint("transfer %d" % (i + 1))
     pauses.sort()
     print("cpr-transfer pause (VMM): median %.2f ms, max %.2f ms" %
           (pauses[len(pauses) // 2], pauses[-1]))
@@ -284,10 +290,7 @@ def case_chain(c):
     for i in range(EXECS):
         g.exec(via_ferryctl=(i == EXECS - 1))
         if i % 5 == 4:
-            b = g.progressed("exec %d" % (i + 1))
-            g.fds_stable("exec %d" % (i + 1))
-            print("exec %d: pid %d jobs=%d t=%d" % (i + 1, g.vmm.pid,
-                                                   b["jobs"], b["t"]))
+            g.checkpoint("exec %d" % (i + 1))
     check(g.vmm.pid == pid, "cpr-exec changed the PID")
     devs = [d for _, d in g.devs]
     paused = []
@@ -320,10 +323,7 @@ def case_smp_chain(c):
     for i in range(SMP_TRANSFERS):
         g.transfer(via_ferryctl=(i == SMP_TRANSFERS - 1))
         if i % 5 == 4:
-            b = g.progressed("transfer %d" % (i + 1))
-            g.fds_stable("transfer %d" % (i + 1))
-            print("transfer %d: %s jobs=%d t=%d" % (i + 1, g.vmm.name,
-                                                    b["jobs"], b["t"]))
+            g.checkpoint("transfer %d" % (i + 1))
     for i in range(SMP_EXECS):
         g.exec()
         g.progressed("exec %d" % (i + 1))

@@ -279,14 +279,18 @@ static void __attribute__((noreturn)) run_device(const char *path,
 
 /* ---- parent side -------------------------------------------------- */
 
-static struct {
+/* A fake device server in a temp dir and the proxy over it: t for the
+ * "live" group (DEV_GOOD), r per test of the interrupt group. */
+struct rig {
 	char dir[64];
 	char sock[128];
 	pid_t child;
 	struct pci_bus *bus;
 	struct vfio_pci *dev;
 	int fds_before;
-} t;
+};
+
+static struct rig t = { .child = -1 }, r = { .child = -1 };
 
 static int spawn_device(const char *path, enum variant var, pid_t *pid)
 {
@@ -379,45 +383,51 @@ static int proxy_create(struct pci_bus *bus, const char *id, const char *path,
 	return vfio_pci_create(fake_vm_ptr(), bus, vdev, out, err, errlen);
 }
 
-static int group_setup(void **state)
+/* mkdtemp(3)'s template: the six X are the part it fills in. */
+static int rig_open(struct rig *g, enum variant var, const char *id)
 {
 	char err[256] = "";
-	int ret;
 
-	t.fds_before = count_open_fds();
-	strcpy(t.dir, "/tmp/ferry-pt-XXXXXX");
-	if (!mkdtemp(t.dir))
+	g->fds_before = count_open_fds();
+	strcpy(g->dir, "/tmp/ferry-pt-XXXXXX");
+	if (!mkdtemp(g->dir))
 		return -1;
-	snprintf(t.sock, sizeof(t.sock), "%s/dev.sock", t.dir);
+	snprintf(g->sock, sizeof(g->sock), "%s/dev.sock", g->dir);
 	fake_vm_init(RAM_SIZE);
-	if (spawn_device(t.sock, DEV_GOOD, &t.child) < 0)
+	if (spawn_device(g->sock, var, &g->child) < 0)
 		return -1;
-	t.bus = pci_bus_create(fake_vm_ptr());
-	if (!t.bus)
-		return -1;
-	ret = proxy_create(t.bus, "fdma0", t.sock, &t.dev, err, sizeof(err));
-	if (ret < 0) {
+	g->bus = pci_bus_create(fake_vm_ptr());
+	if (!g->bus || proxy_create(g->bus, id, g->sock, &g->dev, err,
+				   sizeof(err)) < 0) {
 		fprintf(stderr, "create: %s\n", err);
 		return -1;
 	}
 	return 0;
 }
 
-/* Idempotent: runs from test_no_fd_leak and again as the group's
- * teardown, which is what cleans up after a failed test. */
+static void rig_close(struct rig *g)
+{
+	vfio_pci_destroy(g->dev);
+	g->dev = NULL;
+	pci_bus_destroy(g->bus);
+	g->bus = NULL;
+	reap(&g->child);
+	fake_vm_fini();
+	if (g->dir[0]) {
+		unlink(g->sock);
+		rmdir(g->dir);
+		g->dir[0] = 0;
+	}
+}
+
+static int group_setup(void **state)
+{
+	return rig_open(&t, DEV_GOOD, "fdma0");
+}
+
 static int group_teardown(void **state)
 {
-	vfio_pci_destroy(t.dev);
-	t.dev = NULL;
-	pci_bus_destroy(t.bus);
-	t.bus = NULL;
-	reap(&t.child);
-	fake_vm_fini();
-	if (t.dir[0]) {
-		unlink(t.sock);
-		rmdir(t.dir);
-		t.dir[0] = 0;
-	}
+	rig_close(&t);
 	return 0;
 }
 
@@ -963,56 +973,19 @@ static int failures_teardown(void **state)
 
 /* ---- MSI and INTx (a device of their own per test) --------------- */
 
-static struct {
-	char dir[64];
-	char sock[128];
-	pid_t child;
-	struct pci_bus *bus;
-	struct vfio_pci *dev;
-	int fds_before;
-} r = { .child = -1 };
-
-static int rig_up(enum variant var)
-{
-	char err[256] = "";
-
-	r.fds_before = count_open_fds();
-	strcpy(r.dir, "/tmp/ferry-pt-XXXXXX");
-	if (!mkdtemp(r.dir))
-		return -1;
-	snprintf(r.sock, sizeof(r.sock), "%s/irq.sock", r.dir);
-	fake_vm_init(RAM_SIZE);
-	if (spawn_device(r.sock, var, &r.child) < 0)
-		return -1;
-	r.bus = pci_bus_create(fake_vm_ptr());
-	if (!r.bus || proxy_create(r.bus, "irq0", r.sock, &r.dev, err,
-				   sizeof(err)) < 0) {
-		fprintf(stderr, "create: %s\n", err);
-		return -1;
-	}
-	return 0;
-}
-
 static int rig_msi_up(void **state)
 {
-	return rig_up(DEV_MSI);
+	return rig_open(&r, DEV_MSI, "irq0");
 }
 
 static int rig_intx_up(void **state)
 {
-	return rig_up(DEV_INTX);
+	return rig_open(&r, DEV_INTX, "irq0");
 }
 
 static int rig_down(void **state)
 {
-	vfio_pci_destroy(r.dev);
-	r.dev = NULL;
-	pci_bus_destroy(r.bus);
-	r.bus = NULL;
-	reap(&r.child);
-	fake_vm_fini();
-	unlink(r.sock);
-	rmdir(r.dir);
+	rig_close(&r);
 	/* Every eventfd, irqfd and connection of the device is gone. */
 	return count_open_fds() == r.fds_before ? 0 : -1;
 }
