@@ -515,14 +515,20 @@ out:
 
 /*
  * The forward path dies right at COMMIT: the source has given the guest
- * up, the destination never hears it. Neither may run it on its own;
- * the source reports an unknown outcome and keeps it paused, devices
- * stopped, until told; told "here", it runs on as if nothing happened.
+ * up, the destination never hears it. Neither may run it on its own.
+ * Who gives up first decides what the source can know, so each order is
+ * forced with x-io-timeout rather than left to a race of equal timers:
+ * - the source first: silence tells it nothing, so it reports an unknown
+ *   outcome and keeps the guest paused, devices stopped, until told;
+ *   told "here", it runs on as if nothing happened;
+ * - the destination first: its ERROR on the return path says it never
+ *   ran the guest, so the source takes it back at once.
  */
-static const char *case_commit_lost(void)
+static void commit_lost(bool dest_gives_up_first)
 {
 	struct chan_fault f = { .cut = CUT_FWD_AT_COMMIT };
 	struct side src = { 0 }, dst = { 0 };
+	uint64_t slow = HANDOVER_IO_MS * 4;
 	struct mig_stats st;
 	char err[512] = "";
 	int ret;
@@ -530,8 +536,8 @@ static const char *case_commit_lost(void)
 	if (side_open(&src, "source", MODEL, true) ||
 	    side_open(&dst, "destination", MODEL, false))
 		goto out;
-	set_io_timeout(&src, HANDOVER_IO_MS);
-	set_io_timeout(&dst, HANDOVER_IO_MS);
+	set_io_timeout(&src, dest_gives_up_first ? slow : HANDOVER_IO_MS);
+	set_io_timeout(&dst, dest_gives_up_first ? HANDOVER_IO_MS : slow);
 	if (start_socketpair(&src, &dst, fault_wrap, &f))
 		goto out;
 	CHECK(wait_final(&src) == MIG_STATUS_FAILED, "source: %s",
@@ -540,13 +546,22 @@ static const char *case_commit_lost(void)
 	      mig_status_name(mig_engine_status(dst.e)));
 	mig_engine_stats(src.e, &st);
 	printf("  source: %s\n", st.error);
+	check_dest_refused(&dst, true);
+	if (dest_gives_up_first) {
+		CHECK(!st.outcome_unknown && !src.h.outcome_unknown &&
+		      strstr(st.error, "destination failed"),
+		      "source did not take the destination's word: %s",
+		      st.error);
+		set_io_timeout(&src, 0);
+		check_source_kept(&src);
+		goto out;
+	}
 	CHECK(st.outcome_unknown && src.h.outcome_unknown,
 	      "source outcome not unknown: %s", st.error);
 	CHECK(src.h.pause_depth == 1 && !src.h.handed_over,
 	      "source must hold the guest paused (depth %u)",
 	      src.h.pause_depth);
 	dev_state_check(&src, VFU_MIG_STATE_STOP);
-	check_dest_refused(&dst, true);
 	ret = mig_save_start(src.e, "unix:/nonexistent", err, sizeof(err));
 	CHECK(ret == -EINVAL && strstr(err, "outcome is unknown"),
 	      "a new migration before the outcome is resolved: %d %s", ret,
@@ -560,9 +575,23 @@ static const char *case_commit_lost(void)
 out:
 	side_close(&dst);
 	side_close(&src);
-	return "forward path cut at COMMIT: neither side ran the guest on its "
-	       "own; the source held it paused (devices STOP) with an unknown "
-	       "outcome, ran it again when told, then migrated fine";
+}
+
+static const char *case_commit_lost(void)
+{
+	commit_lost(false);
+	return "forward path cut at COMMIT, the source gives up first: "
+	       "neither side ran the guest on its own; the source held it "
+	       "paused (devices STOP) with an unknown outcome, ran it again "
+	       "when told, then migrated fine";
+}
+
+static const char *case_commit_lost_dest_first(void)
+{
+	commit_lost(true);
+	return "forward path cut at COMMIT, the destination gives up first: "
+	       "its ERROR reached the source, which ran the guest again at "
+	       "once; the destination never ran it";
 }
 
 /*
@@ -638,6 +667,7 @@ static const struct test_case cases[] = {
 	{ "late-return-path", case_late_rp },
 	{ "rp-cut-after-end", case_rp_cut_after_end },
 	{ "commit-lost", case_commit_lost },
+	{ "commit-lost-dest-first", case_commit_lost_dest_first },
 	{ "resumed-lost", case_resumed_lost },
 	{ "resumed-lost-closed", case_resumed_lost_closed },
 };
