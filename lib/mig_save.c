@@ -659,8 +659,8 @@ static int save_stop_copy(struct mig_engine *e)
 	ret = save_ram(e, 0, &more);
 	if (!ret)
 		e->cnt.remaining = 0;	/* all of it sent (QEMU reports 0) */
-	pr_debug("switchover: devices stopped in %.1f ms, dirty sync %.1f ms, "
-		 "%llu pages in %.1f ms", (t_sync - t0) / 1e6,
+	pr_debug("switchover: vCPUs and devices stopped in %.1f ms, dirty "
+		 "sync %.1f ms, %llu pages in %.1f ms", (t_sync - t0) / 1e6,
 		 (t_ram - t_sync) / 1e6,
 		 (unsigned long long)e->cnt.final_pages,
 		 (clock_ns() - t_ram) / 1e6);
@@ -691,7 +691,7 @@ static int save_state_end(struct mig_engine *e)
 				err[0] ? err : strerror(-ret));
 	run = e->was_running;
 	ret = save_section(e, MIG_SEC_END, 0, &run, sizeof(run));
-	pr_debug("switchover: END written %.1f ms after the vCPUs stopped",
+	pr_debug("switchover: END written %.1f ms after the stop began",
 		 (clock_ns() - t0) / 1e6);
 	if (ret)
 		return mig_fail_io(e, ret, "sending END: %s", strerror(-ret));
@@ -715,9 +715,11 @@ static int save_switchover(struct mig_engine *e)
 	FERRY_TRACE(migration_switchover_begin, e->cnt.dirty_pages,
 		    e->cnt.transferred);
 	e->was_running = e->host_ops->running(e->host);
+	/* The downtime starts with the stop, as QEMU's does: getting every
+	 * vCPU out of KVM_RUN is part of what the guest sees. */
+	e->cnt.downtime_start_ns = clock_ns();
 	e->host_ops->pause(e->host);
 	e->paused = true;
-	e->cnt.downtime_start_ns = clock_ns();
 	e->ch->deadline_ns = e->cnt.downtime_start_ns + budget_ms * 1000000ull;
 	if (e->mf)
 		mf_set_deadline(e->mf, e->ch->deadline_ns);
