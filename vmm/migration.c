@@ -410,6 +410,12 @@ struct json_object *migration_query(struct vm *vm)
 		json_add_u64(r, "total-time", st.total_ns / 1000000);
 		json_add_u64(r, "downtime", st.downtime_ns / 1000000);
 		json_add_u64(r, "downtime-us", st.downtime_ns / 1000);
+		/* ferry's own: the part of the downtime spent getting every
+		 * vCPU out of KVM_RUN (query-status's figure, kept from the
+		 * switchover's pause as the source stays paused). */
+		if (!st.incoming)
+			json_add_u64(r, "x-vcpus-pause-us",
+				     vm_pause_ns(vm) / 1000);
 	} else if (st.status == MIG_STATUS_FAILED ||
 		   st.status == MIG_STATUS_CANCELLED) {
 		json_add_u64(r, "total-time", st.total_ns / 1000000);

@@ -20,6 +20,7 @@
  * Otherwise a migrated guest would repeat the OUT or lose the IN.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,11 +362,16 @@ int vcpus_start(struct vm *vm)
 	pthread_mutex_unlock(&vm->run_lock);
 	for (unsigned i = 0; i < vm->nr_cpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
+		char name[16];
 
 		ret = pthread_create(&v->thread, NULL, vcpu_thread, v);
 		if (ret)
 			return -ret;
 		v->thread_started = true;
+		/* QEMU's name for a vCPU thread, so that top, perf and the
+		 * benchmarks tell the guest's CPU time from the VMM's. */
+		snprintf(name, sizeof(name), "CPU %u/KVM", v->index);
+		pthread_setname_np(v->thread, name);
 	}
 	return 0;
 }

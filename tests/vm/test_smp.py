@@ -128,9 +128,16 @@ def case_pingpong(c, kind):
         check(beat["t"] <= GUEST_SECONDS - END_MARGIN_S,
               "hop %d ended at guest time %ds, too close to the end of "
               "the %ds run" % (h + 1, beat["t"], GUEST_SECONDS))
-        print("hop %d -> %s: %.2f s, downtime %s ms, %s=%d t=%d" %
+        # Stopping the vCPUs is part of the switchover's downtime.
+        pause_us = info.get("x-vcpus-pause-us")
+        check(isinstance(pause_us, int) and
+              0 < pause_us <= info.get("downtime-us", 0),
+              "hop %d: x-vcpus-pause-us %r, downtime-us %r" %
+              (h + 1, pause_us, info.get("downtime-us")))
+        print("hop %d -> %s: %.2f s, downtime %s ms (vCPUs stopped in "
+              "%d us), %s=%d t=%d" %
               (h + 1, cur.name, time.monotonic() - t0,
-               info.get("downtime"), key, beat[key], beat["t"]))
+               info.get("downtime"), pause_us, key, beat[key], beat["t"]))
         last = beat
     miglib.expect_pass(cur, PASS_WAIT_S)
     v = check_all_cpus(cur, "dmastress" if kind == "dma" else "memstress",
