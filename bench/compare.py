@@ -70,7 +70,7 @@ class Cell:
     destination when the slowest allowed migration ends."""
 
     def __init__(self, name, desc, memory, append, kind, warmup_s=10,
-                 budget_s=20, raise_budget_s=10, channels=0):
+                 budget_s=20, raise_budget_s=10, channels=0, cpus=1):
         self.name = name
         self.desc = desc
         self.memory = memory
@@ -80,12 +80,15 @@ class Cell:
         self.budget_s = budget_s	# converge at 300 ms within this...
         self.raise_budget_s = raise_budget_s	# ...then at 3000 ms
         self.channels = channels	# multifd channels on both VMMs; 0: off
+        self.cpus = cpus		# vCPUs (-smp / --cpus), all busy
 
     def guest_seconds(self):
         return self.warmup_s + self.budget_s + self.raise_budget_s + TAIL_S
 
     def cmdline(self):
         words = ["%s=%s" % (k, v) for k, v in self.append.items()]
+        if self.cpus > 1:
+            words.append("cpus=%d" % self.cpus)
         return " ".join(words + ["seconds=%d" % self.guest_seconds()])
 
     def describe(self):
@@ -94,7 +97,7 @@ class Cell:
                 "guest_cmdline": self.cmdline(),
                 "warmup_s": self.warmup_s, "budget_s": self.budget_s,
                 "raise_budget_s": self.raise_budget_s,
-                "multifd_channels": self.channels}
+                "multifd_channels": self.channels, "vcpus": self.cpus}
 
 
 def _cells():
@@ -122,6 +125,18 @@ def _cells():
                     "downtime-limit 3000 ms after 40 s", GiB,
                     {"pages": 512 * MiB // PAGE}, "dirty", warmup_s=15,
                     budget_s=40, raise_budget_s=20, channels=4))
+    # Issue 14: the 1 GiB dirty cells with 4 busy vCPUs on both VMMs,
+    # each rewriting a quarter of the working set.
+    for ws in (64, 512):
+        big = ws == 512
+        out.append(Cell("1g-dirty%dm-cpus4" % ws, "1G guest, 4 vCPUs "
+                        "rewriting %d MiB as fast as they can%s" %
+                        (ws, "; downtime-limit 3000 ms after 40 s"
+                         if big else ""), GiB,
+                        {"pages": ws * MiB // PAGE}, "dirty",
+                        warmup_s=15 if big else 10,
+                        budget_s=40 if big else 20,
+                        raise_budget_s=20 if big else 10, cpus=4))
     out.append(Cell("4g-bulk1g", "4G guest, 1 GiB written once at full "
                     "speed, then one page per second: bulk transfer",
                     4 * GiB, {"pages": GiB // PAGE, "rate": 1, "fill": 1},
@@ -191,10 +206,11 @@ class CpuWatch:
     period). The whole process's utime+stime from /proc/PID/stat, which
     includes exited threads but has a 10 ms tick, is kept as a check.
 
-    The vCPU thread: QEMU names it "CPU 0/KVM" (-name debug-threads=on);
-    ferry's threads are not named, so there it is the thread that used the
-    most CPU up to the migration (the guest spins from boot; nothing else
-    in the VMM does much before a migration)."""
+    The vCPU threads: QEMU names them "CPU N/KVM" (-name
+    debug-threads=on), and so does ferry; a ferry too old to name them
+    falls back to the thread that used the most CPU up to the migration
+    (the guest spins from boot; nothing else in the VMM does much before
+    a migration), which is right for one vCPU only."""
 
     def __init__(self, pid):
         self.pid = pid
@@ -271,7 +287,7 @@ def qemu_argv(ctx, cell, wd, name, extra):
     the vCPU thread ("CPU 0/KVM") for CpuWatch."""
     return [ctx.qemu, "-name", "ferry-cmp-" + name + ",debug-threads=on",
             "-accel", "kvm", "-m", "%dM" % (cell.memory // MiB),
-            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+            "-smp", str(cell.cpus), "-nodefaults", "-display", "none", "-no-reboot",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
             "-kernel", ctx.guest, "-append", cell.cmdline(),
             "-serial", "file:" + wd.join(name + ".serial"),
@@ -280,7 +296,7 @@ def qemu_argv(ctx, cell, wd, name, extra):
 
 
 def ferry_argv(ctx, cell, wd, name, extra):
-    return [ctx.vmm, "--memory", str(cell.memory), "--cpus", "1",
+    return [ctx.vmm, "--memory", str(cell.memory), "--cpus", str(cell.cpus),
             "--serial", "file:" + wd.join(name + ".serial"),
             "--qmp", "unix:" + wd.join(name + ".qmp")] + list(extra)
 
@@ -660,6 +676,9 @@ def fill_from_query(row, ret):
     row["ram_normal_pages"] = ram.get("normal")
     row["ram_zero_pages"] = ram.get("duplicate")
     row["bandwidth_mbit_s"] = ram.get("mbps")
+    # ferry's: the part of the downtime spent stopping the vCPUs (QEMU
+    # does not report it).
+    row["vcpus_pause_us"] = ret.get("x-vcpus-pause-us")
 
 
 # ---- baselines --------------------------------------------------------
@@ -698,7 +717,7 @@ def baselines(ctx):
 MEDIAN_KEYS = ("total_ms", "transferred_bytes", "downtime_ms",
                "guest_pause_us", "throughput_mb_s", "src_cpu_s_per_gib",
                "src_cpu_process_s_per_gib", "src_cpu_migration_s",
-               "src_cpu_s")
+               "src_cpu_s", "vcpus_pause_us")
 
 
 def _median(vals):
@@ -793,10 +812,10 @@ def _ratio(v):
 
 def print_table(cells, summary, rows, base, gl, out):
     tcp = base.get("tcp_stream", {}).get("mb_s")
-    cols = [("cell", 17), ("ok q/f", 7), ("total s q/f", 13), ("f/q", 5),
+    cols = [("cell", 18), ("ok q/f", 7), ("total s q/f", 13), ("f/q", 5),
             ("sent MB q/f", 15), ("f/q", 5), ("down ms q/f", 13),
             ("pause ms q/f", 15), ("f/q", 5), ("MB/s q/f", 11),
-            ("% tcp q/f", 10), ("CPU s/GiB q/f", 13)]
+            ("% tcp q/f", 10), ("CPU s/GiB q/f", 13), ("vcpus us f", 10)]
     head = "  ".join(h.rjust(w) if i else h.ljust(w)
                      for i, (h, w) in enumerate(cols))
     print(head, file=out)
@@ -826,6 +845,8 @@ def print_table(cells, summary, rows, base, gl, out):
             _pair(qt, ft, 100, "%.0f"),
             _pair(g(q, "src_cpu_s_per_gib"), g(f, "src_cpu_s_per_gib"), 1,
                   "%.2f"),
+            "-" if g(f, "vcpus_pause_us") is None else
+            "%.0f" % g(f, "vcpus_pause_us"),
         ]
         print("  ".join(t.rjust(w) if i else t.ljust(w)
                         for i, (t, (_, w)) in enumerate(zip(cells_txt,
@@ -856,7 +877,7 @@ def print_table(cells, summary, rows, base, gl, out):
         print("  QEMU rows skipped: %s" % skipped[0]["reason"], file=out)
     print("  goals (issues 8 and 9, on the medians):", file=out)
     for x in gl:
-        print("    %-44s %-17s %-7s %s%s" % (
+        print("    %-44s %-18s %-7s %s%s" % (
             x["goal"], x["cell"], "-" if x["value"] is None else
             "%.2f" % x["value"], {True: "met", False: "MISSED",
                                   None: "n/a"}[x["met"]],
@@ -871,7 +892,9 @@ def print_table(cells, summary, rows, base, gl, out):
           "time; % tcp: that over the\n"
           "  TCP stream; CPU s/GiB: source VMM CPU time during the "
           "migration, vCPU thread excluded,\n"
-          "  per GiB sent (docs/benchmarks.md)", file=out)
+          "  per GiB sent; vcpus: the part of ferry's downtime spent "
+          "getting every vCPU out of\n  KVM_RUN (docs/benchmarks.md)",
+          file=out)
 
 
 def host_info(ctx):
@@ -950,7 +973,7 @@ def main(argv):
     a = parse_args(argv)
     if a.list:
         for c in CELLS:
-            print("%-17s %-28s %s" % (c.name, c.cmdline().rsplit(" ", 1)[0],
+            print("%-18s %-28s %s" % (c.name, c.cmdline().rsplit(" ", 1)[0],
                                       c.desc))
         return 0
     cells = select_cells(a.cell, a.quick)
@@ -1000,7 +1023,7 @@ def main(argv):
            "transport": "tcp loopback",
            "parameters": {"downtime_limit_ms": DOWNTIME_LIMIT_MS,
                           "raised_downtime_limit_ms": RAISED_LIMIT_MS,
-                          "max_bandwidth": MAX_BANDWIDTH, "vcpus": 1},
+                          "max_bandwidth": MAX_BANDWIDTH},
            "cells": [c.describe() for c in cells],
            "baselines": base, "results": rows, "summary": summary,
            "goals": gl}

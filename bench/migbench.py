@@ -51,7 +51,8 @@ class Scenario:
 
     def __init__(self, name, desc, guest, memory, append, devices=(),
                  switchover_ack=False, budget_s=20, raise_ms=None,
-                 raise_budget_s=0, tail_s=5, channels=0, quick=None):
+                 raise_budget_s=0, tail_s=5, channels=0, cpus=1,
+                 quick=None):
         self.name = name
         self.desc = desc
         self.guest = guest		# "memstress" or "dmastress"
@@ -67,6 +68,7 @@ class Scenario:
         self.raise_budget_s = raise_budget_s
         self.tail_s = tail_s		# guest time left on the destination
         self.channels = channels	# multifd channels, 0: one stream
+        self.cpus = cpus		# vCPUs, each running the guest
         self.quick = quick or {}
 
     def sized(self, quick):
@@ -74,7 +76,7 @@ class Scenario:
         s = Scenario(self.name, self.desc, self.guest, self.memory,
                      self.append, self.devices, self.switchover_ack,
                      self.budget_s, self.raise_ms, self.raise_budget_s,
-                     self.tail_s, self.channels)
+                     self.tail_s, self.channels, self.cpus)
         if quick:
             for k, v in self.quick.items():
                 if k == "append":
@@ -198,6 +200,34 @@ for _ch in (0, 2, 4):
     ]
 SCENARIOS += MULTIFD_CELLS
 
+# Many vCPUs: the dirty cells with cpus=4, every vCPU rewriting its own
+# share of the working set flat out (the same total), and dmastress with
+# two devices, each driven by an AP of its own. The switchover then has
+# to stop four busy vCPUs: "vcpus us" is that part of the downtime.
+SMP_CELLS = [
+    Scenario("memstress-1g-64m-cpus4",
+             "as memstress-1g-64m, 4 vCPUs each rewriting 16 MiB",
+             "memstress", 1 << 30, {"pages": 64 * MiB // PAGE, "rate": 0},
+             budget_s=30, cpus=4,
+             quick={"memory": 256 * MiB,
+                    "append": {"pages": 16 * MiB // PAGE}, "budget_s": 15}),
+    Scenario("memstress-1g-512m-cpus4",
+             "as memstress-1g-512m, 4 vCPUs each rewriting 128 MiB",
+             "memstress", 1 << 30, {"pages": 512 * MiB // PAGE, "rate": 0},
+             budget_s=40, raise_ms=3000, raise_budget_s=30, cpus=4,
+             quick={"memory": 256 * MiB,
+                    "append": {"pages": 128 * MiB // PAGE},
+                    "budget_s": 10, "raise_budget_s": 15}),
+    Scenario("dmastress-2dev-cpus4",
+             "1 GiB dmastress guest, 4 vCPUs, 2 ferry-dma devices of 16 MiB "
+             "each driven by an AP of its own",
+             "dmastress", 1 << 30, {"devices": 2},
+             devices=[(_devmem("16M"), _devmem("16M"))] * 2,
+             budget_s=30, cpus=4,
+             quick={"memory": 256 * MiB, "budget_s": 15}),
+]
+SCENARIOS += SMP_CELLS
+
 # The negative control (--negative-control): a guest that corrupts one of
 # its own pages after its first pass (selftest_corrupt=1, docs/guests.md)
 # and checks it again, on the source or the destination depending on
@@ -215,6 +245,7 @@ GROUPS = {
     "dmastress-switchover-ack": ["dmastress-switchover-ack-off",
                                  "dmastress-switchover-ack-on"],
     "multifd": [s.name for s in MULTIFD_CELLS],
+    "smp": [s.name for s in SMP_CELLS],
 }
 
 
@@ -247,6 +278,8 @@ def kvm_flavour():
 
 def append_str(sc, seconds):
     words = ["%s=%s" % (k, v) for k, v in sc.append.items()]
+    if sc.cpus > 1:
+        words.append("cpus=%d" % sc.cpus)
     return " ".join(words + ["seconds=%d" % seconds])
 
 
@@ -292,7 +325,7 @@ def start_destination(build, wd, sc, procs):
         name = "dst" if attempt == 0 else "dst%d" % attempt
         p = bl.Proc(wd, name,
                     [build.vmm, "--incoming", uri, "--memory",
-                     str(sc.memory), "--serial", "file:" + wd.join(name +
+                     str(sc.memory), "--cpus", str(sc.cpus), "--serial", "file:" + wd.join(name +
                      ".serial"), "--qmp", "unix:" + wd.join(name + ".qmp")] +
                     dev_argv)
         procs.append(p)
@@ -439,6 +472,7 @@ def fill_from_query(row, ret):
     row["setup_ms"] = ret.get("setup-time")
     row["transferred_bytes"] = ram.get("transferred")
     row["iterations"] = ret.get("iterations")
+    row["vcpus_pause_us"] = ret.get("x-vcpus-pause-us")
     row["ram_normal_pages"] = ram.get("normal")
     row["ram_zero_pages"] = ram.get("duplicate")
     row["bandwidth_mbit_s"] = ram.get("mbps")
@@ -456,6 +490,7 @@ def run_once(build, sc, run, quick):
     """One migration of one scenario; always returns a result row."""
     row = {"scenario": sc.name, "run": run, "status": "failed",
            "reason": "", "memory_bytes": sc.memory, "guest": sc.guest,
+           "cpus": sc.cpus,
            "switchover_ack": sc.switchover_ack,
            "downtime_limit_ms": 300, "quick": quick}
     wd = bl.Workdir()
@@ -502,7 +537,7 @@ def _run_body(build, sc, wd, procs, row):
     src = bl.Proc(wd, "src",
                   [build.vmm, "--kernel", build.guests[sc.guest],
                    "--append", row["guest_cmdline"], "--memory",
-                   str(sc.memory), "--serial", "file:" + src_serial,
+                   str(sc.memory), "--cpus", str(sc.cpus), "--serial", "file:" + src_serial,
                    "--qmp", "unix:" + wd.join("src.qmp"),
                    # its CPU time is read when it exits after the hand-over
                    "--exit-after-migrate"] + dev_argv)
@@ -687,6 +722,7 @@ COLUMNS = [
     ("stall ms", 8, lambda r: _stall(r)),
     ("pc stall", 8, lambda r: _fmt(r.get("guest_stall_precopy_us"), 1e-3,
                                    "%.1f")),
+    ("vcpus us", 8, lambda r: _fmt(r.get("vcpus_pause_us"), 1, "%d")),
     ("setup ms", 8, lambda r: _fmt(r.get("setup_ms"), 1, "%d")),
     ("sent MB", 8, lambda r: _fmt(r.get("transferred_bytes"), 1e-6, "%.1f")),
     ("MB/s", 7, lambda r: _fmt(r.get("throughput_mb_s"), 1, "%.0f")),
@@ -738,7 +774,8 @@ def print_table(rows, out):
           "confirmed); stall = longest pause the\n  guest measured itself "
           "across the switchover (<=N: no longer than an earlier one);\n"
           "  pc stall = longest pause during pre-copy, when longer than "
-          "before the migration", file=out)
+          "before the migration;\n  vcpus = the part of the downtime spent "
+          "getting every vCPU out of KVM_RUN", file=out)
 
 
 def summarize(rows):
@@ -753,7 +790,8 @@ def summarize(rows):
                                         if r["scenario"] == n),
              "ok": len(ok)}
         for key in ("total_ms", "downtime_ms", "guest_stall_us",
-                    "throughput_mb_s", "transferred_bytes", "iterations"):
+                    "vcpus_pause_us", "throughput_mb_s",
+                    "transferred_bytes", "iterations"):
             vals = [r[key] for r in ok if r.get(key) is not None]
             if vals:
                 s["median_" + key] = statistics.median(vals)
