@@ -28,14 +28,16 @@ interrupt counts must be exact per vCPU.
                   source's devices RUNNING, every vCPU running on, the
                   destination never runs the guest), then one that
                   completes: PASS with every device's interrupts exact on
-                  its AP. FERRY_TEST_DEV_ARGS adds ferry-dev arguments
-                  (runs by hand, e.g. --irq-mode intx on a nested KVM)
+                  its AP
   file            migrate to file:PATH, restore it in a new ferry-vmm:
                   the guest resumes (no second boot) and PASSes
   lapic-negative  the negative control: the destination skips loading
                   vCPU 1's LAPIC (debug capability x-skip-ap-lapic), so
                   the AP's APIC comes up software-disabled and drops the
                   BSP's IPIs; the guest must FAIL ipi_lost cpu=1
+
+FERRY_TEST_DEV_ARGS adds ferry-dev arguments to every device of the dma
+cases (runs by hand, e.g. --irq-mode intx on a nested KVM).
 
 Every vCPU's registers, LAPIC, MP state and events travel in the stream
 (vmm/cpu_state.c); this test is what shows they are the right ones.
@@ -66,6 +68,9 @@ DMA_APPEND = ("seconds=%d cpus=%d devices=%d batch=4 maxlen=16384 pages=256 "
               "timeout=60" % (GUEST_SECONDS, CPUS, DEVICES))
 # Room for a slow host's switchover (the figure is not what is tested).
 PARAMS = {"downtime-limit": 1000}
+# ferry-dev arguments for every device (runs by hand, e.g. --irq-mode
+# intx on a nested KVM, docs/testing.md).
+DEV_ARGS = os.environ.get("FERRY_TEST_DEV_ARGS", "").split()
 
 
 def cpu_lines(name, text):
@@ -98,7 +103,7 @@ def check_all_cpus(vmm, name, work_key):
 
 def start(c, kind, seconds=GUEST_SECONDS):
     ndev = DEVICES if kind == "dma" else 0
-    sides = [[("dma%d" % i, c.device("%s%d" % (side, i)))
+    sides = [[("dma%d" % i, c.device("%s%d" % (side, i), DEV_ARGS))
               for i in range(ndev)] for side in ("A", "B")]
     kernel, append = ((miglib.DMASTRESS, DMA_APPEND) if kind == "dma" else
                       (miglib.MEMSTRESS, MEM_APPEND))
@@ -163,8 +168,7 @@ def case_stopcont(c):
 
 def case_cancel(c):
     import test_migration_cancel as mc
-    dev_args = ["--device-memory", "128M"] + os.environ.get(
-        "FERRY_TEST_DEV_ARGS", "").split()
+    dev_args = ["--device-memory", "128M"] + DEV_ARGS
     sides = [[("dma%d" % i, c.device("%s%d" % (side, i), dev_args))
               for i in range(DEVICES)] for side in ("A", "B")]
     src = c.source(miglib.DMASTRESS, DMA_APPEND, sides[0], memory=MEMORY,
