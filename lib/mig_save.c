@@ -790,6 +790,16 @@ static void save_completed(struct mig_engine *e)
 		pthread_mutex_lock(&e->lock);
 		e->migrated_away = true;
 		pthread_mutex_unlock(&e->lock);
+	} else {
+		/* Saved to a file: the guest stays here, paused (QEMU's
+		 * postmigrate); devices run again so that `cont` resumes a
+		 * consistent VM. The user's pause comes before the engine
+		 * drops its own: no vCPU may run in between. All of it
+		 * before COMPLETED is out: a client acting on it (cont,
+		 * system_reset) must find the rollback done. */
+		if (e->was_running)
+			e->host_ops->hold_paused(e->host);
+		save_rollback(e);
 	}
 	mig_publish(e);
 	mig_set_status(e, MIG_STATUS_COMPLETED);
@@ -808,13 +818,6 @@ static void save_completed(struct mig_engine *e)
 		e->host_ops->handed_over(e->host);
 		return;
 	}
-	/* Saved to a file: the guest stays here, paused (QEMU's
-	 * postmigrate); devices run again so that `cont` resumes a
-	 * consistent VM. The user's pause comes before the engine drops
-	 * its own: no vCPU may run in between. */
-	if (e->was_running)
-		e->host_ops->hold_paused(e->host);
-	save_rollback(e);
 	pr_info("migration to %s complete; the guest is paused here "
 		"(cont resumes it)", e->uri_str);
 }
