@@ -906,6 +906,7 @@ static int kv_dma_adopt(struct vdev *d, uint64_t iova, uint64_t size,
 
 static const struct vdev_ops vdev_vfio_kernel_ops = {
 	.name = "vfio-kernel",
+	.dma_pins_pages = true,
 	.close = kv_close,
 	.set_events = kv_set_events,
 	.device_info = kv_device_info,

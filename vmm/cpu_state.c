@@ -317,8 +317,11 @@ int vcpu_state_load(int vcpu_fd, const void *blob, size_t len,
 		uint64_t now = realtime_ns(), tsc_now = tsc.tsc;
 		int set;
 
-		if (!m)
+		if (!m) {
+			snprintf(err, errlen, "the MSR list: %s",
+				 strerror(ENOMEM));
 			return -ENOMEM;
+		}
 		memcpy(m, msrs, sz - sizeof(msrs->entries[0]));
 		if (tsc.tsc_khz && now > tsc.realtime_ns)
 			tsc_now += (now - tsc.realtime_ns) / 1000 *

@@ -310,16 +310,10 @@ const char *migration_reset_refusal(struct vm *vm)
 	if (incoming_pending(vm))
 		return "The guest has not arrived yet (incoming migration)";
 	mig_engine_stats(vm->mig->engine, &st);
-	switch (st.status) {
-	case MIG_STATUS_SETUP:
-	case MIG_STATUS_ACTIVE:
-	case MIG_STATUS_DEVICE:
-	case MIG_STATUS_CANCELLING:
+	if (mig_status_is_active(st.status))
 		return "A migration is in progress: cancel it first "
 		       "(migrate_cancel)";
-	default:
-		return NULL;
-	}
+	return NULL;
 }
 
 const char *migration_cont_refusal(struct vm *vm)

@@ -187,6 +187,15 @@ err_free_bus:
 	return NULL;
 }
 
+void pci_bus_reset(struct pci_bus *bus)
+{
+	if (!bus)
+		return;
+	pthread_mutex_lock(&bus->lock);
+	bus->config_addr = 0;
+	pthread_mutex_unlock(&bus->lock);
+}
+
 /*
  * The port registration lives as long as the VM (vm.h has no way to
  * unregister port I/O), so the bus must outlive the vCPUs: destroy it

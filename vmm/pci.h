@@ -35,6 +35,9 @@ struct pci_dev {
 
 struct pci_bus *pci_bus_create(struct vm *vm);
 void pci_bus_destroy(struct pci_bus *bus);
+/* system_reset: CONFIG_ADDRESS (0xcf8) as at creation; the host bridge
+ * has nothing else a guest can change. NULL is a no-op. */
+void pci_bus_reset(struct pci_bus *bus);
 /* Place d in the next free slot. 0 or -ENOSPC. */
 int pci_bus_add(struct pci_bus *bus, struct pci_dev *d);
 /* Take d off the bus (its slot then reads as absent). 0 or -ENOENT. */

@@ -10,13 +10,19 @@
  * state of every vCPU and of the VM as the migration code saves them.
  *
  * A reset, with every vCPU out of KVM_RUN:
- *  1. every device: interrupts off, the device's own reset, the proxy's
- *     registers as at boot (vfio_pci_reset);
- *  2. guest RAM cleared by punching the whole memfd (a cold reset: the
- *     guest starts exactly as at boot, not on its old memory) and the
- *     loader's pages written back;
+ *  1. every device quiesced: interrupts off, the device's own reset
+ *     (vfio_pci_reset_quiesce), so that no DMA lands in step 2 and no
+ *     interrupt in step 3;
+ *  2. guest RAM cleared (a cold reset: the guest starts exactly as at
+ *     boot, not on its old memory) by punching the whole memfd -- or,
+ *     when a kernel VFIO device has the pages pinned, by zeroing its
+ *     data in place, as the IOMMU would keep translating to the old
+ *     pages -- and the loader's pages written back;
  *  3. the VM's and every vCPU's KVM state loaded from the snapshot;
- *  4. the vCPUs run again if they were running (a stopped VM stays
+ *  4. every device's proxy registers as at boot, INTx on
+ *     (vfio_pci_reset_restart); the UART's and the PCI host bridge's
+ *     registers as at creation;
+ *  5. the vCPUs run again if they were running (a stopped VM stays
  *     stopped, as in QEMU).
  * Refused while a migration runs or after one (the guest is elsewhere).
  */
@@ -31,7 +37,9 @@
 
 #include "cpu_state.h"
 #include "migration.h"
+#include "pci.h"
 #include "reset.h"
+#include "serial.h"
 #include "vfio_pci.h"
 #include "vmm.h"
 
@@ -50,11 +58,14 @@ struct vm_boot {
 	unsigned nr_ram;
 };
 
-/* The loader's work: what is not a hole of the fresh memfd. */
-static int snapshot_ram(struct vm *vm, struct vm_boot *b)
+/* fn on every data extent of guest RAM's memfd (holes read as zero). */
+static int ram_for_each_extent(struct vm *vm,
+			       int (*fn)(struct vm *vm, uint64_t off,
+					 uint64_t len, void *arg),
+			       void *arg)
 {
 	off_t off = 0, end;
-	struct ram_extent *e;
+	int ret;
 
 	while ((uint64_t)off < vm->ram_size) {
 		off = lseek(vm->ram_fd, off, SEEK_DATA);
@@ -65,21 +76,46 @@ static int snapshot_ram(struct vm *vm, struct vm_boot *b)
 			return -errno;
 		if ((uint64_t)end > vm->ram_size)
 			end = (off_t)vm->ram_size;
-		e = realloc(b->ram, (b->nr_ram + 1) * sizeof(*e));
-		if (!e)
-			return -ENOMEM;
-		b->ram = e;
-		e = &b->ram[b->nr_ram];
-		e->off = (uint64_t)off;
-		e->len = (uint64_t)(end - off);
-		e->data = malloc(e->len);
-		if (!e->data)
-			return -ENOMEM;
-		memcpy(e->data, (uint8_t *)vm->ram_hva + e->off, e->len);
-		b->nr_ram++;
+		ret = fn(vm, (uint64_t)off, (uint64_t)(end - off), arg);
+		if (ret)
+			return ret;
 		off = end;
 	}
 	return 0;
+}
+
+static int snapshot_extent(struct vm *vm, uint64_t off, uint64_t len,
+			   void *arg)
+{
+	struct vm_boot *b = arg;
+	struct ram_extent *e = realloc(b->ram, (b->nr_ram + 1) * sizeof(*e));
+
+	if (!e)
+		return -ENOMEM;
+	b->ram = e;
+	e = &b->ram[b->nr_ram];
+	e->off = off;
+	e->len = len;
+	e->data = malloc(len);
+	if (!e->data)
+		return -ENOMEM;
+	memcpy(e->data, (uint8_t *)vm->ram_hva + off, len);
+	b->nr_ram++;
+	return 0;
+}
+
+static int zero_extent(struct vm *vm, uint64_t off, uint64_t len,
+		       void *arg)
+{
+	(void)arg;
+	memset((uint8_t *)vm->ram_hva + off, 0, len);
+	return 0;
+}
+
+/* The loader's work: what is not a hole of the fresh memfd. */
+static int snapshot_ram(struct vm *vm, struct vm_boot *b)
+{
+	return ram_for_each_extent(vm, snapshot_extent, b);
 }
 
 static void boot_free(struct vm_boot *b)
@@ -134,12 +170,28 @@ void vm_reset_fini(struct vm *vm)
 	vm->boot = NULL;
 }
 
-/* Cold: every page punched out, the loader's written back. */
+static bool ram_pinned(struct vm *vm)
+{
+	for (unsigned i = 0; i < vm->nr_devs; i++)
+		if (vfio_pci_pins_ram(vm->devs[i]))
+			return true;
+	return false;
+}
+
+/* Cold: every page zero, the loader's written back. */
 static int reset_ram(struct vm *vm, const struct vm_boot *b)
 {
-	if (fallocate(vm->ram_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		      0, (off_t)vm->ram_size) < 0)
+	int ret;
+
+	if (ram_pinned(vm)) {
+		ret = ram_for_each_extent(vm, zero_extent, NULL);
+		if (ret)
+			return ret;
+	} else if (fallocate(vm->ram_fd,
+			     FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+			     (off_t)vm->ram_size) < 0) {
 		return -errno;
+	}
 	for (unsigned i = 0; i < b->nr_ram; i++)
 		memcpy((uint8_t *)vm->ram_hva + b->ram[i].off, b->ram[i].data,
 		       b->ram[i].len);
@@ -149,7 +201,7 @@ static int reset_ram(struct vm *vm, const struct vm_boot *b)
 static int reset_kvm(struct vm *vm, const struct vm_boot *b, char *err,
 		     size_t errlen)
 {
-	char why[200];
+	char why[200] = "";
 	int ret;
 
 	ret = vm_kstate_load(vm->vm_fd, b->kstate, b->kstate_len, why,
@@ -163,6 +215,16 @@ static int reset_kvm(struct vm *vm, const struct vm_boot *b, char *err,
 	if (ret && !err[0])
 		snprintf(err, errlen, "%s", why);
 	return ret;
+}
+
+/* The first device error is the one the user sees. */
+static void note_dev_error(struct vfio_pci *dev, int r, const char *why,
+			   int *first, char *out, size_t outlen)
+{
+	if (!r || *first)
+		return;
+	*first = r;
+	snprintf(out, outlen, "device %s: %s", vfio_pci_id(dev), why);
 }
 
 int vm_system_reset(struct vm *vm, char *err, size_t errlen)
@@ -184,21 +246,28 @@ int vm_system_reset(struct vm *vm, char *err, size_t errlen)
 	}
 	vm_pause(vm);
 	for (unsigned i = 0; i < vm->nr_devs; i++) {
-		char e[200];
-		int r = vfio_pci_reset(vm->devs[i], e, sizeof(e));
+		char e[200] = "";
+		int r = vfio_pci_reset_quiesce(vm->devs[i], e, sizeof(e));
 
-		if (r && !dev_ret) {
-			dev_ret = r;
-			snprintf(dev_err, sizeof(dev_err), "device %s: %s",
-				 vfio_pci_id(vm->devs[i]), e);
-		}
+		note_dev_error(vm->devs[i], r, e, &dev_ret, dev_err,
+			       sizeof(dev_err));
 	}
 	ret = reset_ram(vm, vm->boot);
 	if (ret)
 		snprintf(err, errlen, "clearing guest RAM: %s", strerror(-ret));
 	else
 		ret = reset_kvm(vm, vm->boot, err, errlen);
-	if (ret) {
+	for (unsigned i = 0; !ret && i < vm->nr_devs; i++) {
+		char e[200] = "";
+		int r = vfio_pci_reset_restart(vm->devs[i], e, sizeof(e));
+
+		note_dev_error(vm->devs[i], r, e, &dev_ret, dev_err,
+			       sizeof(dev_err));
+	}
+	if (!ret) {
+		serial_reset(vm->serial);
+		pci_bus_reset(vm->pci);
+	} else {
 		/* KVM or the memfd refused what worked at boot: the guest
 		 * cannot be trusted to run on (not for an instruction: the
 		 * exit is asked for before the vCPUs are let go). */

@@ -163,6 +163,16 @@ int serial_create(struct vm *vm, int out_fd, bool own_fd,
 	return 0;
 }
 
+void serial_reset(struct serial *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->ier = s->lcr = s->mcr = s->scr = s->fcr = 0;
+	s->dll = s->dlm = 0;
+	pthread_mutex_unlock(&s->lock);
+}
+
 /* Only after the vCPUs are gone: the PIO handler stays registered. */
 void serial_destroy(struct serial *s)
 {

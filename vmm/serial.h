@@ -19,6 +19,9 @@ struct serial;
 int serial_create(struct vm *vm, int out_fd, bool own_fd,
 		  struct serial **out);
 void serial_destroy(struct serial *s);
+/* system_reset: the guest-visible registers as at creation (all zero);
+ * output already written stays. NULL is a no-op. */
+void serial_reset(struct serial *s);
 /* The UART's registers, for migration. */
 int vm_serial_save(struct vm *vm, void **blob, size_t *len);
 int vm_serial_load(struct vm *vm, const void *blob, size_t len,

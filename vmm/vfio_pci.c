@@ -1937,36 +1937,48 @@ void vfio_pci_destroy(struct vfio_pci *dev)
 	free(dev);
 }
 
-int vfio_pci_reset(struct vfio_pci *dev, char *err, size_t errlen)
+int vfio_pci_reset_quiesce(struct vfio_pci *dev, char *err, size_t errlen)
 {
-	char why[160];
-	uint16_t cmd;
-	int ret, r;
+	int ret;
 
 	if (!dev->boot_state) {
 		snprintf(err, errlen, "adopted by a live update: this "
 			 "process never placed it");
 		return -EOPNOTSUPP;
 	}
-	if (!atomic_load(&dev->connected)) {
-		snprintf(err, errlen, "its server is gone");
-		return -ENOTCONN;
-	}
-	/* Interrupts off first, as the guest's driver would leave them. */
+	/* Interrupts off first, as the guest's driver would leave them:
+	 * detaching the INTx irqfd also lowers its line in KVM. */
 	if (dev->intx)
 		(void)intx_set(dev->intx, false);
 	msix_reset(dev->msix);
 	msix_reset(dev->msi);
+	if (!atomic_load(&dev->connected)) {
+		snprintf(err, errlen, "its server is gone");
+		return -ENOTCONN;
+	}
 	ret = vdev_reset(dev->vdev);
 	if (ret)
 		snprintf(err, errlen, "device reset: %s", strerror(-ret));
-	/* Our registers as at boot, whatever the device said; INTx on. */
-	r = vfio_pci_load_state(dev, dev->boot_state, dev->boot_state_len,
-				why, sizeof(why));
-	if (r && !ret) {
+	return ret;
+}
+
+int vfio_pci_reset_restart(struct vfio_pci *dev, char *err, size_t errlen)
+{
+	char why[160] = "";
+	uint16_t cmd;
+	int ret;
+
+	if (!dev->boot_state)
+		return 0;	/* refused by vfio_pci_reset_quiesce() */
+	/* Our registers as at boot, whatever the device said; INTx on. A
+	 * device whose server is gone gets them too, so that a guest never
+	 * finds the old guest's BARs and vectors in it. */
+	ret = vfio_pci_load_state(dev, dev->boot_state, dev->boot_state_len,
+				  why, sizeof(why));
+	if (ret)
 		snprintf(err, errlen, "%s", why);
-		ret = r;
-	}
+	if (!atomic_load(&dev->connected))
+		return ret;
 	/* The device's command register is reset too: decode and bus
 	 * mastering as at boot. */
 	pthread_mutex_lock(&dev->lock);
@@ -2099,6 +2111,11 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev)
 }
 
 /* ---- migration ----------------------------------------------------- */
+
+bool vfio_pci_pins_ram(struct vfio_pci *dev)
+{
+	return dev->nr_dma && dev->vdev->ops->dma_pins_pages;
+}
 
 struct vdev *vfio_pci_vdev(struct vfio_pci *dev)
 {

@@ -46,11 +46,25 @@ struct json_object *vfio_pci_describe(struct vfio_pci *dev);
  */
 int vfio_pci_set_saving_traps(struct vfio_pci *dev, bool trap);
 
-/* system_reset: interrupts off, the device's own reset, then the
- * proxy's registers (BARs, command, ROM, Interrupt Line, MSI/MSI-X) as
- * this process placed them at creation, INTx on. 0, or -errno with a
- * reason in err (an adopted device has no boot state: -EOPNOTSUPP). */
-int vfio_pci_reset(struct vfio_pci *dev, char *err, size_t errlen);
+/*
+ * system_reset, in two steps around the reset of guest RAM and of KVM's
+ * irqchip (vmm/reset.c), so that no interrupt is raised into an IOAPIC
+ * about to be overwritten:
+ * - quiesce: interrupts off (INTx irqfd detached, MSI/MSI-X disabled),
+ *   then the device's own reset;
+ * - restart: the proxy's registers (BARs, command, ROM, Interrupt Line,
+ *   MSI/MSI-X) as this process placed them at creation, INTx on, the
+ *   command register forwarded.
+ * Each returns 0, or -errno with a reason in err: an adopted device has
+ * no boot state (-EOPNOTSUPP, and restart leaves it alone); a device
+ * whose server is gone (-ENOTCONN) still gets the proxy's registers.
+ */
+int vfio_pci_reset_quiesce(struct vfio_pci *dev, char *err, size_t errlen);
+int vfio_pci_reset_restart(struct vfio_pci *dev, char *err, size_t errlen);
+
+/* Whether the device's DMA mapping pins guest RAM's pages (kernel
+ * VFIO): RAM it maps must then be rewritten in place, not punched. */
+bool vfio_pci_pins_ram(struct vfio_pci *dev);
 
 /* Migration (vmm/mig_host.c). */
 struct vdev *vfio_pci_vdev(struct vfio_pci *dev);

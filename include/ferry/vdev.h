@@ -98,6 +98,10 @@ struct vdev_events {
 
 struct vdev_ops {
 	const char *name;		/* "vfio-user" */
+	/* dma_map pins the pages behind vaddr (kernel VFIO): the IOMMU
+	 * keeps them whatever becomes of the file, so mapped RAM must be
+	 * rewritten in place, never punched out and refaulted. */
+	bool dma_pins_pages;
 	void (*close)(struct vdev *d);
 	void (*set_events)(struct vdev *d, const struct vdev_events *ev,
 			   void *opaque);

@@ -1177,7 +1177,8 @@ static void test_intx(void **state)
 }
 
 /* system_reset's part: interrupts off and taken back, the device's own
- * reset, the registers as placed at creation, INTx on again. */
+ * reset (quiesce); then, after the irqchip would be reloaded, the
+ * registers as placed at creation, INTx on again (restart). */
 static void test_msi_reset(void **state)
 {
 	uint32_t bar = cfg_read(1, 0x10, 4), cmd = cfg_read(1, 0x04, 2);
@@ -1191,7 +1192,12 @@ static void test_msi_reset(void **state)
 	assert_int_equal(fake_vm.irqfd_of_gsi[INTX_GSI], -1);
 	cfg_write(1, 0x10, 0xd0000000, 4);		/* the guest moved BAR0 */
 
-	assert_int_equal(vfio_pci_reset(r.dev, err, sizeof(err)), 0);
+	assert_int_equal(vfio_pci_reset_quiesce(r.dev, err, sizeof(err)), 0);
+	/* Nothing can raise an interrupt while the irqchip is reloaded. */
+	assert_int_equal(fake_vm.nr_irqfds, 0);
+	assert_int_equal(fake_vm.irqfd_of_gsi[INTX_GSI], -1);
+	assert_int_equal(mmio_read32(bar0() + REG_RESETS), 1);
+	assert_int_equal(vfio_pci_reset_restart(r.dev, err, sizeof(err)), 0);
 	assert_int_equal(cfg_read(1, 0x10, 4), bar);
 	assert_int_equal(cfg_read(1, 0x04, 2), cmd);
 	assert_int_equal(cfg_read(1, MSI_CAP + 2, 2), MSI_CTRL_RESET);
