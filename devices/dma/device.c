@@ -248,9 +248,11 @@ void ferry_dma_describe(struct ferry_dma *d, struct vfu_device_desc *desc)
 	r->trap_while_saving[1] = r->sparse[1];
 	r->nr_trap_while_saving = 2;
 
-	/* INTA# in every mode (the pin is in config space); MSI or MSI-X
-	 * only in the mode that advertises its capability. */
-	desc->irq_count[VFU_PCI_INTX_IRQ_INDEX] = 1;
+	/* One kind of interrupt per mode, the one it raises: a pin the
+	 * device never drove would leave a guest that falls back to INTx
+	 * waiting forever. */
+	desc->irq_count[VFU_PCI_INTX_IRQ_INDEX] =
+		d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_INTX ? 1 : 0;
 	desc->irq_count[VFU_PCI_MSI_IRQ_INDEX] =
 		d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_MSI ? FDMA_MSI_VECTORS : 0;
 	desc->irq_count[VFU_PCI_MSIX_IRQ_INDEX] =

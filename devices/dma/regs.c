@@ -111,7 +111,8 @@ void fdma_config_init(struct ferry_dma *d)
 	put16(c + 0x2c, FERRY_DMA_VENDOR_ID);	/* subsystem vendor */
 	put16(c + 0x2e, FERRY_DMA_DEVICE_ID);	/* subsystem */
 	m[0x3c] = 0xff;			/* interrupt line */
-	c[0x3d] = 1;			/* INTA#, in every mode */
+	/* INTA# only where the device raises it */
+	c[0x3d] = d->cfg.irq_mode == FERRY_DMA_IRQ_MODE_INTX ? 1 : 0;
 
 	switch (d->cfg.irq_mode) {
 	case FERRY_DMA_IRQ_MODE_MSIX:

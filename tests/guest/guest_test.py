@@ -407,6 +407,11 @@ def case_vmm_dmastress_irq():
     with Devices(1, ["--irq-mode", "intx"]) as d:
         status, out = vmm(DMASTRESS, "seconds=3 irq=msi", d.sockets)
     expect_fail("dmastress", status, 1, "no_msi dev=0 ", out)
+    # An MSI-X device has no interrupt pin: INTx is refused, not waited
+    # for.
+    with Devices(1) as d:
+        status, out = vmm(DMASTRESS, "seconds=3 irq=intx", d.sockets)
+    expect_fail("dmastress", status, 1, "no_intx dev=0 pin=0", out)
 
 
 def case_vmm_dmastress_corrupt():
