@@ -205,6 +205,8 @@ void intx_thaw(struct intx *x)
 	pthread_mutex_lock(&x->lock);
 	x->frozen = false;
 	x->adopted = false;
+	/* A failure is logged there; the line stays on, unrouted, and the
+	 * next intx_set(true) (a guest write that keeps INTx on) retries. */
 	(void)irqfd_attach(x);
 	pthread_mutex_unlock(&x->lock);
 }

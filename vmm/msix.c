@@ -236,20 +236,33 @@ static void table_reset(struct msix *m)
 		       PCI_MSIX_ENTRY_VECTOR_CTRL, &masked, 4);
 }
 
+/* Adopted fds from..nr not taken into a struct msix: ours to close. */
+static void adopt_fds_close(const int *adopt_fds, unsigned from,
+			    unsigned nr)
+{
+	for (unsigned v = from; adopt_fds && v < nr; v++)
+		if (adopt_fds[v] >= 0)
+			close(adopt_fds[v]);
+}
+
 int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
 		msix_set_irqs_fn set_irqs, void *opaque, const int *adopt_fds,
 		struct msix **out)
 {
 	struct msix *m;
-	unsigned v;
+	unsigned v = 0;
 	int ret;
 
-	if (nr_vectors == 0 || nr_vectors > MSIX_MAX_VECTORS)
+	if (nr_vectors == 0 || nr_vectors > MSIX_MAX_VECTORS) {
+		adopt_fds_close(adopt_fds, 0, nr_vectors);
 		return -EINVAL;
+	}
 
 	m = calloc(1, sizeof(*m));
-	if (!m)
+	if (!m) {
+		adopt_fds_close(adopt_fds, 0, nr_vectors);
 		return -ENOMEM;
+	}
 	m->vm = vm;
 	m->id = id;
 	m->nr = nr_vectors;
@@ -264,6 +277,7 @@ int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
 	m->fds = calloc(nr_vectors, sizeof(*m->fds));
 	if (!m->table || !m->pba || !m->vec || !m->fds) {
 		ret = -ENOMEM;
+		adopt_fds_close(adopt_fds, 0, nr_vectors);
 		goto err_free;
 	}
 	table_reset(m);
@@ -297,6 +311,8 @@ int msix_create(struct vm *vm, const char *id, unsigned nr_vectors,
 
 err_close:
 	close_safely(&m->kick_fd);
+	/* The adopted fd that failed and those after it are not in vec. */
+	adopt_fds_close(adopt_fds, v + 1, nr_vectors);
 	for (v = 0; v < nr_vectors; v++)
 		close_safely(&m->vec[v].fd);
 err_free:

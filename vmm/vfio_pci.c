@@ -168,6 +168,9 @@ struct vfio_pci {
 	unsigned msi_data_off;		/* Message Data's offset in it */
 	unsigned msi_log2;		/* MMC: the device asks for 2^this */
 	uint32_t msi_irq_count;		/* vectors the device accepts fds for */
+	/* 2^MME when the device's MSI was last enabled: what it is given
+	 * fds for (kernel vfio-pci allocates exactly that many vectors). */
+	atomic_uint msi_granted;
 	uint8_t msi_regs[PCI_MSI_MAX_LEN];
 	uint8_t msi_wmask[PCI_MSI_MAX_LEN];	/* guest-writable bits */
 	struct msix *msi;
@@ -586,6 +589,13 @@ static uint16_t msi_ctrl(const struct vfio_pci *dev)
 			  dev->msi_regs[PCI_MSI_CTRL + 1] << 8);
 }
 
+/* The vectors the guest granted: 2^MME, at most what the device asks. */
+static unsigned msi_granted(const struct vfio_pci *dev)
+{
+	return 1u << MIN((unsigned)(msi_ctrl(dev) & PCI_MSI_CTRL_MME) >>
+			 PCI_MSI_CTRL_MME_SHIFT, dev->msi_log2);
+}
+
 static uint32_t msi_u32(const struct vfio_pci *dev, unsigned off)
 {
 	uint32_t v;
@@ -627,8 +637,7 @@ static void msi_apply(struct vfio_pci *dev)
 
 	pthread_mutex_lock(&dev->lock);
 	ctrl = msi_ctrl(dev);
-	granted = 1u << MIN((unsigned)(ctrl & PCI_MSI_CTRL_MME) >>
-			    PCI_MSI_CTRL_MME_SHIFT, dev->msi_log2);
+	granted = msi_granted(dev);
 	addr_lo = msi_u32(dev, PCI_MSI_ADDR_LO);
 	if (ctrl & PCI_MSI_CTRL_64BIT)
 		addr_hi = msi_u32(dev, PCI_MSI_ADDR_HI);
@@ -645,7 +654,28 @@ static void msi_apply(struct vfio_pci *dev)
 		e[4 * i + 3] = i >= granted || (mask >> i & 1);
 	}
 	msix_table_access(dev->msi, 0, e, n * 16, true);
+	/* The device is given as many vectors as the guest granted, not as
+	 * it can take: a host without multi-message MSI could refuse the
+	 * rest, and vectors beyond MME would only ever pend. A new MME
+	 * while enabled is a new allocation: off, then on again. */
+	if ((ctrl & PCI_MSI_CTRL_ENABLE) &&
+	    atomic_load(&dev->msi_granted) != granted)
+		(void)msix_set_control(dev->msi, false, false);
+	atomic_store(&dev->msi_granted, granted);
 	(void)msix_set_control(dev->msi, ctrl & PCI_MSI_CTRL_ENABLE, false);
+}
+
+/* Granting more vectors than asked for is undefined: grant all. Caller
+ * holds lock. */
+static void msi_clamp_mme(struct vfio_pci *dev)
+{
+	uint16_t ctrl = msi_ctrl(dev);
+	unsigned mme = (ctrl & PCI_MSI_CTRL_MME) >> PCI_MSI_CTRL_MME_SHIFT;
+
+	if (mme > dev->msi_log2)
+		dev->msi_regs[PCI_MSI_CTRL] = (uint8_t)((ctrl &
+			~PCI_MSI_CTRL_MME) | dev->msi_log2 <<
+			PCI_MSI_CTRL_MME_SHIFT);
 }
 
 /* A guest write to the capability (from Message Control on): the
@@ -653,8 +683,7 @@ static void msi_apply(struct vfio_pci *dev)
 static void msi_regs_write(struct vfio_pci *dev, uint32_t offset,
 			   uint32_t val, unsigned size)
 {
-	unsigned cap = dev->msi_cap, mme;
-	uint16_t ctrl;
+	unsigned cap = dev->msi_cap;
 
 	pthread_mutex_lock(&dev->lock);
 	for (unsigned i = 0; i < size; i++) {
@@ -666,13 +695,7 @@ static void msi_regs_write(struct vfio_pci *dev, uint32_t offset,
 		w = dev->msi_wmask[o];
 		dev->msi_regs[o] = (uint8_t)((dev->msi_regs[o] & ~w) | (b & w));
 	}
-	/* Granting more vectors than asked for is undefined: grant all. */
-	ctrl = msi_ctrl(dev);
-	mme = (ctrl & PCI_MSI_CTRL_MME) >> PCI_MSI_CTRL_MME_SHIFT;
-	if (mme > dev->msi_log2)
-		dev->msi_regs[PCI_MSI_CTRL] = (uint8_t)((ctrl &
-			~PCI_MSI_CTRL_MME) | dev->msi_log2 <<
-			PCI_MSI_CTRL_MME_SHIFT);
+	msi_clamp_mme(dev);
 	pthread_mutex_unlock(&dev->lock);
 }
 
@@ -713,13 +736,19 @@ static int vup_intx_enable(void *opaque, int trigger_fd, int resample_fd)
 		return -ENOTCONN;
 	ret = vdev_set_irqs(dev->vdev, VFU_PCI_INTX_IRQ_INDEX, 0, 1,
 			    &trigger_fd);
+	if (ret)
+		return ret;
 	/* The resample fd, then unmask now: the device may have masked
 	 * the line on a trigger nobody was listening to. */
-	if (!ret && resample_fd >= 0)
+	if (resample_fd >= 0)
 		ret = vdev_irq_unmask(dev->vdev, VFU_PCI_INTX_IRQ_INDEX,
 				      resample_fd);
 	if (!ret && resample_fd >= 0)
 		ret = vdev_irq_unmask(dev->vdev, VFU_PCI_INTX_IRQ_INDEX, -1);
+	/* All or nothing: a device left in INTx mode would refuse MSI. */
+	if (ret)
+		(void)vdev_set_irqs(dev->vdev, VFU_PCI_INTX_IRQ_INDEX, 0, 0,
+				    NULL);
 	return ret;
 }
 
@@ -979,8 +1008,10 @@ static int vup_set_irqs_msi(void *opaque, const int *fds, unsigned n)
 
 	if (!atomic_load(&dev->connected))
 		return -ENOTCONN;
-	return vdev_set_irqs(dev->vdev, VFU_PCI_MSI_IRQ_INDEX, 0,
-			     MIN(n, dev->msi_irq_count), fds);
+	n = MIN(n, dev->msi_irq_count);
+	if (fds)
+		n = MIN(n, atomic_load(&dev->msi_granted));
+	return vdev_set_irqs(dev->vdev, VFU_PCI_MSI_IRQ_INDEX, 0, n, fds);
 }
 
 /* ---- creation ----------------------------------------------------- */
@@ -2265,30 +2296,30 @@ int vfio_pci_load_state(struct vfio_pci *dev, const void *blob, size_t len,
 		dev->msi_regs[i] = (uint8_t)((dev->msi_regs[i] &
 					      ~dev->msi_wmask[i]) |
 					     (s.msi_regs[i] & dev->msi_wmask[i]));
+	/* What an enabled MSI is restored with (vup_set_irqs_msi); a
+	 * stream's MME beyond MMC is clamped as a guest write's is. */
+	if (dev->msi) {
+		msi_clamp_mme(dev);
+		atomic_store(&dev->msi_granted, msi_granted(dev));
+	}
 	bars_update(dev);
 	pthread_mutex_unlock(&dev->lock);
 	/* INTx off before MSI or MSI-X may come on, and back on last. */
 	intx_sync(dev, false);
-	if (dev->msix) {
-		ret = msix_state_set(dev->msix, p + hdr, mlen,
-				     dev->cpr_adopted);
-		if (ret) {
-			snprintf(err, errlen, "PCI state: MSI-X: %s",
-				 strerror(-ret));
-			return ret;
-		}
+	ret = dev->msix ? msix_state_set(dev->msix, p + hdr, mlen,
+					 dev->cpr_adopted) : 0;
+	if (ret) {
+		snprintf(err, errlen, "PCI state: MSI-X: %s", strerror(-ret));
+		goto out_intx;
 	}
-	if (s.msi_len) {
-		ret = msix_state_set(dev->msi, p + hdr + mlen, ilen,
-				     dev->cpr_adopted);
-		if (ret) {
-			snprintf(err, errlen, "PCI state: MSI: %s",
-				 strerror(-ret));
-			return ret;
-		}
-	}
+	ret = s.msi_len ? msix_state_set(dev->msi, p + hdr + mlen, ilen,
+					 dev->cpr_adopted) : 0;
+	if (ret)
+		snprintf(err, errlen, "PCI state: MSI: %s", strerror(-ret));
+out_intx:
+	/* Whatever failed, INTx is as the registers say. */
 	intx_sync(dev, true);
-	return 0;
+	return ret;
 }
 
 /* ---- live update (CPR) --------------------------------------------- */
@@ -2428,7 +2459,10 @@ int vfio_pci_cpr_freeze(struct vfio_pci *dev, bool detach_irqfds)
 	if (dev->intx)
 		intx_freeze(dev->intx, detach_irqfds);
 	ret = dev->vdev->ops->cpr_suspend(dev->vdev, VUP_CPR_SUSPEND_MS);
-	if (ret)
+	/* The interrupts go back to whoever runs the guest: this process,
+	 * unless it is a new one giving up an adopted device (its guest
+	 * never ran; the old process still has the irqfds). */
+	if (ret && !dev->cpr_adopted)
 		irqs_thaw(dev);
 	return ret;
 }

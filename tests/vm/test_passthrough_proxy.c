@@ -1065,6 +1065,12 @@ static void test_msi(void **state)
 	cfg_write(1, MSI_CAP + 2, 0x0001, 2);
 	assert_int_equal(fake_vm.nr_irqfds, 1);
 	assert_true(gsi_of_msi(addr, 0x4050) >= 0);
+	/* ...and the device is given the one vector granted, not the four
+	 * it can take (kernel vfio-pci allocates what it is given) */
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 1), 0);
+	assert_int_equal(dev_trigger(REG_IRQ_MSI, 0), 1);
+	assert_int_equal(drain(fake_vm.irqfd_of_gsi[gsi_of_msi(addr,
+						   0x4050)]), 1);
 	cfg_write(1, MSI_CAP + 2, 0x0071, 2);
 	assert_int_equal(cfg_read(1, MSI_CAP + 2, 2) & 0x70, 0x20);
 
