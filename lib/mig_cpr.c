@@ -251,6 +251,20 @@ int mig_cpr_exec(struct mig_engine *e)
 		return mig_fail(e, ret, "out of memory");
 	ret = e->host_ops->cpr_prepare(e->host, reg, e->cpr_id, err,
 				       sizeof(err));
+	if (!ret) {
+		/* The last moment a cancel can be honoured; from here on
+		 * it is refused, as after COMMIT. */
+		pthread_mutex_lock(&e->lock);
+		if (atomic_load(&e->cancel))
+			ret = -ECANCELED;
+		else
+			e->committed = true;
+		pthread_mutex_unlock(&e->lock);
+		if (ret) {
+			cpr_fds_free(reg);
+			return ret;
+		}
+	}
 	if (!ret)
 		ret = e->host_ops->cpr_exec(e->host, reg, err, sizeof(err));
 	cpr_fds_free(reg);

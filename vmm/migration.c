@@ -158,9 +158,10 @@ void migration_fini(struct vm *vm)
 	if (!m)
 		return;
 	/* Cancels an outgoing migration, ends a wait at the incoming
-	 * door, and joins the engine's thread. */
-	exec_argv_free(m->cpr_exec_argv);
+	 * door, and joins the engine's thread -- which may be about to
+	 * exec the argv, so that goes after. */
 	mig_engine_destroy(m->engine);
+	exec_argv_free(m->cpr_exec_argv);
 	pthread_mutex_destroy(&m->inc_lock);
 	free(m);
 	vm->mig = NULL;
@@ -495,6 +496,7 @@ static int set_vmm_parameter(struct vm *vm, const char *name,
 {
 	struct vm_mig *m = vm->mig;
 	int64_t value = json_object_get_int64(val);
+	struct mig_stats st;
 	char **argv = NULL;
 	int ret;
 
@@ -507,6 +509,13 @@ static int set_vmm_parameter(struct vm *vm, const char *name,
 		if (!check_only)
 			m->cpr_gap_ms = (unsigned)value;
 		return 0;
+	}
+	/* The migration thread execs it during a cpr-exec's pause. */
+	mig_engine_stats(m->engine, &st);
+	if (mig_status_is_active(st.status)) {
+		snprintf(err, errlen, "Parameter 'cpr-exec-command' cannot "
+			 "change while a migration is active");
+		return -EBUSY;
 	}
 	ret = exec_argv_parse(val, &argv, err, errlen);
 	if (ret || check_only) {
