@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -176,6 +177,31 @@ int count_open_fds(void)
 			n++;
 	closedir(d);
 	return n - 1;	/* the directory's own fd */
+}
+
+bool fd_is_eventfd(int fd)
+{
+	static const char want[] = "anon_inode:[eventfd]";
+	char path[32], target[sizeof(want)];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target));
+	return n == (ssize_t)sizeof(want) - 1 && !memcmp(target, want, (size_t)n);
+}
+
+bool fd_is_unix_stream(int fd)
+{
+	int type = 0, domain = 0;
+	socklen_t len = sizeof(type);
+	struct stat st;
+
+	if (fstat(fd, &st) || !S_ISSOCK(st.st_mode) ||
+	    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len))
+		return false;
+	len = sizeof(domain);
+	return !getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) &&
+	       type == SOCK_STREAM && domain == AF_UNIX;
 }
 
 static int unix_addr(const char *path, struct sockaddr_un *sa)

@@ -1060,6 +1060,7 @@ int vdev_vfio_kernel_adopt(const char *id, const char *location,
 	int ret;
 
 	if (!json_object_object_get_ex(state, "iommu", &v) ||
+	    !json_object_is_type(v, json_type_string) ||
 	    strcmp(json_object_get_string(v), "container")) {
 		snprintf(err, errlen, "kernel VFIO state: only a container's "
 			 "device can be adopted");

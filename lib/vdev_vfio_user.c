@@ -410,10 +410,20 @@ int vdev_vfio_user_adopt(const char *id, const char *location,
 			 "over", name);
 		return -ENOENT;
 	}
+	if (!fd_is_unix_stream(fd)) {
+		snprintf(err, errlen, "%s is not a UNIX stream socket", name);
+		return -EBADF;
+	}
 	if (!json_object_object_get_ex(state, "caps", &v_caps) ||
 	    !json_object_is_type(v_caps, json_type_string) ||
 	    !json_object_object_get_ex(state, "major", &v_maj) ||
-	    !json_object_object_get_ex(state, "minor", &v_min)) {
+	    !json_object_is_type(v_maj, json_type_int) ||
+	    json_object_get_int64(v_maj) < 0 ||
+	    json_object_get_int64(v_maj) > UINT16_MAX ||
+	    !json_object_object_get_ex(state, "minor", &v_min) ||
+	    !json_object_is_type(v_min, json_type_int) ||
+	    json_object_get_int64(v_min) < 0 ||
+	    json_object_get_int64(v_min) > UINT16_MAX) {
 		snprintf(err, errlen, "vfio-user session state incomplete");
 		return -EBADMSG;
 	}
@@ -427,7 +437,6 @@ int vdev_vfio_user_adopt(const char *id, const char *location,
 	}
 	cpr.caps.major = (uint16_t)json_object_get_int(v_maj);
 	cpr.caps.minor = (uint16_t)json_object_get_int(v_min);
-	cpr.next_id = 0;
 	v = vu_alloc(id, location);
 	if (!v) {
 		snprintf(err, errlen, "out of memory");

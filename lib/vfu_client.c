@@ -685,10 +685,8 @@ int vfu_client_suspend(struct vfu_client *c, unsigned timeout_ms,
 	}
 	client_stop_thread(c);
 	pthread_mutex_lock(&c->lock);
-	if (out) {
+	if (out)
 		out->caps = c->caps;
-		out->next_id = c->next_id;
-	}
 	busy = !c->connected;	/* lost while stopping */
 	pthread_mutex_unlock(&c->lock);
 	return busy ? -ENOTCONN : 0;
@@ -734,8 +732,10 @@ int vfu_client_adopt_suspended(int sock_fd, const struct vfu_client_cpr *cpr,
 	ret = client_alloc(sock_fd, opts, &c);
 	if (ret)
 		return ret;
+	/* Message ids start afresh at client_alloc()'s random point, not
+	 * where the old owner was: a late reply to a request it gave up
+	 * on then hardly matches one of ours. */
 	c->caps = cpr->caps;
-	c->next_id = cpr->next_id;
 	c->suspended = true;
 	*out = c;
 	return 0;

@@ -563,11 +563,16 @@ static int check_fds(struct vfu_server *srv, struct cpr_fds *fds,
 		     const struct srv_cpr *s, char *err, size_t errlen)
 {
 	char name[CPR_NAME_MAX];
+	int fd;
 
-	if (cpr_fds_peek(fds, "listen") < 0)
-		return bad("no \"listen\" fd");
-	if ((s->flags & SRV_CPR_CLIENT) && cpr_fds_peek(fds, "client") < 0)
-		return bad("no \"client\" fd");
+	/* Each fd is of the kind its name says: a wrong one would be taken
+	 * now and fail only once the old process is gone. */
+	fd = cpr_fds_peek(fds, "listen");
+	if (fd < 0 || !fd_is_unix_stream(fd))
+		return bad("no \"listen\" socket");
+	fd = cpr_fds_peek(fds, "client");
+	if ((s->flags & SRV_CPR_CLIENT) && (fd < 0 || !fd_is_unix_stream(fd)))
+		return bad("no \"client\" socket");
 	for (uint32_t i = 0; i < s->nr_regions; i++) {
 		struct srv_cpr_region c = region_at(s, i);
 
@@ -582,13 +587,14 @@ static int check_fds(struct vfu_server *srv, struct cpr_fds *fds,
 			if (!s->irq_set[i][v])
 				continue;
 			snprintf(name, sizeof(name), "irq.%u.%u", i, v);
-			if (cpr_fds_peek(fds, name) < 0)
-				return bad("no \"%s\" fd", name);
+			fd = cpr_fds_peek(fds, name);
+			if (fd < 0 || !fd_is_eventfd(fd))
+				return bad("no \"%s\" eventfd", name);
 		}
 	}
-	if ((s->intx & SRV_CPR_INTX_RESAMPLE) &&
-	    cpr_fds_peek(fds, SRV_CPR_INTX_FD) < 0)
-		return bad("no \"%s\" fd", SRV_CPR_INTX_FD);
+	fd = cpr_fds_peek(fds, SRV_CPR_INTX_FD);
+	if ((s->intx & SRV_CPR_INTX_RESAMPLE) && (fd < 0 || !fd_is_eventfd(fd)))
+		return bad("no \"%s\" eventfd", SRV_CPR_INTX_FD);
 	return 0;
 }
 

@@ -219,12 +219,16 @@ int cpr_in_adopt_device(struct vm *vm, struct pci_bus *bus,
 	char prefix[16];
 	int ret;
 
+	/* json-c finds a key whose value is null, with v NULL: every
+	 * string is checked to be one. */
 	d = json_object_array_get_idx(desc_devices(in), i);
 	if (!d || !json_object_object_get_ex(d, "id", &v) ||
+	    !json_object_is_type(v, json_type_string) ||
 	    strcmp(json_object_get_string(v), id)) {
 		snprintf(err, errlen, "the old process's device %u is %s, not "
 			 "%s: give the devices in the same order", i,
-			 d && v ? json_object_get_string(v) : "missing", id);
+			 d && json_object_is_type(v, json_type_string) ?
+			 json_object_get_string(v) : "missing", id);
 		return -EINVAL;
 	}
 	if (!json_object_object_get_ex(d, "backend", &backend)) {
@@ -234,6 +238,7 @@ int cpr_in_adopt_device(struct vm *vm, struct pci_bus *bus,
 	snprintf(prefix, sizeof(prefix), "dev%u.", i);
 	/* An old process without "backend-type" had only vfio-user. */
 	if (json_object_object_get_ex(d, "backend-type", &v) &&
+	    json_object_is_type(v, json_type_string) &&
 	    !strcmp(json_object_get_string(v), "vfio-kernel"))
 		ret = vdev_vfio_kernel_adopt(id, location, in->reg, prefix,
 					     backend, &vdev, err, errlen);

@@ -1048,6 +1048,21 @@ static int cpr_take_fd(const struct vup_cpr *cpr, const char *what,
 	return cpr_fds_take(cpr->reg, name);
 }
 
+/* An interrupt's eventfd: anything else would be accepted now and fail
+ * only at KVM_IRQFD, after the hand-over, with nobody left to fall
+ * back to. -EBADF (and closed) if the fd is not one. */
+static int cpr_take_eventfd(const struct vup_cpr *cpr, const char *what,
+			    unsigned n)
+{
+	int fd = cpr_take_fd(cpr, what, n);
+
+	if (fd >= 0 && !fd_is_eventfd(fd)) {
+		close(fd);
+		return -EBADF;
+	}
+	return fd;
+}
+
 static int hex_value(char c)
 {
 	if (c >= '0' && c <= '9')
@@ -1381,10 +1396,12 @@ static int vectors_setup(struct vfio_pci *dev, const struct vup_cpr *cpr,
 			return -EBADMSG;
 		}
 		for (unsigned v = 0; v < nvec; v++) {
-			fds[v] = cpr_take_fd(cpr, k->fd_name, v);
+			fds[v] = cpr_take_eventfd(cpr, k->fd_name, v);
 			if (fds[v] < 0) {
 				snprintf(err, errlen, "%s vector %u's eventfd "
-					 "was not handed over", name, v);
+					 "was not handed over%s", name, v,
+					 fds[v] == -EBADF ? " (not an eventfd)" :
+					 "");
 				while (v--)
 					close(fds[v]);
 				return -ENOENT;
@@ -1562,11 +1579,11 @@ static int find_intx(struct vfio_pci *dev, const struct vup_cpr *cpr,
 				 "match GSI %u", gsi);
 			return -EBADMSG;
 		}
-		fds[0] = cpr_take_fd(cpr, "intx", 0);
-		fds[1] = cpr_take_fd(cpr, "intx", 1);
+		fds[0] = cpr_take_eventfd(cpr, "intx", 0);
+		fds[1] = cpr_take_eventfd(cpr, "intx", 1);
 		if (fds[0] < 0 || fds[1] < 0) {
 			snprintf(err, errlen, "INTx eventfds were not handed "
-				 "over");
+				 "over (or not eventfds)");
 			close_safely(&fds[0]);
 			close_safely(&fds[1]);
 			return -ENOENT;

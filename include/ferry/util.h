@@ -129,4 +129,9 @@ int unix_socket_connect(const char *path);
 /* Number of open fds of this process (counted in /proc/self/fd). */
 int count_open_fds(void);
 
+/* What an inherited fd is (live update checks what it is handed):
+ * an eventfd; a connected or listening AF_UNIX stream socket. */
+bool fd_is_eventfd(int fd);
+bool fd_is_unix_stream(int fd);
+
 #endif /* FERRY_UTIL_H */

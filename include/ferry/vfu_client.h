@@ -91,7 +91,6 @@ void vfu_client_close(struct vfu_client *c);
  */
 struct vfu_client_cpr {
 	struct vfu_caps caps;
-	uint16_t next_id;
 };
 
 int vfu_client_suspend(struct vfu_client *c, unsigned timeout_ms,

@@ -416,6 +416,64 @@ static void test_missing_fd(void **state)
 	}
 }
 
+/* The saved registry with one name on an fd of the wrong kind (guest
+ * RAM's memfd), as received by a new process. */
+static struct cpr_fds *received_swapped(struct fx *f, const char *swap)
+{
+	static const char *const names[] = {
+		"listen", "client", "dma.0", "dma.1", "irq.2.0", "irq.2.1",
+		"irq.2.2", "irq.0.0", "intx.resample",
+	};
+	struct cpr_fds *b, *r = NULL;
+	char err[128];
+	int sv[2];
+
+	assert_int_equal(cpr_fds_new(&b), 0);
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+		int fd = cpr_fds_peek(f->saved, names[i]);
+
+		assert_true(fd >= 0);
+		assert_int_equal(cpr_fds_add(b, names[i], strcmp(names[i],
+					swap) ? fd : f->ram_fd), 0);
+	}
+	assert_int_equal(cpr_fds_count(b), cpr_fds_count(f->saved));
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				    sv), 0);
+	assert_int_equal(cpr_fds_send(b, sv[0], TIMEOUT_MS), 0);
+	assert_int_equal(cpr_fds_recv(sv[1], TIMEOUT_MS, &r, err,
+				      sizeof(err)), 0);
+	close(sv[0]);
+	close(sv[1]);
+	cpr_fds_free(b);
+	return r;
+}
+
+/* Sockets and eventfds are checked for what they are before anything
+ * is taken: a memfd in their place is refused. */
+static void test_wrong_kind_fd(void **state)
+{
+	static const char *const names[] = {
+		"listen", "client", "irq.2.0", "irq.0.0", "intx.resample",
+	};
+	struct fx *f = *state;
+
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		expect_refused(f, f->blob, f->len,
+			       received_swapped(f, names[i]), names[i]);
+	/* The control: the same registry, nothing swapped, restores. */
+	{
+		struct vfu_server *b = server_new();
+		struct cpr_fds *r = received_swapped(f, "");
+		char err[256] = "";
+
+		assert_non_null(b);
+		assert_int_equal(vfu_server_restore(b, r, f->blob, f->len, NULL,
+						    err, sizeof(err)), 0);
+		vfu_server_destroy(b);
+		cpr_fds_free(r);
+	}
+}
+
 /* A version 1 session (before the INTx word) still loads: INTx comes
  * unmasked and without a resample fd, as a version 1 server kept it. */
 static void test_version1(void **state)
@@ -517,6 +575,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_truncated, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fields, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_wrong_kind_fd, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_missing_fd, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_version1, setup,
