@@ -30,6 +30,9 @@
 struct ctl {
 	int fd;
 	int timeout_ms;
+	/* While waiting for one reply: when --timeout runs out, however
+	 * many events arrive meanwhile (0: each read gets timeout_ms). */
+	uint64_t deadline_ns;
 	json_tokener *tok;
 	char buf[4096];
 	size_t len, off;	/* unparsed bytes in buf */
@@ -124,6 +127,16 @@ static int ctl_connect(struct ctl *c, const char *path)
 	return 0;
 }
 
+static int ctl_wait_ms(const struct ctl *c)
+{
+	uint64_t now = clock_ns();
+
+	if (!c->deadline_ns)
+		return c->timeout_ms;
+	return now >= c->deadline_ns ? 0 :
+	       (int)((c->deadline_ns - now + 999999) / 1000000);
+}
+
 /* Next message from the VMM, or NULL (message printed). */
 static struct json_object *ctl_read(struct ctl *c)
 {
@@ -158,7 +171,7 @@ static struct json_object *ctl_read(struct ctl *c)
 			}
 		}
 		c->off = c->len = 0;
-		r = poll(&pfd, 1, c->timeout_ms);
+		r = poll(&pfd, 1, ctl_wait_ms(c));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0) {
@@ -180,18 +193,20 @@ static struct json_object *ctl_read(struct ctl *c)
 	}
 }
 
-/* Next reply (skipping events), or NULL. */
+/* Next reply (skipping events), or NULL; within --timeout in all. */
 static struct json_object *ctl_reply(struct ctl *c)
 {
 	struct json_object *o;
 
+	c->deadline_ns = clock_ns() + (uint64_t)c->timeout_ms * 1000000ull;
 	while ((o = ctl_read(c))) {
 		if (!json_object_is_type(o, json_type_object) ||
 		    !json_object_object_get_ex(o, "event", NULL))
-			return o;
+			break;
 		json_object_put(o);
 	}
-	return NULL;
+	c->deadline_ns = 0;
+	return o;
 }
 
 static int ctl_send(struct ctl *c, struct json_object *o)
@@ -333,7 +348,8 @@ static void print_devices(struct json_object *r)
 			       slot ? json_object_get_int(slot) : 0,
 			       ven ? json_object_get_int(ven) : 0xffff,
 			       dev ? json_object_get_int(dev) : 0xffff,
-			       qid && *json_object_get_string(qid) ?
+			       qid && json_object_is_type(qid, json_type_string) &&
+			       *json_object_get_string(qid) ?
 			       json_object_get_string(qid) : "-", backend);
 		}
 	}
@@ -378,12 +394,22 @@ static uint64_t jget_u64(struct json_object *o, const char *path)
 	return v ? (uint64_t)json_object_get_int64(v) : 0;
 }
 
+/* A string member, NULL if absent or not a string (a VMM's answer is
+ * not trusted to have the shape it should). */
 static const char *jget_str(struct json_object *o, const char *key)
 {
 	struct json_object *v;
 
-	return json_object_object_get_ex(o, key, &v) ?
+	return json_object_object_get_ex(o, key, &v) &&
+	       json_object_is_type(v, json_type_string) ?
 	       json_object_get_string(v) : NULL;
+}
+
+static bool jstr_is(struct json_object *o, const char *key, const char *want)
+{
+	const char *s = jget_str(o, key);
+
+	return s && !strcmp(s, want);
 }
 
 static void print_mig_devices(struct json_object *info, const char *sep)
@@ -510,26 +536,25 @@ static void mig_cap_add(struct json_object *caps, const char *name,
 }
 
 /* Both ends: the destination must be set up like the source (the
- * source's configuration section is checked against it). */
+ * source's configuration section is checked against it). A plain
+ * migration is a normal one, whatever an earlier (failed) live update
+ * left in "mode". */
 static int mig_setup(struct ctl *c, const struct mig_opts *mo)
 {
-	struct json_object *args, *caps;
-	int status = 0;
+	struct json_object *args = json_object_new_object(), *caps;
+	int status;
 
-	if (mo->downtime_limit >= 0 || mo->max_bandwidth >= 0 ||
-	    mo->channels > 1) {
-		args = json_object_new_object();
-		if (mo->downtime_limit >= 0)
-			json_object_object_add(args, "downtime-limit",
+	json_object_object_add(args, "mode", json_object_new_string("normal"));
+	if (mo->downtime_limit >= 0)
+		json_object_object_add(args, "downtime-limit",
 				json_object_new_int64(mo->downtime_limit));
-		if (mo->max_bandwidth >= 0)
-			json_object_object_add(args, "max-bandwidth",
+	if (mo->max_bandwidth >= 0)
+		json_object_object_add(args, "max-bandwidth",
 				json_object_new_int64(mo->max_bandwidth));
-		if (mo->channels > 1)
-			json_object_object_add(args, "multifd-channels",
+	if (mo->channels > 1)
+		json_object_object_add(args, "multifd-channels",
 				json_object_new_int(mo->channels));
-		status = ctl_simple(c, "migrate-set-parameters", args);
-	}
+	status = ctl_simple(c, "migrate-set-parameters", args);
 	if (status || (!mo->switchover_ack && !mo->channels))
 		return status;
 	caps = json_object_new_array();
@@ -574,13 +599,15 @@ static int mig_follow(struct ctl *c, bool json)
 		       fd_write_full(c->fd, "\n", 1));
 		json_object_put(cmd);
 		/* Stop reading at the final event: the source may be gone
-		 * before it answers the query. */
+		 * before it answers the query. Events do not keep the wait
+		 * for the answer alive past --timeout. */
+		c->deadline_ns = clock_ns() +
+				 (uint64_t)c->timeout_ms * 1000000ull;
 		while (!got_reply && !final && (o = ctl_read(c))) {
 			struct json_object *ev, *data, *ret;
 
 			if (json_object_object_get_ex(o, "event", &ev)) {
-				if (!strcmp(json_object_get_string(ev),
-					    "MIGRATION") &&
+				if (jstr_is(o, "event", "MIGRATION") &&
 				    json_object_object_get_ex(o, "data", &data) &&
 				    json_object_object_get_ex(data, "x-info",
 							      &ret)) {
@@ -598,6 +625,7 @@ static int mig_follow(struct ctl *c, bool json)
 			}
 			json_object_put(o);
 		}
+		c->deadline_ns = 0;
 		if (final || !got_reply || status)
 			break;	/* ended, the VMM went away, or it refused */
 		if (mig_terminal(jget_str(last, "status"))) {
@@ -621,7 +649,7 @@ static int mig_follow(struct ctl *c, bool json)
 		print_json(final);
 	else
 		print_mig_summary(final);
-	if (strcmp(jget_str(final, "status"), "completed"))
+	if (!jstr_is(final, "status", "completed"))
 		status = EXIT_QMP_ERROR;
 	json_object_put(final);
 	json_object_put(last);
