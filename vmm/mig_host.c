@@ -378,8 +378,9 @@ static int host_start(void *host, bool run)
 {
 	int ret = vm_incoming_run(host_vm(host), run);
 
-	/* QEMU's destination says RESUME when the guest starts. */
-	if (!ret && run)
+	/* QEMU's destination says RESUME when the guest starts (not when
+	 * a user's stop before it came keeps it paused). */
+	if (!ret && vm_run_state(host_vm(host)) == VM_STATE_RUNNING)
 		vm_event(host_vm(host), "RESUME", NULL);
 	return ret;
 }

@@ -212,6 +212,12 @@ int migration_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 			 "a main and a cpr channel");
 		return -EINVAL;
 	}
+	/* Found out now, not after the guest was paused and frozen. */
+	if (p.mode == MIG_MODE_CPR_EXEC && !vm->mig->cpr_exec_argv) {
+		snprintf(err, errlen, "mode cpr-exec needs 'cpr-exec-command' "
+			 "(migrate-set-parameters)");
+		return -EINVAL;
+	}
 	if (incoming_pending(vm)) {
 		snprintf(err, errlen, "Guest is waiting for an incoming "
 			 "migration");
@@ -317,10 +323,27 @@ const char *migration_reset_refusal(struct vm *vm)
 	return NULL;
 }
 
-const char *migration_cont_refusal(struct vm *vm)
+const char *migration_stop_refusal(struct vm *vm)
 {
 	struct mig_stats st;
 
+	/* The switchover decided whether the guest runs on (was_running)
+	 * when it stopped the vCPUs: a stop or cont now would be answered
+	 * and then lost on the destination. */
+	mig_engine_stats(vm->mig->engine, &st);
+	if (!st.incoming && st.status == MIG_STATUS_DEVICE)
+		return "The migration is switching over (finish-migrate): "
+		       "the guest's run state is being handed over";
+	return NULL;
+}
+
+const char *migration_cont_refusal(struct vm *vm)
+{
+	const char *why = migration_stop_refusal(vm);
+	struct mig_stats st;
+
+	if (why)
+		return why;
 	if (migrated_away(vm))
 		return GONE_MSG;
 	mig_engine_stats(vm->mig->engine, &st);
@@ -489,61 +512,60 @@ static int exec_argv_parse(struct json_object *v, char ***out, char *err,
 	return 0;
 }
 
-/* What is not an engine parameter: live update's command and knobs. */
-static int set_vmm_parameter(struct vm *vm, const char *name,
-			     struct json_object *val, bool check_only,
-			     char *err, size_t errlen)
-{
-	struct vm_mig *m = vm->mig;
-	int64_t value = json_object_get_int64(val);
-	struct mig_stats st;
-	char **argv = NULL;
-	int ret;
+/* A migrate-set-parameters command's settings, staged before any is
+ * applied: the engine's in one struct, live update's beside it. */
+struct param_stage {
+	struct mig_params p;
+	bool gap_set;
+	unsigned gap_ms;
+	bool argv_set;
+	char **argv;
+};
 
+/* An integer argument: json-c saturates what does not fit an int64,
+ * which must be refused, not taken as INT64_MAX. */
+static int param_int(const char *name, struct json_object *val,
+		     int64_t *out, char *err, size_t errlen)
+{
+	*out = json_object_get_int64(val);
+	if (*out == INT64_MAX && json_object_get_uint64(val) != INT64_MAX) {
+		snprintf(err, errlen, "Parameter '%s' is out of range", name);
+		return -ERANGE;
+	}
+	return 0;
+}
+
+/* Validate one setting into st; nothing is applied. */
+static int param_stage(struct param_stage *st, const char *name,
+		       struct json_object *val, char *err, size_t errlen)
+{
+	struct mig_params *p = &st->p;
+	int64_t value;
+
+	if (!strcmp(name, "cpr-exec-command")) {
+		exec_argv_free(st->argv);
+		st->argv = NULL;
+		st->argv_set = true;
+		return exec_argv_parse(val, &st->argv, err, errlen);
+	}
+	if (!strcmp(name, "mode")) {
+		if (mig_mode_parse(json_object_get_string(val), &p->mode)) {
+			snprintf(err, errlen, "Parameter 'mode' expects "
+				 "normal, cpr-transfer or cpr-exec");
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (param_int(name, val, &value, err, errlen))
+		return -ERANGE;
 	if (!strcmp(name, "x-cpr-gap-ms")) {
 		if (value < 0 || value > 10000) {
 			snprintf(err, errlen, "Parameter 'x-cpr-gap-ms' expects "
 				 "0 to 10000 milliseconds");
 			return -EINVAL;
 		}
-		if (!check_only)
-			m->cpr_gap_ms = (unsigned)value;
-		return 0;
-	}
-	/* The migration thread execs it during a cpr-exec's pause. */
-	mig_engine_stats(m->engine, &st);
-	if (mig_status_is_active(st.status)) {
-		snprintf(err, errlen, "Parameter 'cpr-exec-command' cannot "
-			 "change while a migration is active");
-		return -EBUSY;
-	}
-	ret = exec_argv_parse(val, &argv, err, errlen);
-	if (ret || check_only) {
-		exec_argv_free(argv);
-		return ret;
-	}
-	exec_argv_free(m->cpr_exec_argv);
-	m->cpr_exec_argv = argv;
-	return 0;
-}
-
-int migration_set_parameter(struct vm *vm, const char *name,
-			    struct json_object *val, bool check_only,
-			    char *err, size_t errlen)
-{
-	int64_t value = json_object_get_int64(val);
-	struct mig_params p;
-
-	if (!strcmp(name, "x-cpr-gap-ms") || !strcmp(name, "cpr-exec-command"))
-		return set_vmm_parameter(vm, name, val, check_only, err,
-					 errlen);
-	mig_engine_get_params(vm->mig->engine, &p);
-	if (!strcmp(name, "mode")) {
-		if (mig_mode_parse(json_object_get_string(val), &p.mode)) {
-			snprintf(err, errlen, "Parameter 'mode' expects "
-				 "normal, cpr-transfer or cpr-exec");
-			return -EINVAL;
-		}
+		st->gap_set = true;
+		st->gap_ms = (unsigned)value;
 	} else if (!strcmp(name, "downtime-limit")) {
 		if (value < 0 || value > MIG_MAX_DOWNTIME_MS) {
 			snprintf(err, errlen, "Parameter 'downtime-limit' "
@@ -551,7 +573,7 @@ int migration_set_parameter(struct vm *vm, const char *name,
 				 "milliseconds", MIG_MAX_DOWNTIME_MS);
 			return -EINVAL;
 		}
-		p.downtime_limit_ms = (uint64_t)value;
+		p->downtime_limit_ms = (uint64_t)value;
 	} else if (!strcmp(name, "max-bandwidth")) {
 		if (value < 0) {
 			snprintf(err, errlen, "Parameter 'max-bandwidth' "
@@ -559,7 +581,7 @@ int migration_set_parameter(struct vm *vm, const char *name,
 				 "second");
 			return -EINVAL;
 		}
-		p.max_bandwidth = (uint64_t)value;
+		p->max_bandwidth = (uint64_t)value;
 	} else if (!strcmp(name, "x-io-timeout")) {
 		if (value < 0 || value > MIG_MAX_IO_TIMEOUT_MS) {
 			snprintf(err, errlen, "Parameter 'x-io-timeout' "
@@ -567,7 +589,7 @@ int migration_set_parameter(struct vm *vm, const char *name,
 				 "milliseconds", MIG_MAX_IO_TIMEOUT_MS);
 			return -EINVAL;
 		}
-		p.io_timeout_ms = (uint64_t)value;
+		p->io_timeout_ms = (uint64_t)value;
 	} else if (!strcmp(name, "multifd-channels")) {
 		if (value < 1 || value > MIG_MAX_MULTIFD_CHANNELS) {
 			snprintf(err, errlen, "Parameter 'multifd-channels' "
@@ -575,9 +597,9 @@ int migration_set_parameter(struct vm *vm, const char *name,
 				 MIG_MAX_MULTIFD_CHANNELS);
 			return -EINVAL;
 		}
-		p.multifd_channels = (unsigned)value;
+		p->multifd_channels = (unsigned)value;
 	} else if (!strcmp(name, "x-migration-multifd-transfer")) {
-		p.multifd_device_state = value != 0;
+		p->multifd_device_state = value != 0;
 	} else if (!strcmp(name, "x-migration-max-queued-buffers-size")) {
 		if (value < 0) {
 			snprintf(err, errlen, "Parameter "
@@ -585,14 +607,51 @@ int migration_set_parameter(struct vm *vm, const char *name,
 				 "expects a size in bytes (0: no bound)");
 			return -EINVAL;
 		}
-		p.max_queued_bytes = (uint64_t)value;
+		p->max_queued_bytes = (uint64_t)value;
 	} else {
 		snprintf(err, errlen, "Parameter '%s' is unexpected", name);
 		return -EINVAL;
 	}
-	if (check_only)
-		return 0;
-	return mig_engine_set_params(vm->mig->engine, &p, err, errlen);
+	return 0;
+}
+
+int migration_set_parameters(struct vm *vm, struct json_object *args,
+			     char *err, size_t errlen)
+{
+	struct param_stage st = { 0 };
+	struct vm_mig *m = vm->mig;
+	struct mig_stats stats;
+	int ret = 0;
+
+	mig_engine_get_params(m->engine, &st.p);
+	json_object_object_foreach(args, key, val) {
+		ret = param_stage(&st, key, val, err, errlen);
+		if (ret)
+			goto out;
+	}
+	/* The migration thread execs it during a cpr-exec's pause. */
+	mig_engine_stats(m->engine, &stats);
+	if (st.argv_set && mig_status_is_active(stats.status)) {
+		snprintf(err, errlen, "Parameter 'cpr-exec-command' cannot "
+			 "change while a migration is active");
+		ret = -EBUSY;
+		goto out;
+	}
+	/* All or none: the engine's set is the one that may still be
+	 * refused (a migration in progress), so it goes first. */
+	ret = mig_engine_set_params(m->engine, &st.p, err, errlen);
+	if (ret)
+		goto out;
+	if (st.gap_set)
+		m->cpr_gap_ms = st.gap_ms;
+	if (st.argv_set) {
+		exec_argv_free(m->cpr_exec_argv);
+		m->cpr_exec_argv = st.argv;
+		st.argv = NULL;
+	}
+out:
+	exec_argv_free(st.argv);
+	return ret;
 }
 
 /*

@@ -45,11 +45,11 @@ int migration_start_channels(struct vm *vm, struct json_object *channels,
 /* 0, or -EBUSY once the whole state was sent (too late to cancel). */
 int migration_cancel(struct vm *vm);
 struct json_object *migration_query(struct vm *vm);
-/* With check_only, validate without changing anything (QMP applies a
- * command's settings all or none). */
-int migration_set_parameter(struct vm *vm, const char *name,
-			    struct json_object *value, bool check_only,
-			    char *err, size_t errlen);
+/* migrate-set-parameters: every setting of args (types checked by the
+ * caller) validated first, then all applied or none. 0 or -errno with
+ * QEMU's kind of message in err. */
+int migration_set_parameters(struct vm *vm, struct json_object *args,
+			     char *err, size_t errlen);
 int migration_set_capability(struct vm *vm, const char *name, bool on,
 			     bool check_only, char *err, size_t errlen);
 struct json_object *migration_query_parameters(struct vm *vm);
@@ -63,6 +63,9 @@ int migration_resolve(struct vm *vm, const char *where, char *err,
  * why cont must not run the guest now (NULL: it may). */
 const char *migration_run_state(struct vm *vm);
 const char *migration_cont_refusal(struct vm *vm);
+/* Why stop must not be taken now: the switchover is deciding whether
+ * the guest runs on (NULL: it may). cont is refused then too. */
+const char *migration_stop_refusal(struct vm *vm);
 /* Why system_reset must not run now (migrating, migrated, not arrived),
  * or NULL. */
 const char *migration_reset_refusal(struct vm *vm);

@@ -135,6 +135,9 @@ static void client_send_locked(struct qmp_client *c, struct json_object *o)
 			pr_debug("qmp: dropping client fd %d: %s", c->fd,
 				 w < 0 ? strerror(errno) : "short write");
 			c->dead = true;
+			/* It sees EOF now, not silence: a client waiting
+			 * for an event must not wait forever. */
+			shutdown(c->fd, SHUT_RDWR);
 			return;
 		}
 		if (off == len)
@@ -275,9 +278,14 @@ static struct json_object *cmd_stop(struct qmp_client *c,
 				    struct qmp_error *e)
 {
 	struct vm *vm = c->q->vm;
+	const char *why = migration_stop_refusal(vm);
 
 	if (vm_run_state(vm) == VM_STATE_SHUTDOWN) {
 		qmp_seterr(e, QMP_GENERIC_ERROR, "The VM is shutting down");
+		return NULL;
+	}
+	if (why) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "%s", why);
 		return NULL;
 	}
 	if (vm_user_stop(vm))
@@ -439,12 +447,18 @@ static struct json_object *cmd_migrate(struct qmp_client *c,
 				       struct json_object *args,
 				       struct qmp_error *e)
 {
-	struct json_object *uri = NULL, *channels = NULL;
+	struct json_object *uri = NULL, *channels = NULL, *resume;
 	char err[QMP_ERR_LEN];
 	int ret;
 
 	json_object_object_get_ex(args, "uri", &uri);
 	json_object_object_get_ex(args, "channels", &channels);
+	if (json_object_object_get_ex(args, "resume", &resume) &&
+	    json_object_get_boolean(resume)) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "resume: ferry has no "
+			   "postcopy to resume");
+		return NULL;
+	}
 	if (!uri == !channels) {
 		qmp_seterr(e, QMP_GENERIC_ERROR, "migrate takes either 'uri' "
 			   "or 'channels'");
@@ -485,16 +499,11 @@ static struct json_object *cmd_migrate_set_parameters(struct qmp_client *c,
 {
 	char err[QMP_ERR_LEN];
 
-	/* Types were checked against the table; values are checked all
-	 * first, so a command applies all its settings or none. */
-	for (int pass = 0; args && pass < 2; pass++) {
-		json_object_object_foreach(args, key, val) {
-			if (migration_set_parameter(c->q->vm, key, val,
-						    pass == 0, err, sizeof(err))) {
-				qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
-				return NULL;
-			}
-		}
+	/* Types were checked against the table; all settings or none. */
+	if (args && migration_set_parameters(c->q->vm, args, err,
+					     sizeof(err))) {
+		qmp_seterr(e, QMP_GENERIC_ERROR, "%s", err);
+		return NULL;
 	}
 	return json_object_new_object();
 }
@@ -708,7 +717,11 @@ static const struct qmp_cmd qmp_cmds[] = {
 	{ "query-qmp-schema", cmd_query_qmp_schema, { { 0 } } },
 	{ "migrate", cmd_migrate,
 	  { { "uri", json_type_string, "string", false },
-	    { "channels", json_type_array, "array", false } } },
+	    { "channels", json_type_array, "array", false },
+	    /* QEMU's: detach is ignored there too (deprecated, always
+	     * detached); resume is postcopy recovery, which ferry lacks. */
+	    { "detach", json_type_boolean, "bool", false },
+	    { "resume", json_type_boolean, "bool", false } } },
 	{ "migrate_cancel", cmd_migrate_cancel, { { 0 } } },
 	{ "query-migrate", cmd_query_migrate, { { 0 } } },
 	{ "migrate-set-parameters", cmd_migrate_set_parameters,
@@ -1055,6 +1068,12 @@ static void qmp_dispatch(struct qmp_client *c, struct json_object *msg)
 		goto err_reply;
 	}
 	name = json_object_get_string(exe);
+	/* A name with a NUL inside is no command, not the one before it. */
+	if (strlen(name) != (size_t)json_object_get_string_len(exe)) {
+		qmp_seterr(&e, QMP_COMMAND_NOT_FOUND,
+			   "The command %.64s has not been found", name);
+		goto err_reply;
+	}
 	if (!c->negotiated && strcmp(name, "qmp_capabilities")) {
 		qmp_seterr(&e, QMP_COMMAND_NOT_FOUND,
 			   "Expecting capabilities negotiation with 'qmp_capabilities'");
@@ -1178,10 +1197,12 @@ static void client_event(struct vm_poll_src *src, uint32_t events)
 }
 
 /*
- * A slot for a new client. The table full, the one that has been
- * silent longest goes (a client whose writes failed first): idle or
- * stuck clients must never lock out the one that comes to cancel a
- * migration or quit the VM.
+ * A slot for a new client. The table full, one goes: a client whose
+ * writes failed first, then one that never negotiated, then the one
+ * silent longest. Idle or stuck clients must never lock out the one
+ * that comes to cancel a migration or quit the VM, and a flood of
+ * connections must not push out the management client that negotiated
+ * and only listens for events.
  */
 static unsigned qmp_free_slot(struct qmp *q)
 {
@@ -1196,6 +1217,9 @@ static unsigned qmp_free_slot(struct qmp *q)
 			break;
 		if (!victim || (c->dead && !victim->dead) ||
 		    (c->dead == victim->dead &&
+		     !c->negotiated && victim->negotiated) ||
+		    (c->dead == victim->dead &&
+		     c->negotiated == victim->negotiated &&
 		     c->last_active_ns < victim->last_active_ns)) {
 			victim = c;
 			v = slot;

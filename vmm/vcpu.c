@@ -475,8 +475,24 @@ static bool vm_set_state_if(struct vm *vm, enum vm_run_state from,
 	return changed;
 }
 
+/* Before the guest exists (an incoming one), stop and cont only say how
+ * it is to start, as QEMU's autostart: no event, nothing to pause. */
+static bool vm_set_start_paused(struct vm *vm, bool paused)
+{
+	bool prelaunch;
+
+	pthread_mutex_lock(&vm->run_lock);
+	prelaunch = vm->state == VM_STATE_PRELAUNCH;
+	if (prelaunch)
+		vm->start_paused = paused;
+	pthread_mutex_unlock(&vm->run_lock);
+	return prelaunch;
+}
+
 bool vm_user_stop(struct vm *vm)
 {
+	if (vm_set_start_paused(vm, true))
+		return false;
 	if (!vm_set_state_if(vm, VM_STATE_RUNNING, VM_STATE_PAUSED))
 		return false;
 	vm_pause(vm);
@@ -485,6 +501,8 @@ bool vm_user_stop(struct vm *vm)
 
 bool vm_user_cont(struct vm *vm)
 {
+	if (vm_set_start_paused(vm, false))
+		return false;
 	if (!vm_set_state_if(vm, VM_STATE_PAUSED, VM_STATE_RUNNING))
 		return false;
 	vm_resume(vm);
@@ -514,13 +532,14 @@ int vm_incoming_run(struct vm *vm, bool run)
 {
 	int ret;
 
-	/* A guest that was paused on the source stays paused: its threads
-	 * park before their first KVM_RUN. */
-	if (!run) {
-		pthread_mutex_lock(&vm->run_lock);
+	/* A guest that was paused on the source stays paused, and so does
+	 * one a user stopped before it came: its threads park before their
+	 * first KVM_RUN. */
+	pthread_mutex_lock(&vm->run_lock);
+	run = run && !vm->start_paused;
+	if (!run)
 		vm->pause_depth++;
-		pthread_mutex_unlock(&vm->run_lock);
-	}
+	pthread_mutex_unlock(&vm->run_lock);
 	ret = vcpus_start(vm);
 	if (!ret && !run)
 		vm_set_state_if(vm, VM_STATE_RUNNING, VM_STATE_PAUSED);

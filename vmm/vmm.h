@@ -135,6 +135,9 @@ struct vm {
 	pthread_mutex_t run_lock;
 	pthread_cond_t run_cond;
 	unsigned pause_depth;	/* > 0: vCPUs must stay out of KVM_RUN */
+	/* Under run_lock: `stop` before an incoming guest arrived (QEMU's
+	 * autostart off): it arrives paused, whatever the source did. */
+	bool start_paused;
 	uint64_t pause_ns;	/* the last pause: kick to all parked */
 	bool stopping;		/* vCPU threads must exit */
 	enum vm_run_state state;

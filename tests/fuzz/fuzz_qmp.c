@@ -32,6 +32,7 @@
 #include "ferry/mig_engine.h"
 #include "ferry/util.h"
 #include "fuzz.h"
+#include "fuzz_qmp.h"
 #include "incoming.h"
 #include "migration.h"
 #include "qmp.h"
@@ -204,7 +205,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 }
 
 /* Serve whatever is ready; false if nothing was within ms. */
-static bool run_loop(int ms)
+bool fzq_serve(int ms)
 {
 	struct epoll_event ev[8];
 	int n = epoll_wait(epfd, ev, ARRAY_SIZE(ev), ms);
@@ -217,13 +218,14 @@ static bool run_loop(int ms)
 	return n > 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+const char *fzq_socket(void)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	uint64_t deadline;
-	size_t sent = 0;
+	return qmp_path;
+}
+
+void fzq_reset(void)
+{
 	char err[256];
-	int fd;
 
 	LLVMFuzzerInitialize(NULL, NULL);
 	vm.state = VM_STATE_PRELAUNCH;
@@ -231,7 +233,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (mig_engine_set_params(vm.mig->engine, &default_params, err,
 				  sizeof(err)))
 		abort();
+}
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uint64_t deadline;
+	size_t sent = 0;
+	int fd;
+
+	fzq_reset();
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", qmp_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)))
@@ -258,7 +269,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			eof = true;
 		if (eof)
 			break;
-		if (run_loop(sent < size ? 0 : 10)) {
+		if (fzq_serve(sent < size ? 0 : 10)) {
 			deadline = clock_ns() + FZQ_WAIT_MS * 1000000ull;
 		} else if (clock_ns() > deadline) {
 			fprintf(stderr, "fuzz-qmp: the server stopped "
