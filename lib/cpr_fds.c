@@ -547,10 +547,13 @@ int cpr_fds_export(const struct cpr_fds *r, int *memfd)
 		ret = -errno;
 		goto out;
 	}
-	if (write(fd, desc, len) != (ssize_t)len ||
-	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
-		  F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-		ret = errno ? -errno : -EIO;
+	/* fd_write_full: a short write is retried, not an error with
+	 * whatever errno was left from before. */
+	ret = fd_write_full(fd, desc, len);
+	if (!ret && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
+			  F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+		ret = -errno;
+	if (ret) {
 		close(fd);
 		goto out;
 	}
