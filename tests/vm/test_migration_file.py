@@ -12,6 +12,10 @@ it must end completed and stay, paused, with its devices RUNNING, and
 
   intact   the file loads into `ferry-vmm --incoming file:PATH` on another
            device server, and the guest ends PASS there.
+  autostart-off
+           the same into `--incoming defer` told `stop` before
+           migrate-incoming (QEMU's autostart off): the guest arrives
+           paused and stays so, with no RESUME, until `cont`; then PASS.
   corrupt  truncated copies (0, 15, half, len-1 bytes) and copies with one
            bit flipped (stream header, first section header, CONFIG
            payload, a payload in the middle, the END section) each make
@@ -24,6 +28,7 @@ Paths from the environment (tests/vm/meson.build). Exit 0/1/77.
 """
 import os
 import sys
+import time
 
 import miglib
 from miglib import check
@@ -82,6 +87,28 @@ def case_intact(c):
     print("ok: loaded from the file: %s" % v[2])
 
 
+def case_autostart_off(c):
+    path, _ = save_to_file(c)
+    dst = c.dest([("dma0", c.device("B0"))], incoming="defer")
+    check(dst.status() == "inmigrate", "%s: %s before migrate-incoming" %
+          (dst.name, dst.status()))
+    dst.cmd("stop")
+    dst.cmd("migrate-incoming", {"uri": "file:" + path})
+    miglib.wait_until(lambda: dst.status() != "inmigrate",
+                      "%s loaded the file" % dst.name)
+    check(dst.status() == "paused", "%s: %s after loading, stop was sent "
+          "first" % (dst.name, dst.status()))
+    serial = dst.serial_text()
+    time.sleep(2)
+    check(dst.status() == "paused" and dst.serial_text() == serial,
+          "%s: the guest ran although stopped before it came" % dst.name)
+    check(not dst.events("RESUME"), "%s: RESUME while it stays paused" %
+          dst.name)
+    dst.cmd("cont")
+    v = miglib.expect_pass(dst, PASS_WAIT_S)
+    print("ok: arrived paused, ran on cont: %s" % v[2])
+
+
 def variants(data):
     n = len(data)
     for cut in (0, 15, n // 2, n - 1):
@@ -120,7 +147,8 @@ def case_corrupt(c):
 
 
 def main():
-    cases = {"intact": case_intact, "corrupt": case_corrupt}
+    cases = {"intact": case_intact, "corrupt": case_corrupt,
+             "autostart-off": case_autostart_off}
     if len(sys.argv) != 2 or sys.argv[1] not in cases:
         print(__doc__, file=sys.stderr)
         return 2
