@@ -53,6 +53,7 @@ int mig_engine_create(const struct mig_host_ops *ops, void *host,
 	e->host_ops = ops;
 	e->host = host;
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_mutex_init(&e->status_lock, NULL);
 	pthread_cond_init(&e->cond, NULL);
 	e->params.downtime_limit_ms = MIG_DEFAULT_DOWNTIME_MS;
 	e->params.multifd_channels = MIG_DEFAULT_MULTIFD_CHANNELS;
@@ -80,6 +81,7 @@ void mig_engine_destroy(struct mig_engine *e)
 	mig_engine_wait(e);
 	pthread_cond_destroy(&e->cond);
 	pthread_mutex_destroy(&e->lock);
+	pthread_mutex_destroy(&e->status_lock);
 	free(e);
 }
 
@@ -175,6 +177,7 @@ void mig_set_status(struct mig_engine *e, enum mig_status s)
 	const struct mig_event_ops *ev;
 	void *opaque;
 
+	pthread_mutex_lock(&e->status_lock);
 	pthread_mutex_lock(&e->lock);
 	/* Once cancelling, only the end (cancelled, or failed/completed if
 	 * it was too late) may follow; and only a running migration can be
@@ -188,6 +191,7 @@ void mig_set_status(struct mig_engine *e, enum mig_status s)
 	     e->status != MIG_STATUS_ACTIVE &&
 	     e->status != MIG_STATUS_DEVICE)) {
 		pthread_mutex_unlock(&e->lock);
+		pthread_mutex_unlock(&e->status_lock);
 		return;
 	}
 	e->status = s;
@@ -203,6 +207,7 @@ void mig_set_status(struct mig_engine *e, enum mig_status s)
 	FERRY_TRACE(migration_status, (int)s);
 	if (ev && ev->status)
 		ev->status(opaque, s);
+	pthread_mutex_unlock(&e->status_lock);
 }
 
 enum fail_kind { FAIL_LOCAL, FAIL_IO, FAIL_CAUSE };

@@ -82,6 +82,10 @@ struct mig_engine {
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
+	/* Taken before lock, held across a status change and its event, so
+	 * that observers see the events in the order the statuses were set
+	 * (the main thread's cancelling and the migration thread's end). */
+	pthread_mutex_t status_lock;
 	struct mig_listener *listener;	/* destination: its door, while open */
 	enum mig_status status;
 	struct mig_params params;
