@@ -51,6 +51,9 @@
 /* After a failed send, how long the source waits for the destination's
  * reason (it sends it, then closes) before it settles for its own. */
 #define MIG_RP_GRACE_MS		2000
+/* Converged and waiting for switchover-ack: at most this long between
+ * passes (the ack ends the wait at once). */
+#define MIG_ACK_POLL_MS		50
 
 #define MIG_RATE_WINDOW_NS	1000000000ull
 

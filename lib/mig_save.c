@@ -448,8 +448,14 @@ static int save_pass(struct mig_engine *e, uint64_t t_iter, uint64_t sent0)
 }
 
 /* After a pass: may the guest stop now? */
-static bool save_decide(struct mig_engine *e, uint64_t t_iter,
-			uint64_t sent0)
+enum save_next {
+	SAVE_ITERATE,		/* another pass */
+	SAVE_SWITCH,		/* converged (and acked): switch over */
+	SAVE_WAIT_ACK,		/* converged; the destination has not acked */
+};
+
+static enum save_next save_decide(struct mig_engine *e, uint64_t t_iter,
+				  uint64_t sent0)
 {
 	uint64_t remaining;
 	bool ready, acked = true;
@@ -476,7 +482,7 @@ static bool save_decide(struct mig_engine *e, uint64_t t_iter,
 	pthread_mutex_unlock(&e->lock);
 	FERRY_TRACE(migration_iteration, e->conv.iterations,
 		    e->cnt.dirty_pages, remaining, e->cnt.transferred);
-	return ready && acked;
+	return !ready ? SAVE_ITERATE : acked ? SAVE_SWITCH : SAVE_WAIT_ACK;
 }
 
 static int save_wait_rp(struct mig_engine *e, const bool *flag,
@@ -529,8 +535,21 @@ static int save_iterate(struct mig_engine *e)
 		ret = save_sync_dirty(e);
 		if (ret)
 			return ret;
-		if (save_decide(e, t_iter, sent0))
+		switch (save_decide(e, t_iter, sent0)) {
+		case SAVE_SWITCH:
 			return 0;
+		case SAVE_WAIT_ACK:
+			/* Converged, and the next pass would be as small as
+			 * this one: give the ack a moment instead of syncing
+			 * the dirty log (and raising MIGRATION_PASS) hundreds
+			 * of times a second. An error or a close ends the
+			 * wait; the next pass reports it. */
+			(void)save_wait_rp(e, &e->switchover_acked, clock_ns() +
+					   MIG_ACK_POLL_MS * 1000000ull);
+			break;
+		case SAVE_ITERATE:
+			break;
+		}
 	}
 }
 
