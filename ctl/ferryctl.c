@@ -699,6 +699,9 @@ static struct json_object *main_channel(const char *uri)
  * migration fails (the exec failed: the guest runs on here). */
 static int cpr_exec_follow(struct ctl *c, bool json)
 {
+	char last[32] = "";
+	uint64_t changed = clock_ns();
+
 	c->eof_expected = true;
 	for (;;) {
 		struct json_object *cmd = json_object_new_object();
@@ -735,7 +738,19 @@ static int cpr_exec_follow(struct ctl *c, bool json)
 			json_object_put(reply);
 			return EXIT_QMP_ERROR;
 		}
+		/* The exec comes within the VMM's switchover budget: a
+		 * status that does not move for --timeout is a stuck VMM,
+		 * not a slow one. */
+		if (strcmp(st ? st : "", last)) {
+			snprintf(last, sizeof(last), "%s", st ? st : "");
+			changed = clock_ns();
+		}
 		json_object_put(reply);
+		if (clock_ns() - changed >
+		    (uint64_t)c->timeout_ms * 1000000ull)
+			return fail(EXIT_QMP_ERROR, "the VMM stayed in '%s' "
+				    "for %d s without exec'ing the new image",
+				    last[0] ? last : "?", c->timeout_ms / 1000);
 		poll(NULL, 0, 20);
 	}
 }

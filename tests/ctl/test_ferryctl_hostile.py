@@ -5,8 +5,9 @@
 A fake QMP server on a UNIX socket plays the VMM, one behaviour per
 case; ferryctl runs against it and must end on its own -- within its
 --timeout however many events trickle in, with an error and no crash
-on answers of the wrong shape -- and must send what a plain migration
-needs (mode normal, whatever an earlier live update left).
+on answers of the wrong shape, and give up on a cpr-exec whose VMM never
+execs -- and must send what a plain migration needs (mode normal,
+whatever an earlier live update left).
 
 usage: test_ferryctl_hostile.py FERRYCTL
 Exit 0 pass, 1 fail."""
@@ -150,6 +151,16 @@ def shapeless_migration(fake, conn, msg):
                                    "desc": "fake"}})
 
 
+def stuck_exec(fake, conn, msg):
+    """cpr-exec accepted, then 'device' for ever: no exec, no end."""
+    if msg is None:
+        return
+    if msg.get("execute") == "query-migrate":
+        fake.send(conn, {"return": {"status": "device"}})
+    else:
+        fake.send(conn, {"return": {}})
+
+
 def null_devices(fake, conn, msg):
     if msg is None:
         return
@@ -180,6 +191,12 @@ def main():
 
         rc, err, _ = run_case(ctl, wd, "null-devices", null_devices,
                               ["devices"], want_rc=0)
+
+        rc, err, _ = run_case(ctl, wd, "stuck-exec", stuck_exec,
+                              ["cpr-exec", "--file", os.path.join(wd, "st"),
+                               "--", "/bin/true"])
+        check(rc not in (None, 0) and "without exec" in err,
+              "stuck-exec: exit %s: %r" % (rc, err))
     if failures:
         print("%d failure(s)" % len(failures))
         return 1
