@@ -21,8 +21,9 @@ completion's interrupt: it must end PASS (0 lost, 0 spurious).
 
 smp-chain: the same guest on 4 vCPUs (every vCPU submits descriptors,
 the devices' MSI-X vectors go to different vCPUs, each vCPU counts its
-own interrupts) through 20 cpr-transfers and 2 cpr-execs: every vCPU's
-state, pending interrupts included, moves with the VMM; PASS with
+own interrupts) through 20 cpr-transfers and 2 cpr-execs (the last of
+each by ferryctl): every vCPU's state, pending interrupts included,
+moves with the VMM; PASS with
 cpus=4 and every per-vCPU count exact. FERRY_TEST_DEV_ARGS (e.g.
 "--irq-mode intx") passes extra ferry-dev arguments, for runs by hand.
 
@@ -325,7 +326,7 @@ def case_smp_chain(c):
         if i % 5 == 4:
             g.checkpoint("transfer %d" % (i + 1))
     for i in range(SMP_EXECS):
-        g.exec()
+        g.exec(via_ferryctl=(i == SMP_EXECS - 1))
         g.progressed("exec %d" % (i + 1))
     v = g.expect_pass(240)
     print("ok: %s" % v[2])
