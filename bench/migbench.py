@@ -13,6 +13,7 @@ usage: migbench.py --build DIR [--scenario NAME]... [--repeat N] [--quick]
 
 See docs/benchmarks.md for the scenarios and how to read the figures."""
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -85,6 +86,14 @@ class Scenario:
                     s.devices = [(list(a), list(b)) for a, b in v]
                 else:
                     setattr(s, k, v)
+        return s
+
+    def variant(self, name, desc, **changes):
+        """A copy under another name, with some attributes changed."""
+        s = copy.deepcopy(self)
+        s.name, s.desc = name, desc
+        for k, v in changes.items():
+            setattr(s, k, v)
         return s
 
     def guest_seconds(self):
@@ -204,20 +213,14 @@ SCENARIOS += MULTIFD_CELLS
 # share of the working set flat out (the same total), and dmastress with
 # two devices, each driven by an AP of its own. The switchover then has
 # to stop four busy vCPUs: "vcpus us" is that part of the downtime.
+_BASE = {s.name: s for s in SCENARIOS}
 SMP_CELLS = [
-    Scenario("memstress-1g-64m-cpus4",
-             "as memstress-1g-64m, 4 vCPUs each rewriting 16 MiB",
-             "memstress", 1 << 30, {"pages": 64 * MiB // PAGE, "rate": 0},
-             budget_s=30, cpus=4,
-             quick={"memory": 256 * MiB,
-                    "append": {"pages": 16 * MiB // PAGE}, "budget_s": 15}),
-    Scenario("memstress-1g-512m-cpus4",
-             "as memstress-1g-512m, 4 vCPUs each rewriting 128 MiB",
-             "memstress", 1 << 30, {"pages": 512 * MiB // PAGE, "rate": 0},
-             budget_s=40, raise_ms=3000, raise_budget_s=30, cpus=4,
-             quick={"memory": 256 * MiB,
-                    "append": {"pages": 128 * MiB // PAGE},
-                    "budget_s": 10, "raise_budget_s": 15}),
+    _BASE["memstress-1g-64m"].variant(
+        "memstress-1g-64m-cpus4",
+        "as memstress-1g-64m, 4 vCPUs each rewriting 16 MiB", cpus=4),
+    _BASE["memstress-1g-512m"].variant(
+        "memstress-1g-512m-cpus4",
+        "as memstress-1g-512m, 4 vCPUs each rewriting 128 MiB", cpus=4),
     Scenario("dmastress-2dev-cpus4",
              "1 GiB dmastress guest, 4 vCPUs, 2 ferry-dma devices of 16 MiB "
              "each driven by an AP of its own",

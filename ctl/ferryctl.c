@@ -127,6 +127,17 @@ static int ctl_connect(struct ctl *c, const char *path)
 	return 0;
 }
 
+/* From now, one --timeout for everything read until ctl_disarm(). */
+static void ctl_arm(struct ctl *c)
+{
+	c->deadline_ns = clock_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+}
+
+static void ctl_disarm(struct ctl *c)
+{
+	c->deadline_ns = 0;
+}
+
 static int ctl_wait_ms(const struct ctl *c)
 {
 	uint64_t now = clock_ns();
@@ -198,14 +209,14 @@ static struct json_object *ctl_reply(struct ctl *c)
 {
 	struct json_object *o;
 
-	c->deadline_ns = clock_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+	ctl_arm(c);
 	while ((o = ctl_read(c))) {
 		if (!json_object_is_type(o, json_type_object) ||
 		    !json_object_object_get_ex(o, "event", NULL))
 			break;
 		json_object_put(o);
 	}
-	c->deadline_ns = 0;
+	ctl_disarm(c);
 	return o;
 }
 
@@ -601,8 +612,7 @@ static int mig_follow(struct ctl *c, bool json)
 		/* Stop reading at the final event: the source may be gone
 		 * before it answers the query. Events do not keep the wait
 		 * for the answer alive past --timeout. */
-		c->deadline_ns = clock_ns() +
-				 (uint64_t)c->timeout_ms * 1000000ull;
+		ctl_arm(c);
 		while (!got_reply && !final && (o = ctl_read(c))) {
 			struct json_object *ev, *data, *ret;
 
@@ -625,7 +635,7 @@ static int mig_follow(struct ctl *c, bool json)
 			}
 			json_object_put(o);
 		}
-		c->deadline_ns = 0;
+		ctl_disarm(c);
 		if (final || !got_reply || status)
 			break;	/* ended, the VMM went away, or it refused */
 		if (mig_terminal(jget_str(last, "status"))) {

@@ -260,13 +260,12 @@ int mig_cpr_exec(struct mig_engine *e)
 		else
 			e->committed = true;
 		pthread_mutex_unlock(&e->lock);
-		if (ret) {
+		if (ret == -ECANCELED) {
 			cpr_fds_free(reg);
-			return ret;
+			return ret;	/* rolled back as any cancel */
 		}
-	}
-	if (!ret)
 		ret = e->host_ops->cpr_exec(e->host, reg, err, sizeof(err));
+	}
 	cpr_fds_free(reg);
 	return mig_fail(e, ret ? ret : -EIO, "cpr-exec: %s",
 			err[0] ? err : strerror(ret ? -ret : EIO));

@@ -391,13 +391,31 @@ err_free:
 	return ret;
 }
 
+/* A member that is an integer in 0..UINT16_MAX (a null or a string is
+ * not one, whatever json-c would make of it). */
+static bool json_u16(struct json_object *o, const char *key, uint16_t *out)
+{
+	struct json_object *v;
+	int64_t x;
+
+	if (!json_object_object_get_ex(o, key, &v) ||
+	    !json_object_is_type(v, json_type_int))
+		return false;
+	x = json_object_get_int64(v);
+	if (x < 0 || x > UINT16_MAX)
+		return false;
+	*out = (uint16_t)x;
+	return true;
+}
+
 int vdev_vfio_user_adopt(const char *id, const char *location,
 			 struct cpr_fds *reg, const char *prefix,
 			 struct json_object *state, struct vdev **out,
 			 char *err, size_t errlen)
 {
 	struct vfu_client_cpr cpr;
-	struct json_object *v_caps, *v_maj, *v_min;
+	struct json_object *v_caps;
+	uint16_t major, minor;
 	char name[CPR_NAME_MAX];
 	const char *caps;
 	struct vdev_vu *v;
@@ -416,14 +434,8 @@ int vdev_vfio_user_adopt(const char *id, const char *location,
 	}
 	if (!json_object_object_get_ex(state, "caps", &v_caps) ||
 	    !json_object_is_type(v_caps, json_type_string) ||
-	    !json_object_object_get_ex(state, "major", &v_maj) ||
-	    !json_object_is_type(v_maj, json_type_int) ||
-	    json_object_get_int64(v_maj) < 0 ||
-	    json_object_get_int64(v_maj) > UINT16_MAX ||
-	    !json_object_object_get_ex(state, "minor", &v_min) ||
-	    !json_object_is_type(v_min, json_type_int) ||
-	    json_object_get_int64(v_min) < 0 ||
-	    json_object_get_int64(v_min) > UINT16_MAX) {
+	    !json_u16(state, "major", &major) ||
+	    !json_u16(state, "minor", &minor)) {
 		snprintf(err, errlen, "vfio-user session state incomplete");
 		return -EBADMSG;
 	}
@@ -435,8 +447,8 @@ int vdev_vfio_user_adopt(const char *id, const char *location,
 			 strerror(-ret));
 		return ret;
 	}
-	cpr.caps.major = (uint16_t)json_object_get_int(v_maj);
-	cpr.caps.minor = (uint16_t)json_object_get_int(v_min);
+	cpr.caps.major = major;
+	cpr.caps.minor = minor;
 	v = vu_alloc(id, location);
 	if (!v) {
 		snprintf(err, errlen, "out of memory");

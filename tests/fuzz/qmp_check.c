@@ -111,25 +111,27 @@ static struct json_object *client_raw(struct client *c, const char *text)
 	return client_reply(c);
 }
 
-/* The reply's error class, or NULL for a return. */
-static const char *err_class(struct json_object *r)
+/* A member of the reply's error object ("class", "desc"), or dflt for
+ * a return. */
+static const char *err_member(struct json_object *r, const char *key,
+			      const char *dflt)
 {
-	struct json_object *e, *cls;
+	struct json_object *e, *v;
 
 	if (!r || !json_object_object_get_ex(r, "error", &e) ||
-	    !json_object_object_get_ex(e, "class", &cls))
-		return NULL;
-	return json_object_get_string(cls);
+	    !json_object_object_get_ex(e, key, &v))
+		return dflt;
+	return json_object_get_string(v);
+}
+
+static const char *err_class(struct json_object *r)
+{
+	return err_member(r, "class", NULL);
 }
 
 static const char *err_desc(struct json_object *r)
 {
-	struct json_object *e, *d;
-
-	if (!r || !json_object_object_get_ex(r, "error", &e) ||
-	    !json_object_object_get_ex(e, "desc", &d))
-		return "";
-	return json_object_get_string(d);
+	return err_member(r, "desc", "");
 }
 
 static bool is_return(struct json_object *r)
